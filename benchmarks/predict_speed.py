@@ -1,0 +1,72 @@
+"""Prediction speed: rows evaluated per second by a large sweep, and the cold start of `sparq-sim predict`.
+
+Targets (issue 2): at least 1,000,000 (config x strategy) rows/s on one core; `sparq-sim predict --gpu a100
+--seq 4096` under 0.5 s of whole-process wall time. Prints medians of several runs (this machine is shared and noisy).
+
+    python benchmarks/predict_speed.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# one core: the numpy kernels here are single-threaded, but make sure no BLAS pool joins in
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+
+from sparq_sim.simulator.predict import predict_columns  # noqa: E402
+
+SWEEPS = {
+    # name: keyword arguments of predict_columns
+    "3 GPUs x 4 models x 512 seq x 16 batch x 6 strategies": dict(
+        hardware="a100,h100,h200", model="llama2-7b,llama3-8b,mistral-7b,llama2-13b",
+        seq_len="1024:131072:+256", batch="1:128:x2,3,6,12,24,48,96,192,256,384"),
+    "1 GPU x 1 model x 200k seq x 6 strategies": dict(hardware="a100", seq_len="1:200000:+1"),
+}
+
+
+def bench_sweep(kwargs, repeats):
+    predict_columns(**{**kwargs, "seq_len": 4096, "batch": 1})  # warm: profiles loaded, imports done
+    times, rows = [], 0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        cols = predict_columns(**kwargs)
+        times.append(time.perf_counter() - t)
+        rows = len(cols["time_s"])
+    return rows, statistics.median(times)
+
+
+def bench_cold_start(repeats):
+    exe = os.path.join(os.path.dirname(sys.executable), "sparq-sim")
+    cmd = [exe, "predict", "--gpu", "a100", "--seq", "4096"]
+    subprocess.run(cmd, check=True, capture_output=True)  # warm the OS file cache
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), min(times), max(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    print(f"{'benchmark':58s} {'figure':>22s} {'target':>16s}")
+    for name, kwargs in SWEEPS.items():
+        rows, t = bench_sweep(kwargs, args.repeats)
+        rate = rows / t
+        print(f"{'predict sweep: ' + name:58s} {rate / 1e6:9.2f} M rows/s ({rows} rows, {t:.2f} s) "
+              f"{'>= 1.00 M rows/s':>16s} {'ok' if rate >= 1e6 else 'MISSED'}")
+    med, lo, hi = bench_cold_start(args.repeats)
+    print(f"{'cold start: sparq-sim predict --gpu a100 --seq 4096':58s} {med:9.3f} s (min {lo:.3f}, max {hi:.3f}) "
+          f"{'< 0.5 s':>16s} {'ok' if med < 0.5 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

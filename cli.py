@@ -1,0 +1,272 @@
+"""`sparq-sim`: the command line. Thin: parse, call the core, render.
+
+Heavy modules (pandas, torch, plotly) are imported inside the commands that need them, so `predict` starts fast.
+Bad input prints one line `error: ...` to stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from .simulator.errors import UserError
+
+app = typer.Typer(
+    name="sparq-sim",
+    help="Bytes, time and speedup of SparQ and other sparse-attention methods in LLM decoding, per device.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+hardware_app = typer.Typer(help="List and show hardware profiles.", no_args_is_help=True, rich_markup_mode=None)
+models_app = typer.Typer(help="List and show model specs.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(hardware_app, name="hardware")
+app.add_typer(models_app, name="models")
+
+# --- shared options ---------------------------------------------------------------------------------------------------
+GPU = typer.Option(None, "--gpu", "--hardware", help="Device profile(s), comma list: a100, h100, h200, ipu, ... "
+                   "(see `sparq-sim hardware list`). Default a100.")
+HW_FILE = typer.Option(None, "--hardware-file", help="Your own profile YAML (same schema as hardware_profiles/).")
+MODEL = typer.Option("llama2-7b", "--model", "-m", help="Model(s), comma list: built-in name or a Hugging Face "
+                     "config.json path (see `sparq-sim models list`).")
+SEQ = typer.Option("4096", "--seq", "-s", help="Context length(s): 4096, 1k,4k, 1024:131072:x2.")
+BATCH = typer.Option("1", "--batch", "-b", help="Batch size(s): 1, 1,8,64, 1:64:x2.")
+STRATS = typer.Option("all", "--strategies", help="Comma list of dense, sparq, h2o, flexgen, lm-infinite, quest; "
+                      "or all.")
+COMP = typer.Option("8", "--compression", "-c", help="Target compression C (list or range); sets r = d_h/C, "
+                    "k = S/(2C) for SparQ, k = S/C for the others.")
+DTYPE = typer.Option("bf16", "--dtype", help="Weights and activations: fp32, bf16, fp16, fp8, int8, int4.")
+KV_DTYPE = typer.Option(None, "--kv-dtype", help="KV cache dtype (default: --dtype).")
+DEVICES = typer.Option("1", "--devices", "-n", help="Tensor-parallel devices (list allowed).")
+R = typer.Option(None, "--r", help="SparQ: query components r (overrides the recipe).")
+K = typer.Option(None, "--k", help="Positions / cache tokens k (overrides the recipe).")
+LW = typer.Option(None, "--local-window", help="Local window l (SparQ default k/4, H2O k/2).")
+PAGE = typer.Option(None, "--page-size", help="Quest page size (default 16).")
+KLAYOUT = typer.Option("twice", "--k-layout", help="SparQ K storage: twice (extra S-contiguous copy) or once.")
+KVLOC = typer.Option("auto", "--kv-location", help="Where the KV cache lives: auto (first tier with room), a tier "
+                     "of the profile (hbm, sram, streaming, ...) or host (stream it over the host link).")
+WLOC = typer.Option("auto", "--weights-location", help="Where the weights live (same choices as --kv-location).")
+FMT = typer.Option(None, "--format", "-f", help="table, json or csv (default: from --output's suffix, else table).")
+OUT = typer.Option(None, "--output", "-o", help="Write to this file (atomically) instead of standard output.")
+
+
+def _emit(text: str, output: Optional[str]) -> None:
+    from .simulator.output import write_atomic
+    if output:
+        write_atomic(output, text)
+    else:
+        sys.stdout.write(text)
+
+
+def _hardware_arg(gpu: Optional[str], hardware_file: Optional[str]):
+    items = []
+    if gpu:
+        from .simulator.ranges import parse_names
+        items += parse_names(gpu, "--gpu")
+    if hardware_file:
+        items.append(hardware_file if hardware_file.endswith((".yaml", ".yml")) or "/" in hardware_file
+                     else "./" + hardware_file)
+    return items or ["a100"]
+
+
+@app.command(epilog="Examples:\n\n  sparq-sim predict --gpu a100 --seq 4096\n\n"
+             "  sparq-sim predict --gpu a100,h100 --seq 1k:128k:x2 --batch 1,16 --strategies dense,sparq -f csv\n\n"
+             "  sparq-sim predict --model llama3-8b --compression 4,8,16 --format json -o pred.json\n\n"
+             "  sparq-sim predict --gpu ipu --dtype fp16 --devices 4 --kv-location streaming")
+def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, model: str = MODEL, seq: str = SEQ,
+            batch: str = BATCH, strategies: str = STRATS, compression: str = COMP, dtype: str = DTYPE,
+            kv_dtype: Optional[str] = KV_DTYPE, devices: str = DEVICES, r: Optional[str] = R, k: Optional[str] = K,
+            local_window: Optional[str] = LW, page_size: Optional[str] = PAGE, k_layout: str = KLAYOUT,
+            kv_location: str = KVLOC, weights_location: str = WLOC, format: Optional[str] = FMT,
+            output: Optional[str] = OUT):
+    """Predict bytes moved, time and speedup of one decode step for each strategy."""
+    from .simulator.output import records, render_table, resolve_format, to_csv, to_json
+    from .simulator.predict import decoded, predict_columns
+
+    fmt = resolve_format(format, output)
+    cols = decoded(predict_columns(hardware=_hardware_arg(gpu, hardware_file), model=model, seq_len=seq, batch=batch,
+                           strategies=strategies, compression=compression, dtype=dtype, kv_dtype=kv_dtype,
+                           devices=devices, r=r, k=k, local_window=local_window, page_size=page_size,
+                           k_layout=k_layout, kv_location=kv_location, weights_location=weights_location))
+    if fmt == "json":
+        text = to_json(records(cols))
+    elif fmt == "csv":
+        text = to_csv(cols)
+    else:
+        text = render_table(cols, title="decode step per strategy (step ms: realistic; ideal ms: datasheet roofline)")
+        if not cols["fits"].all():
+            text += "NO in 'fits': weights + KV cache exceed device memory (try --devices N or --kv-location host)\n"
+    _emit(text, output)
+
+
+@app.command(epilog="Example:\n\n  sparq-sim ledger --gpu h100 --seq 8192 --strategies sparq --phase decode")
+def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, model: str = MODEL, seq: str = SEQ,
+           batch: str = BATCH, strategies: str = typer.Option("sparq", "--strategies", help="Comma list or all."),
+           compression: str = COMP, dtype: str = DTYPE, kv_dtype: Optional[str] = KV_DTYPE,
+           devices: int = typer.Option(1, "--devices", "-n"), r: Optional[int] = R, k: Optional[int] = K,
+           local_window: Optional[int] = LW, page_size: Optional[int] = PAGE, k_layout: str = KLAYOUT,
+           kv_location: str = KVLOC, weights_location: str = WLOC,
+           phase: str = typer.Option("decode", "--phase", help="decode, prefill or both."),
+           format: Optional[str] = FMT, output: Optional[str] = OUT):
+    """Per-operator ledger of one step: bytes by kind and tier, FLOPs, time and bound of every operator."""
+    from .simulator.output import records, render_table, resolve_format, to_csv, to_json
+    from .simulator.predict import ledger as ledger_frame
+
+    if phase not in ("decode", "prefill", "both"):
+        raise UserError(f"--phase must be decode, prefill or both, got {phase!r}")
+    fmt = resolve_format(format, output)
+    df = ledger_frame(hardware=_hardware_arg(gpu, hardware_file), model=model, seq_len=seq, batch=batch,
+                      strategies=strategies, compression=compression, dtype=dtype, kv_dtype=kv_dtype, devices=devices,
+                      r=r, k=k, local_window=local_window, page_size=page_size, k_layout=k_layout,
+                      kv_location=kv_location, weights_location=weights_location,
+                      phases=("decode", "prefill") if phase == "both" else (phase,))
+    df["tiers"] = df["tier_bytes"].map(lambda d: ",".join(f"{k}={v / 1e6:.3g}MB" for k, v in d.items()))
+    cols = {c: df[c].to_numpy() for c in df.columns if c != "tier_bytes"}
+    if fmt == "json":
+        text = to_json(records({**cols, "tier_bytes": df["tier_bytes"].to_numpy()}))
+    elif fmt == "csv":
+        text = to_csv(cols)
+    else:
+        fmt_b = lambda v: f"{v / 1e6:.3f}"  # noqa: E731
+        spec = [("hardware", "hardware", str), ("strategy", "strategy", str), ("phase", "phase", str),
+                ("op", "op", str), ("layers", "layers", lambda v: f"{v:g}"), ("weights MB", "weight_bytes", fmt_b),
+                ("act MB", "act_read_bytes", lambda v: "-"), ("KV rd MB", "kv_read_bytes", fmt_b),
+                ("KV wr MB", "kv_write_bytes", fmt_b), ("meta MB", "meta_read_bytes", lambda v: "-"),
+                ("GFLOP", "flops", lambda v: f"{v / 1e9:.3f}"), ("FLOP/B", "arithmetic_intensity", lambda v: f"{v:.2f}"),
+                ("ms", "time_s", lambda v: f"{v * 1e3:.4f}"), ("ideal ms", "ideal_time_s", lambda v: f"{v * 1e3:.4f}"),
+                ("bound", "bound", str), ("tiers", "tiers", str)]
+        cols["act_total"] = cols["act_read_bytes"] + cols["act_write_bytes"]
+        cols["meta_total"] = cols["meta_read_bytes"] + cols["meta_write_bytes"]
+        spec[6] = ("act MB", "act_total", fmt_b)
+        spec[9] = ("meta MB", "meta_total", fmt_b)
+        text = render_table(cols, spec, title="per-operator ledger (bytes and FLOPs per step, all layers)",
+                            drop_constant=("hardware",))
+    _emit(text, output)
+
+
+@app.command()
+def strategies(format: Optional[str] = FMT):
+    """List the attention strategies of the registry."""
+    from .simulator.strategies import STRATEGIES
+    from .simulator.output import to_json
+    if format == "json":
+        sys.stdout.write(to_json([s.__dict__ for s in STRATEGIES.values()]))
+        return
+    for s in STRATEGIES.values():
+        params = ", ".join(s.params) or "-"
+        print(f"{s.name:12s} {s.title}: {s.summary} [params: {params}] ({s.reference})")
+
+
+@hardware_app.command("list")
+def hardware_list(format: Optional[str] = FMT):
+    """List the bundled hardware profiles."""
+    from .hardware_profiles import list_profiles
+    from .simulator.output import to_json
+    profs = list_profiles()
+    if format == "json":
+        sys.stdout.write(to_json([p.to_dict() for p in profs]))
+        return
+    print(f"{'name':16s} {'kind':4s} {'memory':>10s} {'peak BW':>11s} {'eff':>5s} {'bf16/fp16':>11s}  aliases")
+    for p in profs:
+        t = p.memory[0]
+        mm = p.matrix.peak_flops
+        f16 = mm.get("bf16", mm.get("fp16", 0))
+        cap = sum(x.capacity_bytes for x in p.memory)
+        print(f"{p.name:16s} {p.kind:4s} {cap / 1e9:8.1f}GB {t.bandwidth_Bps / 1e9:7.0f}GB/s {t.efficiency:5.2f} "
+              f"{f16 / 1e12:6.1f}TFLOP/s  {', '.join(p.aliases)}")
+
+
+@hardware_app.command("show")
+def hardware_show(name: str = typer.Argument(..., help="Profile name, alias or YAML path."),
+                  format: Optional[str] = typer.Option("yaml", "--format", "-f", help="yaml (the file) or json.")):
+    """Show one profile: the YAML file with its sources, or the parsed SI values as JSON."""
+    from .hardware_profiles import load_hardware
+    from .simulator.output import to_json
+    p = load_hardware(name)
+    if format == "json":
+        sys.stdout.write(to_json(p.to_dict()))
+    elif format == "yaml":
+        sys.stdout.write(f"# {p.path} (sha256 {p.digest})\n")
+        with open(p.path, encoding="utf-8") as f:
+            sys.stdout.write(f.read())
+    else:
+        raise UserError(f"unknown --format {format!r}; accepted: yaml, json")
+
+
+@models_app.command("list")
+def models_list(format: Optional[str] = FMT):
+    """List the built-in model specs."""
+    from .simulator.models import BUILTIN
+    from .simulator.output import to_json
+    if format == "json":
+        sys.stdout.write(to_json([m.to_dict() for m in BUILTIN.values()]))
+        return
+    print(f"{'name':14s} {'params':>8s} {'layers':>6s} {'d_model':>7s} {'heads':>5s} {'kv':>3s} {'d_h':>4s} "
+          f"{'d_ff':>6s} {'vocab':>7s} {'mlp':6s} {'tied':4s} {'KV/token':>10s}")
+    for m in BUILTIN.values():
+        print(f"{m.name:14s} {m.n_params / 1e9:7.2f}B {m.n_layers:6d} {m.d_model:7d} {m.n_heads:5d} "
+              f"{m.n_kv_heads:3d} {m.head_dim:4d} {m.d_ff:6d} {m.vocab_size:7d} "
+              f"{'gated' if m.gated_mlp else 'plain':6s} {'yes' if m.tied_embeddings else 'no':4s} "
+              f"{m.kv_elements_per_token() * 2 / 1024:7.1f}KiB")
+
+
+@models_app.command("show")
+def models_show(name: str = typer.Argument(..., help="Built-in name or path to a config.json / model folder."),
+                format: Optional[str] = FMT):
+    """Show one model spec (parameters, KV bytes per token in bf16)."""
+    from .simulator.models import load_model_spec
+    from .simulator.output import to_json
+    m = load_model_spec(name)
+    d = m.to_dict()
+    if format == "json":
+        sys.stdout.write(to_json(d))
+        return
+    for key, v in d.items():
+        print(f"{key:22s} {v}")
+    print(f"{'kv_bytes_per_token':22s} {m.kv_elements_per_token() * 2} (bf16)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the typer app, turning bad input into one line on stderr and exit status 2."""
+    try:
+        rv = app(args=argv, prog_name="sparq-sim", standalone_mode=False)
+        sys.stdout.flush()
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:  # the reader (e.g. `head`) went away: not an error
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except Exception as e:  # click's exceptions (typer vendors its own copy of click in recent releases)
+        kind = type(e).__name__
+        if kind == "NoArgsIsHelpError":  # a bare group: show its help
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None:
+                sys.stdout.write(ctx.get_help() + "\n")
+            return 0
+        if kind == "Abort":
+            sys.stderr.write("interrupted\n")
+            return 130
+        if kind == "Exit":
+            return int(getattr(e, "exit_code", 0) or 0)
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            msg = " ".join(e.format_message().split())
+            sys.stderr.write(f"error: {msg} (see `sparq-sim --help`)\n")
+            return 2
+        raise
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""Hardware profiles: one YAML file per device in this folder, validated against a schema on load.
+
+A profile describes (schema_version 1; every block carries a `source`):
+
+    name, aliases, vendor, kind (gpu | ipu | cpu), description, version
+    memory:        tiers, fastest first: name, capacity (per device), bandwidth (peak), efficiency (achievable
+                   fraction of peak), source. Data goes to the first tier with room unless placed explicitly.
+    host_link:     the link to host memory (PCIe for a GPU, NVMe for a CPU): name, bandwidth per direction,
+                   efficiency, optional capacity of what sits behind it, source. Offloaded data pays this bandwidth.
+    device_link:   the device-to-device link for tensor parallelism: name, bandwidth per direction per device,
+                   efficiency, latency per collective step, source.
+    compute:       matrix and vector units: peak per dtype (dense, no sparsity), efficiency, source.
+    cache:         on-chip cache (L2, Infinity Cache, L3): size, source.
+    access:        granularity of a memory transaction (bytes), source.
+    overheads:     kernel_launch (per kernel), source.
+
+Quantities are written with units ('2039 GB/s', '80 GB', '312 TFLOP/s', '2.5 us') or as bare SI numbers.
+Imports numpy-free Python only; the simulator turns a profile into arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..simulator.errors import UserError, closest
+from ..simulator.units import DTYPE_BYTES, parse_quantity
+
+SCHEMA_VERSION = 1
+PROFILE_DIR = Path(__file__).resolve().parent
+KINDS = ("gpu", "ipu", "cpu")
+
+
+@dataclass(frozen=True)
+class MemoryTier:
+    name: str
+    capacity_bytes: float
+    bandwidth_Bps: float
+    efficiency: float
+    source: str
+
+    @property
+    def achieved_Bps(self) -> float:
+        return self.bandwidth_Bps * self.efficiency
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    bandwidth_Bps: float
+    efficiency: float
+    latency_s: float
+    capacity_bytes: float  # what sits behind a host link (inf when unstated); 0 for a device link
+    source: str
+
+    @property
+    def achieved_Bps(self) -> float:
+        return self.bandwidth_Bps * self.efficiency
+
+
+@dataclass(frozen=True)
+class ComputeUnit:
+    peak_flops: dict[str, float]
+    efficiency: float
+    source: str
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    aliases: tuple[str, ...]
+    vendor: str
+    kind: str
+    description: str
+    version: int
+    memory: tuple[MemoryTier, ...]
+    host_link: Link
+    device_link: Link
+    matrix: ComputeUnit
+    vector: ComputeUnit
+    cache_bytes: float
+    cache_source: str
+    granularity_bytes: float
+    granularity_source: str
+    kernel_launch_s: float
+    overheads_source: str
+    path: str = ""
+    digest: str = field(default="", compare=False)
+
+    def tier(self, name: str) -> MemoryTier:
+        for t in self.memory:
+            if t.name == name:
+                return t
+        raise UserError(
+            f"hardware {self.name!r} has no memory tier {name!r}; it has: "
+            + ", ".join(t.name for t in self.memory) + ", host"
+        )
+
+    @property
+    def tier_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.memory)
+
+    def to_dict(self) -> dict:
+        """Plain SI view, for `hardware show --format json`."""
+        return {
+            "name": self.name, "aliases": list(self.aliases), "vendor": self.vendor, "kind": self.kind,
+            "description": self.description, "version": self.version, "path": self.path, "digest": self.digest,
+            "memory": [t.__dict__ for t in self.memory],
+            "host_link": self.host_link.__dict__, "device_link": self.device_link.__dict__,
+            "compute": {"matrix": self.matrix.__dict__, "vector": self.vector.__dict__},
+            "cache": {"size_bytes": self.cache_bytes, "source": self.cache_source},
+            "access": {"granularity_bytes": self.granularity_bytes, "source": self.granularity_source},
+            "overheads": {"kernel_launch_s": self.kernel_launch_s, "source": self.overheads_source},
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# schema
+
+_TOP = {"schema_version", "name", "aliases", "vendor", "kind", "description", "version", "memory", "host_link",
+        "device_link", "compute", "cache", "access", "overheads"}
+_TIER = {"name", "capacity", "bandwidth", "efficiency", "source"}
+_HOST = {"name", "bandwidth", "efficiency", "latency", "capacity", "source"}
+_DLINK = {"name", "bandwidth", "efficiency", "latency", "source"}
+_UNIT = {"peak", "efficiency", "source"}
+
+
+class _Checker:
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, fld: str, msg: str):
+        raise UserError(f"hardware profile {self.where}: {fld}: {msg}")
+
+    def mapping(self, obj, fld: str, allowed: set[str], required: set[str]) -> dict:
+        if not isinstance(obj, dict):
+            self.fail(fld, f"expected a mapping with fields {', '.join(sorted(required))}, got {type(obj).__name__}")
+        unknown = sorted(set(map(str, obj)) - allowed)
+        if unknown:
+            self.fail(fld or "top level", f"unknown field {unknown[0]!r}{closest(unknown[0], allowed)} "
+                                          f"(accepted: {', '.join(sorted(allowed))})")
+        missing = sorted(required - set(obj))
+        if missing:
+            self.fail(f"{fld + '.' if fld else ''}{missing[0]}", "missing (required)")
+        return obj
+
+    def text(self, obj, fld: str) -> str:
+        if not isinstance(obj, str) or not obj.strip():
+            self.fail(fld, f"expected a non-empty string, got {obj!r}")
+        return obj.strip()
+
+    def quantity(self, obj, fld: str, dimension: str, positive: bool = True) -> float:
+        try:
+            v = parse_quantity(obj, dimension)
+        except ValueError as e:
+            self.fail(fld, str(e))
+        if positive and v <= 0:
+            self.fail(fld, f"must be greater than zero, got {obj!r}")
+        if v > 1e30:
+            self.fail(fld, f"implausibly large value {obj!r}")
+        return v
+
+    def fraction(self, obj, fld: str) -> float:
+        if isinstance(obj, bool) or not isinstance(obj, (int, float)) or not (0 < obj <= 1):
+            self.fail(fld, f"expected a fraction in (0, 1], got {obj!r}")
+        return float(obj)
+
+
+def _unit(c: _Checker, obj, fld: str) -> ComputeUnit:
+    c.mapping(obj, fld, _UNIT, _UNIT)
+    peaks = obj["peak"]
+    if not isinstance(peaks, dict) or not peaks:
+        c.fail(f"{fld}.peak", f"expected a mapping of dtype to rate, e.g. {{bf16: 312 TFLOP/s}}, got {peaks!r}")
+    out = {}
+    for dt, v in peaks.items():
+        if dt not in DTYPE_BYTES:
+            c.fail(f"{fld}.peak.{dt}", f"unknown dtype; accepted: {', '.join(DTYPE_BYTES)}")
+        out[dt] = c.quantity(v, f"{fld}.peak.{dt}", "flops")
+    return ComputeUnit(out, c.fraction(obj["efficiency"], f"{fld}.efficiency"), c.text(obj["source"], f"{fld}.source"))
+
+
+def parse_profile(data, where: str) -> HardwareProfile:
+    """Validate a parsed YAML document and build the profile; every error names `where` and the field."""
+    c = _Checker(where)
+    c.mapping(data, "", _TOP, _TOP - {"aliases", "description"})
+    if data["schema_version"] != SCHEMA_VERSION:
+        c.fail("schema_version", f"expected {SCHEMA_VERSION}, got {data['schema_version']!r}")
+    name = c.text(data["name"], "name")
+    aliases = data.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        c.fail("aliases", f"expected a list of names, got {aliases!r}")
+    kind = data["kind"]
+    if kind not in KINDS:
+        c.fail("kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
+    version = data["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        c.fail("version", f"expected a positive integer, got {version!r}")
+
+    mem = data["memory"]
+    if not isinstance(mem, list) or not mem:
+        c.fail("memory", "expected a non-empty list of tiers")
+    tiers = []
+    for i, t in enumerate(mem):
+        f = f"memory[{i}]"
+        c.mapping(t, f, _TIER, _TIER)
+        tname = c.text(t["name"], f"{f}.name")
+        if tname == "host" or tname in [x.name for x in tiers]:
+            c.fail(f"{f}.name", f"tier name {tname!r} is reserved or used twice")
+        tiers.append(MemoryTier(
+            tname,
+            c.quantity(t["capacity"], f"{f}.capacity", "bytes"),
+            c.quantity(t["bandwidth"], f"{f}.bandwidth", "bandwidth"),
+            c.fraction(t["efficiency"], f"{f}.efficiency"),
+            c.text(t["source"], f"{f}.source"),
+        ))
+
+    h = c.mapping(data["host_link"], "host_link", _HOST, {"name", "bandwidth", "efficiency", "source"})
+    host = Link(
+        c.text(h["name"], "host_link.name"),
+        c.quantity(h["bandwidth"], "host_link.bandwidth", "bandwidth"),
+        c.fraction(h["efficiency"], "host_link.efficiency"),
+        c.quantity(h.get("latency", 0), "host_link.latency", "time", positive=False),
+        c.quantity(h["capacity"], "host_link.capacity", "bytes") if "capacity" in h else float("inf"),
+        c.text(h["source"], "host_link.source"),
+    )
+    d = c.mapping(data["device_link"], "device_link", _DLINK, _DLINK)
+    dlink = Link(
+        c.text(d["name"], "device_link.name"),
+        c.quantity(d["bandwidth"], "device_link.bandwidth", "bandwidth"),
+        c.fraction(d["efficiency"], "device_link.efficiency"),
+        c.quantity(d["latency"], "device_link.latency", "time", positive=False),
+        0.0,
+        c.text(d["source"], "device_link.source"),
+    )
+    comp = c.mapping(data["compute"], "compute", {"matrix", "vector"}, {"matrix", "vector"})
+    matrix = _unit(c, comp["matrix"], "compute.matrix")
+    vector = _unit(c, comp["vector"], "compute.vector")
+    cache = c.mapping(data["cache"], "cache", {"size", "source"}, {"size", "source"})
+    access = c.mapping(data["access"], "access", {"granularity", "source"}, {"granularity", "source"})
+    over = c.mapping(data["overheads"], "overheads", {"kernel_launch", "source"}, {"kernel_launch", "source"})
+    return HardwareProfile(
+        name=name,
+        aliases=tuple(aliases),
+        vendor=c.text(data["vendor"], "vendor"),
+        kind=kind,
+        description=str(data.get("description", "")).strip(),
+        version=version,
+        memory=tuple(tiers),
+        host_link=host,
+        device_link=dlink,
+        matrix=matrix,
+        vector=vector,
+        cache_bytes=c.quantity(cache["size"], "cache.size", "bytes", positive=False),
+        cache_source=c.text(cache["source"], "cache.source"),
+        granularity_bytes=c.quantity(access["granularity"], "access.granularity", "bytes"),
+        granularity_source=c.text(access["source"], "access.source"),
+        kernel_launch_s=c.quantity(over["kernel_launch"], "overheads.kernel_launch", "time", positive=False),
+        overheads_source=c.text(over["source"], "overheads.source"),
+    )
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_profile_file(path: str | os.PathLike) -> HardwareProfile:
+    """Load and validate one profile file; every failure is a one-line UserError naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"hardware file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise UserError(f"hardware file {str(p)!r} is a directory, expected a YAML file")
+    try:
+        raw = p.read_bytes()
+        data = yaml.load(raw.decode("utf-8"), Loader=_Loader)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"hardware file {str(p)!r} cannot be read: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"hardware file {str(p)!r} is not valid YAML{at}: "
+                        f"{getattr(e, 'problem', None) or e}") from None
+    prof = parse_profile(data, str(p))
+    return _with_origin(prof, str(p), hashlib.sha256(raw).hexdigest()[:12])
+
+
+def _with_origin(prof: HardwareProfile, path: str, digest: str) -> HardwareProfile:
+    import dataclasses
+    return dataclasses.replace(prof, path=path, digest=digest)
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace(" ", "-")
+
+
+_INDEX: dict[str, Path] | None = None
+_CACHE: dict[str, HardwareProfile] = {}
+
+
+def _index() -> dict[str, Path]:
+    """Name and alias -> bundled file. Aliases are read from the files' `aliases` lines without a full parse."""
+    global _INDEX
+    if _INDEX is None:
+        idx: dict[str, Path] = {}
+        for p in sorted(PROFILE_DIR.glob("*.yaml")):
+            idx[_norm(p.stem)] = p
+            for line in p.read_text(encoding="utf-8").splitlines():
+                if line.startswith("aliases:"):
+                    for a in (yaml.load(line, Loader=_Loader) or {}).get("aliases") or []:
+                        idx.setdefault(_norm(str(a)), p)
+                    break
+        _INDEX = idx
+    return _INDEX
+
+
+def profile_names() -> list[str]:
+    """The bundled profiles' canonical names (file stems), sorted."""
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load_hardware(name_or_path: str | os.PathLike) -> HardwareProfile:
+    """A bundled profile by name or alias (case-insensitive), or a user's YAML file by path."""
+    if isinstance(name_or_path, HardwareProfile):
+        return name_or_path
+    s = str(name_or_path)
+    if s.endswith((".yaml", ".yml")) or os.sep in s:
+        return load_profile_file(s)
+    key = _norm(s)
+    if key.startswith("nvidia-"):
+        key = key[len("nvidia-"):] if key[len("nvidia-"):] in _index() else key
+    path = _index().get(key)
+    if path is None:
+        raise UserError(f"unknown hardware {s!r}{closest(key, _index())} "
+                        f"(see `sparq-sim hardware list`, or pass --hardware-file FILE.yaml)")
+    if key not in _CACHE:
+        prof = load_profile_file(path)
+        _CACHE[key] = prof
+    return _CACHE[key]
+
+
+def list_profiles() -> list[HardwareProfile]:
+    return [load_hardware(n) for n in profile_names()]

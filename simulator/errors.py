@@ -1,0 +1,22 @@
+"""The one exception type for bad user input.
+
+Anything the user can get wrong (a flag, a profile file, a config.json, a range) raises `UserError` with one line that
+names the bad value and what is accepted. The CLI prints that line and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class UserError(ValueError):
+    """Bad input from the user: the message is one line, shown as is."""
+
+
+def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """', did you mean a or b' for the nearest of `choices`, or '' when nothing is close."""
+    matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    if not matches:
+        return ""
+    return "; did you mean " + " or ".join(repr(m) for m in matches) + "?"

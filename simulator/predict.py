@@ -1,0 +1,465 @@
+"""`predict`: bytes, FLOPs, time and speedup of a decode step for every (hardware, model, batch, seq_len, strategy).
+
+One call evaluates a whole sweep: the categorical axes (hardware, model, dtypes, devices, placement, r/k overrides)
+loop in Python, the numeric ones (batch x seq_len x compression) are numpy arrays. Results are columns of numpy arrays
+(`predict_columns`, what the CLI renders without importing pandas) or a pandas DataFrame (`predict`).
+
+Columns (one row per hardware, model, devices, dtype, kv_dtype, batch, seq_len, compression, strategy):
+    hardware, model, devices, dtype, kv_dtype, k_layout, batch, seq_len, attended_len, compression, strategy,
+    r, k, local_window, page_size                 strategy parameters (0 = not used)
+    weight_bytes, activation_bytes, kv_read_bytes, kv_write_bytes, metadata_bytes
+                                                  bytes moved in one decode step, all devices together
+    attention_bytes                               kv_read + kv_write + metadata: the REFERENCE.md s2 formula's bytes
+    attention_fraction                            attention_bytes / dense attention_bytes at the same point
+    total_bytes, flops, arithmetic_intensity      FLOP per byte
+    time_s, ideal_time_s                          realistic (achieved bandwidths and peaks, launch overhead) and
+                                                  ideal roofline (datasheet peaks, no overhead) decode-step time
+    attention_time_s, attention_ideal_time_s      the attention operators' share of those
+    overhead_time_s                               kernel launch overhead in time_s
+    tokens_per_s                                  batch / time_s
+    speedup_vs_dense, attention_speedup_vs_dense, ideal_speedup_vs_dense
+    bound                                         memory | compute | link | overhead: what takes most of time_s
+    prefill_time_s, prefill_ideal_time_s          the dense prefill of seq_len prompt tokens
+    weights_location, kv_location                 memory tier (or 'host') holding weights and the KV cache
+    memory_required_bytes, memory_capacity_bytes  per device: weights + KV (+ strategy extras) + workspace vs tiers
+    fits, max_batch                               whether it fits, and the largest batch that would
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..hardware_profiles import HardwareProfile, load_hardware
+from .errors import UserError
+from .ledger import (FP32, Op, Parallel, Precision, attention_ops, block_ops, cache_bytes_per_device, head_ops,
+                     prefill_ops, weight_bytes_per_device)
+from .models import DEFAULT_MODEL, ModelSpec, load_model_spec
+from .ranges import parse_axis, parse_names
+from .roofline import BOUNDS, HOST, Placement, tier_table, time_op
+from .strategies import QUEST_DENSE_LAYERS, parse_strategies, resolve_params
+from .units import DTYPE_BYTES, parse_dtype
+
+COLUMNS = [
+    "hardware", "model", "devices", "dtype", "kv_dtype", "k_layout", "batch", "seq_len", "attended_len", "compression",
+    "strategy", "r", "k", "local_window", "page_size",
+    "weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes", "metadata_bytes", "attention_bytes",
+    "attention_fraction", "total_bytes", "flops", "arithmetic_intensity",
+    "time_s", "ideal_time_s", "attention_time_s", "attention_ideal_time_s", "overhead_time_s", "tokens_per_s",
+    "speedup_vs_dense", "attention_speedup_vs_dense", "ideal_speedup_vs_dense", "bound",
+    "prefill_time_s", "prefill_ideal_time_s",
+    "weights_location", "kv_location", "memory_required_bytes", "memory_capacity_bytes", "fits", "max_batch",
+]
+STRING_COLUMNS = {"hardware", "model", "dtype", "kv_dtype", "k_layout", "strategy", "bound", "weights_location",
+                  "kv_location"}
+LOCATIONS_HELP = "auto (first memory tier with room), a tier name of the profile (e.g. hbm, sram, streaming), or host"
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A string column kept as integer codes into `categories` until rendering (a sweep of millions of rows would
+    spend most of its time building Python string objects otherwise)."""
+    codes: np.ndarray
+    categories: tuple[str, ...]
+
+    def __len__(self):
+        return len(self.codes)
+
+    def decode(self) -> np.ndarray:
+        return np.asarray(self.categories, dtype=object)[self.codes]
+
+    def tolist(self) -> list[str]:
+        return self.decode().tolist()
+
+    @staticmethod
+    def concat(parts: list["Labels"]) -> "Labels":
+        cats: list[str] = []
+        for p in parts:
+            cats += [c for c in p.categories if c not in cats]
+        index = {c: i for i, c in enumerate(cats)}
+        return Labels(np.concatenate([np.asarray([index[c] for c in p.categories], dtype=np.int32)[p.codes]
+                                      for p in parts]), tuple(cats))
+
+
+def decoded(cols: dict) -> dict[str, np.ndarray]:
+    """Columns with every Labels turned into an array of strings, for rendering."""
+    return {c: (v.decode() if isinstance(v, Labels) else v) for c, v in cols.items()}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One point of the categorical axes."""
+    hw: HardwareProfile
+    model: ModelSpec
+    prec: Precision
+    devices: int
+    k_layout: str
+    kv_location: str
+    weights_location: str
+    r: int | None
+    k: int | None
+
+
+def _location_index(loc: str, names: tuple[str, ...], hw: HardwareProfile) -> int | None:
+    if loc == "auto":
+        return None
+    if loc in names:
+        return names.index(loc)
+    raise UserError(f"unknown memory location {loc!r} for hardware {hw.name}; accepted: auto, "
+                    f"{', '.join(names)}")
+
+
+def _workspace_bytes(m: ModelSpec, tp: Parallel, B, S, prec: Precision):
+    """Peak activation memory per device: logits (fp32), the MLP's widest activation, one row of scores (fp32)."""
+    n_in = 2 if m.gated_mlp else 1
+    return np.asarray(B, dtype=np.float64) * (tp.vocab * FP32 + 2 * n_in * tp.d_ff * prec.a
+                                              + tp.heads * np.asarray(S, dtype=np.float64) * FP32)
+
+
+def _sum_over(ops, times, field):
+    return sum(getattr(t, field) * op.layers for op, t in zip(ops, times))
+
+
+_KIND_SUMS = (
+    ("weight_bytes", ("weight",)), ("activation_bytes", ("act_read", "act_write")), ("kv_read_bytes", ("kv_read",)),
+    ("kv_write_bytes", ("kv_write",)), ("metadata_bytes", ("meta_read", "meta_write")), ("flops", ("flops",)),
+)
+
+
+def _aggregate(ops: list[Op], times, devices: int) -> dict:
+    """Step totals of a list of timed operators: bytes by kind and FLOPs (all devices), times (per device), and the
+    time spent bound by memory, compute, link and launch overhead."""
+    agg = {name: devices * sum(sum(getattr(op, f) for f in fs) * op.layers for op in ops) for name, fs in _KIND_SUMS}
+    agg["time_s"] = _sum_over(ops, times, "time_s")
+    agg["ideal_time_s"] = _sum_over(ops, times, "ideal_s")
+    agg["overhead_time_s"] = sum(t.overhead_s * op.layers for op, t in zip(ops, times))
+    by_bound = [0.0, 0.0, 0.0]
+    for op, t in zip(ops, times):
+        busy = (t.time_s - t.overhead_s) * op.layers
+        if np.ndim(t.bound) == 0:
+            by_bound[int(t.bound)] = by_bound[int(t.bound)] + busy
+        else:
+            for b in range(3):
+                by_bound[b] = by_bound[b] + np.where(t.bound == b, busy, 0.0)
+    agg["by_bound"] = by_bound + [agg["overhead_time_s"]]
+    return agg
+
+
+def _gather(agg: dict, index: np.ndarray) -> dict:
+    """Expand totals computed on unique values back to the rows of the grid."""
+    out = {}
+    for key, v in agg.items():
+        if key == "by_bound":
+            out[key] = [b[index] if np.ndim(b) else b for b in v]
+        else:
+            out[key] = v[index] if np.ndim(v) else v
+    return out
+
+
+def _add(a: dict, b: dict) -> dict:
+    out = {key: a[key] + b[key] for key in a if key != "by_bound"}
+    out["by_bound"] = [x + y for x, y in zip(a["by_bound"], b["by_bound"])]
+    return out
+
+
+def _evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page_size,
+                   keep_ops: dict | None = None) -> dict:
+    """All strategies for one categorical case over the flat numeric grid (B, S, C); rows grid-point major.
+
+    Operators outside attention depend on the batch only: they are timed once per distinct batch size and gathered.
+    With `keep_ops` (a dict), also fills it with strategy -> (placement, [(op, times)]) for the per-operator ledger."""
+    hw, m, prec = case.hw, case.model, case.prec
+    tp = Parallel.of(m, case.devices)
+    n = B.shape[0]
+    Sa = np.minimum(S, m.sliding_window) if m.sliding_window else S   # positions attention can see
+    names, peak, achieved, caps = tier_table(hw)
+    n_dev_tiers = len(names) - 1
+
+    # placement of weights (one tier) and activations (the fastest tier)
+    w_dev = weight_bytes_per_device(m, tp, prec)
+    wi = _location_index(case.weights_location, names, hw)
+    if wi is None:
+        fit = [i for i in range(n_dev_tiers) if w_dev <= caps[i]]
+        wi = fit[0] if fit else n_dev_tiers - 1
+    act_i = 0
+    workspace = _workspace_bytes(m, tp, B, Sa, prec)
+
+    def placement(kv_index):
+        return Placement(names, peak, achieved, wi, kv_index, act_i)
+
+    base = placement(0)
+    uB, invB = np.unique(B, return_inverse=True)
+    before, after = block_ops("decode", m, tp, uB, prec)
+    common = before + after + head_ops("decode", m, tp, uB, prec)
+    common_t = [time_op(op, hw, base, prec, tp.devices) for op in common]
+    common_agg = _gather(_aggregate(common, common_t, tp.devices), invB)
+    T = B * S
+    uT, invT = np.unique(T, return_inverse=True)
+    uTB = B[np.unique(invT, return_index=True)[1]]  # a batch size for each distinct token count (lm_head rows)
+    pf_before, pf_after = block_ops("prefill", m, tp, uT, prec)
+    pf_common = pf_before + pf_after + head_ops("prefill", m, tp, uTB, prec)
+    pf_common_t = [time_op(op, hw, base, prec, tp.devices) for op in pf_common]
+    pf_time = _sum_over(pf_common, pf_common_t, "time_s")[invT]
+    pf_ideal = _sum_over(pf_common, pf_common_t, "ideal_s")[invT]
+
+    dense_params = resolve_params("dense", Sa, m.head_dim, C)
+    results = {}
+    ops_log = {}
+    for strat in (["dense"] + [s for s in strategies if s != "dense"]):
+        params = dense_params if strat == "dense" else resolve_params(
+            strat, Sa, m.head_dim, C, r=case.r, k=case.k, local_window=local_window, page_size=page_size)
+        kv_dev = cache_bytes_per_device(m, tp, strat, B, Sa, params, prec, case.k_layout)
+        ki = _location_index(case.kv_location, names, hw)
+        if ki is None:  # first device tier with room for the cache next to what is already there
+            ki_arr = np.full(n, n_dev_tiers - 1, dtype=np.int64)
+            for i in reversed(range(n_dev_tiers)):
+                used = (w_dev if wi == i else 0.0) + (workspace if act_i == i else 0.0)
+                ki_arr = np.where(used + kv_dev <= caps[i], i, ki_arr)
+            ki = ki_arr if n_dev_tiers > 1 else 0
+        pl = placement(ki)
+        attn_ops = attention_ops(m, tp, strat, B, Sa, params, dense_params, prec)
+        attn_t = [time_op(op, hw, pl, prec, tp.devices) for op in attn_ops]
+        attn_agg = _aggregate(attn_ops, attn_t, tp.devices)
+        agg = _add(common_agg, attn_agg)
+        agg["attention_time_s"] = attn_agg["time_s"]
+        agg["attention_ideal_time_s"] = attn_agg["ideal_time_s"]
+        pf_attn = [op for op in prefill_ops(m, tp, strat, B, Sa, params, prec, case.k_layout)
+                   if op.group == "attention"]
+        pf_attn_t = [time_op(op, hw, pl, prec, tp.devices) for op in pf_attn]
+        agg["prefill_time_s"] = pf_time + _sum_over(pf_attn, pf_attn_t, "time_s")
+        agg["prefill_ideal_time_s"] = pf_ideal + _sum_over(pf_attn, pf_attn_t, "ideal_s")
+        by = np.stack(np.broadcast_arrays(*[np.asarray(x, dtype=np.float64) for x in agg.pop("by_bound")]))
+        agg["bound_index"] = by.argmax(axis=0)
+
+        # capacity, per device, tier by tier
+        ki_b = np.broadcast_to(ki, (n,))
+        fits = np.ones(n, dtype=bool)
+        for i in range(len(names)):
+            used = (w_dev if wi == i else 0.0) + (workspace if act_i == i else 0.0) + np.where(ki_b == i, kv_dev, 0.0)
+            fits &= used <= caps[i]
+        agg["memory_required_bytes"] = w_dev + kv_dev + workspace
+        # largest batch: per-sequence resident bytes against the room left in the KV tier(s)
+        per_seq = kv_dev / B + workspace / B
+        tiers = range(n_dev_tiers) if case.kv_location == "auto" else [int(np.ravel(ki)[0])]
+        best = np.zeros(n)
+        for i in tiers:
+            room = caps[i] - (w_dev if wi == i else 0.0)
+            if act_i != i:  # workspace sits in another tier: it must fit there too
+                room_act = caps[act_i] - (w_dev if wi == act_i else 0.0)
+                best = np.maximum(best, np.minimum(room / (kv_dev / B), room_act / (workspace / B)))
+            else:
+                best = np.maximum(best, room / per_seq)
+        agg["max_batch"] = np.floor(np.where(np.isfinite(best), np.maximum(best, 0), 2**62)).astype(np.int64)
+        agg["fits"] = fits
+        agg["kv_tier"] = ki_b
+        agg["params"] = params
+        results[strat] = agg
+        if keep_ops is not None:
+            full_before, full_after = block_ops("decode", m, tp, B, prec)
+            full_head = head_ops("decode", m, tp, B, prec)
+            t = lambda ops: [time_op(op, hw, pl, prec, tp.devices) for op in ops]  # noqa: E731
+            pf_b, pf_a = block_ops("prefill", m, tp, T, prec)
+            pf_h = head_ops("prefill", m, tp, B, prec)
+            seq = full_before + attn_ops + full_after + full_head + pf_b + pf_attn + pf_a + pf_h
+            ops_log[strat] = (pl, list(zip(seq, t(seq))))
+
+    ns = len(strategies)
+    N = n * ns
+    out: dict = {}
+
+    def put(c, j, v, dtype=np.float64):  # rows: grid point major, strategy minor
+        if c not in out:
+            out[c] = np.empty(N, dtype=dtype)
+        out[c][j::ns] = v
+
+    dense = results["dense"]
+    dense_attn = dense["kv_read_bytes"] + dense["kv_write_bytes"] + dense["metadata_bytes"]
+    for j, strat in enumerate(strategies):
+        a = results[strat]
+        p = a["params"]
+        attn_bytes = a["kv_read_bytes"] + a["kv_write_bytes"] + a["metadata_bytes"]
+        total = a["weight_bytes"] + a["activation_bytes"] + attn_bytes
+        put("batch", j, B, np.int64)
+        put("seq_len", j, S, np.int64)
+        put("attended_len", j, Sa, np.int64)
+        put("compression", j, C)
+        for c in ("r", "k", "local_window", "page_size"):
+            put(c, j, p[c], np.int64)
+        for c in ("weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes", "metadata_bytes"):
+            put(c, j, a[c])
+        put("attention_bytes", j, attn_bytes)
+        put("attention_fraction", j, attn_bytes / dense_attn)
+        put("total_bytes", j, total)
+        put("flops", j, a["flops"])
+        put("arithmetic_intensity", j, a["flops"] / total)
+        for c in ("time_s", "ideal_time_s", "attention_time_s", "attention_ideal_time_s", "overhead_time_s"):
+            put(c, j, a[c])
+        put("tokens_per_s", j, B / a["time_s"])
+        put("speedup_vs_dense", j, dense["time_s"] / a["time_s"])
+        put("attention_speedup_vs_dense", j, dense["attention_time_s"] / a["attention_time_s"])
+        put("ideal_speedup_vs_dense", j, dense["ideal_time_s"] / a["ideal_time_s"])
+        put("bound", j, a["bound_index"], np.int8)
+        put("prefill_time_s", j, a["prefill_time_s"])
+        put("prefill_ideal_time_s", j, a["prefill_ideal_time_s"])
+        put("kv_location", j, a["kv_tier"], np.int8)
+        put("memory_required_bytes", j, a["memory_required_bytes"])
+        put("fits", j, a["fits"], bool)
+        put("max_batch", j, a["max_batch"], np.int64)
+    fixed = {"hardware": hw.name, "model": m.name, "dtype": prec.dtype, "kv_dtype": prec.kv_dtype,
+             "k_layout": case.k_layout, "weights_location": names[wi]}
+    for c, v in fixed.items():
+        out[c] = Labels(np.zeros(N, dtype=np.int8), (v,))
+    out["bound"] = Labels(out["bound"], BOUNDS)
+    out["kv_location"] = Labels(out["kv_location"], names)
+    out["strategy"] = Labels(np.tile(np.arange(ns, dtype=np.int8), n), tuple(strategies))
+    out["devices"] = np.full(N, case.devices, dtype=np.int64)
+    out["memory_capacity_bytes"] = np.full(N, float(caps[:-1].sum()))
+    if keep_ops is not None:
+        keep_ops.update(ops_log)
+    return {c: out[c] for c in COLUMNS}
+
+
+def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
+                    dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
+                    k_layout="twice", kv_location="auto", weights_location="auto") -> dict[str, np.ndarray]:
+    """The prediction as ordered columns: numpy arrays, and `Labels` (codes + categories) for the string columns
+    (see the module docstring; `decoded()` turns those into strings). Arguments take one value or a list; strings
+    take comma lists and, for numbers, ranges such as '1024:131072:x2'."""
+    hws = [load_hardware(h) for h in (hardware if isinstance(hardware, (list, tuple)) else
+                                      [hardware] if isinstance(hardware, HardwareProfile) else
+                                      parse_names(hardware, "--gpu"))]
+    models = [load_model_spec(x) for x in (model if isinstance(model, (list, tuple)) else
+                                           [model] if isinstance(model, ModelSpec) else parse_names(model, "--model"))]
+    seqs = parse_axis(seq_len, "--seq", minimum=1)
+    batches = parse_axis(batch, "--batch", minimum=1)
+    comps = parse_axis(compression, "--compression", integer=False)
+    if any(c < 1 for c in comps):
+        raise UserError(f"--compression must be at least 1 (1 = no compression), got {min(comps):g}")
+    strats = parse_strategies(strategies)
+    dtypes = [parse_dtype(d) for d in parse_names(dtype, "--dtype")]
+    kv_dtypes = [None] if kv_dtype is None else [parse_dtype(d, "kv dtype") for d in parse_names(kv_dtype, "--kv-dtype")]
+    devs = parse_axis(devices, "--devices", minimum=1)
+    rs = [None] if r is None else parse_axis(r, "--r", minimum=1)
+    ks = [None] if k is None else parse_axis(k, "--k", minimum=1)
+    if local_window is not None:
+        local_window = parse_axis(local_window, "--local-window", minimum=0)
+        if len(local_window) > 1:
+            raise UserError("--local-window takes one value")
+        local_window = local_window[0]
+    if page_size is not None:
+        page_size = parse_axis(page_size, "--page-size", minimum=1)
+        if len(page_size) > 1:
+            raise UserError("--page-size takes one value")
+        page_size = page_size[0]
+    if k_layout not in ("twice", "once"):
+        raise UserError(f"--k-layout must be twice or once, got {k_layout!r}")
+    for m in models:
+        for rr in rs:
+            if rr is not None and rr > m.head_dim:
+                raise UserError(f"--r {rr} exceeds head_dim {m.head_dim} of {m.name}; accepted: 1 <= r <= head_dim")
+
+    Bg, Sg, Cg = (a.ravel() for a in np.meshgrid(np.asarray(batches, dtype=np.int64),
+                                                 np.asarray(seqs, dtype=np.int64),
+                                                 np.asarray(comps, dtype=np.float64), indexing="ij"))
+    parts = []
+    for hw, m, dt, kvd, dv, rr, kk in itertools.product(hws, models, dtypes, kv_dtypes, devs, rs, ks):
+        kvd = kvd or dt
+        prec = Precision(dt, kvd, DTYPE_BYTES[dt], DTYPE_BYTES[dt] if dt != "int4" else 2.0, DTYPE_BYTES[kvd])
+        case = Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk)
+        parts.append(_evaluate_case(case, strats, Bg, Sg, Cg, local_window, page_size))
+    if len(parts) == 1:
+        return parts[0]
+    return {c: (Labels.concat([p[c] for p in parts]) if isinstance(parts[0][c], Labels)
+                else np.concatenate([p[c] for p in parts])) for c in COLUMNS}
+
+
+def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
+            dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
+            k_layout="twice", kv_location="auto", weights_location="auto"):
+    """Predict one decode step for every combination of the arguments; returns a pandas DataFrame (columns in the
+    module docstring). Example: `predict(hardware="a100", seq_len=[1024, 4096], strategies=["dense", "sparq"])`."""
+    import pandas as pd
+
+    cols = predict_columns(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
+                           local_window, page_size, k_layout, kv_location, weights_location)
+    small = len(cols["time_s"]) <= 10_000
+    df = pd.DataFrame({c: (v.decode().astype(str) if small else pd.Categorical.from_codes(v.codes, v.categories))
+                       if isinstance(v, Labels) else v for c, v in cols.items()})
+    return df
+
+
+LEDGER_COLUMNS = [
+    "hardware", "model", "batch", "seq_len", "strategy", "phase", "op", "group", "unit", "layers", "launches",
+    "weight_bytes", "act_read_bytes", "act_write_bytes", "kv_read_bytes", "kv_write_bytes", "meta_read_bytes",
+    "meta_write_bytes", "comm_bytes", "bytes", "flops", "arithmetic_intensity", "tier_bytes",
+    "time_s", "ideal_time_s", "memory_time_s", "compute_time_s", "link_time_s", "overhead_time_s", "bound",
+]
+
+
+def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
+           dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
+           k_layout="twice", kv_location="auto", weights_location="auto", phases=("decode", "prefill")):
+    """The per-operator ledger: one row per (hardware, model, strategy, phase, operator) at one batch and seq_len.
+
+    Bytes and FLOPs are per step, all layers and devices together; `tier_bytes` maps tier name -> bytes; times are
+    per step (per device: devices run in parallel). Returns a pandas DataFrame with LEDGER_COLUMNS."""
+    import pandas as pd
+
+    seqs = parse_axis(seq_len, "--seq", minimum=1)
+    batches = parse_axis(batch, "--batch", minimum=1)
+    comps = parse_axis(compression, "--compression", integer=False)
+    if len(seqs) != 1 or len(batches) != 1 or len(comps) != 1:
+        raise UserError("the ledger takes one --seq, one --batch and one --compression")
+    if comps[0] < 1:
+        raise UserError(f"--compression must be at least 1 (1 = no compression), got {comps[0]:g}")
+    hws = [load_hardware(h) for h in (hardware if isinstance(hardware, (list, tuple)) else
+                                      [hardware] if isinstance(hardware, HardwareProfile) else
+                                      parse_names(hardware, "--gpu"))]
+    models = [load_model_spec(x) for x in (model if isinstance(model, (list, tuple)) else
+                                           [model] if isinstance(model, ModelSpec) else parse_names(model, "--model"))]
+    strats = parse_strategies(strategies)
+    dt = parse_dtype(dtype)
+    kvd = parse_dtype(kv_dtype, "kv dtype") if kv_dtype else dt
+    prec = Precision(dt, kvd, DTYPE_BYTES[dt], DTYPE_BYTES[dt] if dt != "int4" else 2.0, DTYPE_BYTES[kvd])
+    B = np.asarray(batches, dtype=np.int64)
+    S = np.asarray(seqs, dtype=np.int64)
+    C = np.asarray(comps, dtype=np.float64)
+    rows = []
+    for hw, m in itertools.product(hws, models):
+        log: dict = {}
+        case = Case(hw, m, prec, int(devices), k_layout, kv_location, weights_location, r, k)
+        _evaluate_case(case, strats, B, S, C, local_window, page_size, keep_ops=log)
+        for strat in strats:
+            pl, entries = log[strat]
+            for op, t in entries:
+                if op.phase not in phases:
+                    continue
+                nd = case.devices * op.layers
+                val = lambda x: float(np.asarray(x).ravel()[0])  # noqa: E731
+                kvb = op.kv_read + op.kv_write + op.meta_read + op.meta_write
+                tiers = {}
+                for i, name in enumerate(pl.tiers):
+                    b = (op.weight * (pl.weights == i) + kvb * (np.asarray(pl.kv) == i)
+                         + (op.act_read + op.act_write) * (pl.act == i))
+                    if val(b) > 0:
+                        tiers[name] = val(b) * nd
+                total = val(op.bytes_total()) * nd
+                flops = val(op.flops) * nd
+                rows.append({
+                    "hardware": hw.name, "model": m.name, "batch": int(B[0]), "seq_len": int(S[0]),
+                    "strategy": strat, "phase": op.phase, "op": op.name, "group": op.group, "unit": op.unit,
+                    "layers": op.layers, "launches": op.launches * op.layers,
+                    "weight_bytes": val(op.weight) * nd, "act_read_bytes": val(op.act_read) * nd,
+                    "act_write_bytes": val(op.act_write) * nd, "kv_read_bytes": val(op.kv_read) * nd,
+                    "kv_write_bytes": val(op.kv_write) * nd, "meta_read_bytes": val(op.meta_read) * nd,
+                    "meta_write_bytes": val(op.meta_write) * nd, "comm_bytes": val(op.comm) * nd,
+                    "bytes": total, "flops": flops, "arithmetic_intensity": flops / total if total else float("inf"),
+                    "tier_bytes": tiers,
+                    "time_s": val(t.time_s) * op.layers, "ideal_time_s": val(t.ideal_s) * op.layers,
+                    "memory_time_s": val(t.memory_s) * op.layers, "compute_time_s": val(t.compute_s) * op.layers,
+                    "link_time_s": val(t.link_s) * op.layers, "overhead_time_s": t.overhead_s * op.layers,
+                    "bound": BOUNDS[int(np.asarray(t.bound).ravel()[0])],
+                })
+    return pd.DataFrame(rows, columns=LEDGER_COLUMNS)

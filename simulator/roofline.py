@@ -1,0 +1,108 @@
+"""Roofline timing of ledger operators on a hardware profile.
+
+Per operator (per device, per occurrence):
+    realistic = max(bytes on each tier / achieved bandwidth, FLOPs / achieved peak, collective time) + launches x overhead
+    ideal     = max(bytes on each tier / peak bandwidth,     FLOPs / peak,          collective bytes / link peak)
+Tiers are independent channels (HBM and a PCIe host link stream concurrently), so an operator waits for the slowest.
+Operators run one after another; the step time is their sum.
+A collective is a ring all-reduce: 2 (N-1)/N of the message crosses each device's link, in 2 (N-1) latency-bound steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..hardware_profiles import HardwareProfile
+from .errors import UserError
+from .ledger import Op, Precision
+from .units import COMPUTE_DTYPE
+
+BOUNDS = ("memory", "compute", "link", "overhead")
+HOST = "host"
+
+
+@dataclass
+class Placement:
+    """Where each kind of data lives: an index into `tiers` (device tiers in profile order, then the host link).
+
+    Indices may be arrays over the sweep rows (the KV cache of a small batch fits SRAM, of a large one not)."""
+    tiers: tuple[str, ...]
+    peak_Bps: np.ndarray
+    achieved_Bps: np.ndarray
+    weights: np.ndarray | int
+    kv: np.ndarray | int
+    act: int
+
+
+def tier_table(hw: HardwareProfile):
+    names = tuple(t.name for t in hw.memory) + (HOST,)
+    peak = np.array([t.bandwidth_Bps for t in hw.memory] + [hw.host_link.bandwidth_Bps])
+    achieved = np.array([t.achieved_Bps for t in hw.memory] + [hw.host_link.achieved_Bps])
+    caps = np.array([t.capacity_bytes for t in hw.memory] + [hw.host_link.capacity_bytes])
+    return names, peak, achieved, caps
+
+
+def matrix_peak(hw: HardwareProfile, dtype: str) -> float:
+    cd = COMPUTE_DTYPE[dtype]
+    if cd not in hw.matrix.peak_flops:
+        how = "" if cd == dtype else f" (which computes in {cd})"
+        raise UserError(f"hardware {hw.name} lists no matrix throughput for {dtype}{how}; "
+                        f"accepted --dtype there: {', '.join(hw.matrix.peak_flops)}")
+    return hw.matrix.peak_flops[cd]
+
+
+def vector_peak(hw: HardwareProfile) -> float:
+    # softmax, norms and selection run in fp32 (REFERENCE.md s1: fp32 softmax)
+    if "fp32" in hw.vector.peak_flops:
+        return hw.vector.peak_flops["fp32"]
+    return min(hw.vector.peak_flops.values())
+
+
+@dataclass
+class OpTimes:
+    time_s: np.ndarray
+    ideal_s: np.ndarray
+    memory_s: np.ndarray
+    compute_s: np.ndarray
+    link_s: np.ndarray
+    overhead_s: float
+    bound: np.ndarray   # index into BOUNDS (0..2) of the largest term of the realistic time
+
+
+def time_op(op: Op, hw: HardwareProfile, pl: Placement, prec: Precision, devices: int) -> OpTimes:
+    kv_bytes = op.kv_read + op.kv_write + op.meta_read + op.meta_write
+    act_bytes = op.act_read + op.act_write
+    mem_real = 0.0
+    mem_ideal = 0.0
+    for t in range(len(pl.tiers)):
+        b = (op.weight * (pl.weights == t) + kv_bytes * (pl.kv == t) + act_bytes * (pl.act == t))
+        mem_real = np.maximum(mem_real, b / pl.achieved_Bps[t])
+        mem_ideal = np.maximum(mem_ideal, b / pl.peak_Bps[t])
+    if op.unit == "matrix":
+        peak, eff = matrix_peak(hw, prec.dtype), hw.matrix.efficiency
+    else:
+        peak, eff = vector_peak(hw), hw.vector.efficiency
+    comp_ideal = op.flops / peak
+    comp_real = comp_ideal / eff
+    if devices > 1 and op.unit == "link":
+        frac = 2 * (devices - 1) / devices
+        link_ideal = frac * op.comm / hw.device_link.bandwidth_Bps
+        link_real = frac * op.comm / hw.device_link.achieved_Bps + 2 * (devices - 1) * hw.device_link.latency_s
+    else:
+        link_ideal = link_real = 0.0
+    busy = np.maximum(np.maximum(mem_real, comp_real), link_real)
+    # which term is the largest (ties go to memory, then compute): 0 memory, 1 compute, 2 link
+    if np.ndim(link_real) == 0 and link_real == 0:
+        bound = np.where(comp_real > mem_real, 1, 0).astype(np.int8)
+    else:
+        bound = np.where(link_real > np.maximum(mem_real, comp_real), 2,
+                         np.where(comp_real > mem_real, 1, 0)).astype(np.int8)
+    overhead = op.launches * hw.kernel_launch_s
+    return OpTimes(
+        time_s=busy + overhead,
+        ideal_s=np.maximum(np.maximum(mem_ideal, comp_ideal), link_ideal),
+        memory_s=mem_real, compute_s=comp_real, link_s=link_real, overhead_s=overhead,
+        bound=bound,
+    )

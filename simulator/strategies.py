@@ -1,0 +1,242 @@
+"""The one registry of attention strategies and their decode-step traffic (REFERENCE.md section 2).
+
+Each strategy has one name, shared by the simulator (this file: parameters and elements moved) and `sparq_ref`
+(the torch implementation). Traffic is counted in scalar elements per KV head per sequence per decode step, by
+component, so the ledger can place each component in an operator and a memory tier, and a test can compare the
+components with the index sets the reference implementation actually touches.
+
+| strategy    | elements moved per KV head                       |
+|-------------|--------------------------------------------------|
+| dense       | 2 S d_h + 2 d_h                                  |
+| sparq       | S r + 2 k d_h + 4 d_h                            |
+| h2o         | 2 k d_h + 2 d_h + 2 S                            |
+| lm-infinite | 2 k d_h + 2 d_h                                  |
+| flexgen     | S d_h + k d_h + 2 d_h                            |
+| quest       | 2 ceil(S/P) d_h + 2 k d_h + 2 d_h                |
+
+Everything here takes numpy arrays (or scalars) so one call evaluates a whole sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UserError, closest
+
+# component kinds
+KV_READ, KV_WRITE, META_READ, META_WRITE = "kv_read", "kv_write", "meta_read", "meta_write"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    title: str
+    summary: str
+    params: tuple[str, ...]      # which of r, k, local_window, page_size, sinks it uses
+    keeps_full_cache: bool       # True: all S positions stay in memory (chosen per step); False: evicts to k tokens
+    reference: str
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
+    Strategy("dense", "Dense attention", "reads all of K and V", (), True, "Vaswani et al. 2017"),
+    Strategy("sparq", "SparQ Attention",
+             "r largest |q| components select positions from r columns of K; then k full rows of K and V",
+             ("r", "k", "local_window"), True, "Ribar et al., ICML 2024 (arXiv 2312.04985), Algorithm 1"),
+    Strategy("h2o", "H2O (heavy hitters)",
+             "cache of k tokens: heavy hitters by accumulated attention plus a recent window; permanent eviction",
+             ("k", "local_window"), False, "Zhang et al., NeurIPS 2023"),
+    Strategy("flexgen", "FlexGen top-k (sparse V)", "exact scores from all of K, then only the top-k rows of V",
+             ("k",), True, "Sheng et al., ICML 2023"),
+    Strategy("lm-infinite", "LM-Infinite", "cache of k tokens: sink tokens plus a recent window",
+             ("k", "local_window", "sinks"), False, "Han et al., 2023 (StreamingLLM: Xiao et al., 2023)"),
+    Strategy("quest", "Quest", "per-page min/max key bounds select the top pages; then those pages' K and V",
+             ("k", "page_size"), True, "Tang et al., ICML 2024"),
+]}
+STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
+
+DEFAULT_PAGE_SIZE = 16       # Quest's page size (Tang et al. 2024)
+DEFAULT_SINKS = 16           # LM-Infinite keeps ~16 global "sink" tokens (REFERENCE.md s2)
+QUEST_DENSE_LAYERS = 2       # Quest runs its first two layers dense (Tang et al. 2024)
+
+
+def get_strategy(name: str) -> Strategy:
+    key = str(name).strip().lower()
+    if key not in STRATEGIES:
+        raise UserError(f"unknown strategy {name!r}{closest(key, STRATEGIES)} (accepted: {', '.join(STRATEGIES)})")
+    return STRATEGIES[key]
+
+
+def parse_strategies(value) -> list[str]:
+    """'all', a comma list or a list -> validated names in registry order of first mention."""
+    if value is None:
+        return list(STRATEGY_NAMES)
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for item in items:
+        item = str(item).strip()
+        if item.lower() == "all":
+            names = list(STRATEGY_NAMES)
+        elif item:
+            names = [get_strategy(item).name]
+        else:
+            continue
+        out.extend(n for n in names if n not in out)
+    if not out:
+        raise UserError(f"no strategy given (accepted: all, {', '.join(STRATEGIES)})")
+    return out
+
+
+def _round_pos(x) -> np.ndarray:
+    """Round half up to an integer >= 1."""
+    return np.maximum(1, np.floor(np.asarray(x, dtype=np.float64) + 0.5)).astype(np.int64)
+
+
+def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=None, local_window=None,
+                   page_size=None, sinks=None) -> dict[str, np.ndarray]:
+    """Each strategy's parameters for target compression C (REFERENCE.md s2), with explicit overrides.
+
+    SparQ: r = d_h / C, k = S / (2C), local window l = k / 4 (the paper's defaults).
+    H2O: cache k = S / C tokens, half of them the recent window (H2O's equal split).
+    LM-Infinite: cache k = S / C tokens, min(16, k/2) of them sinks, the rest the recent window.
+    FlexGen: k = S / C rows of V.  Quest: budget k = S / C tokens, rounded to whole pages of P = 16.
+    Returns int64 arrays r, k, local_window, page_size, sinks broadcast to seq_len's shape (0 = not used).
+    Raises UserError on r > d_h, k > S, a window larger than k, or values below 1.
+    """
+    s = get_strategy(strategy)
+    S = np.asarray(seq_len, dtype=np.int64)
+    dh = np.broadcast_to(np.asarray(head_dim, dtype=np.int64), S.shape)
+    C = np.broadcast_to(np.asarray(compression, dtype=np.float64), S.shape)
+    zero = np.zeros(S.shape, dtype=np.int64)
+    out = {"r": zero, "k": zero, "local_window": zero, "page_size": zero, "sinks": zero}
+    if s.name == "dense":
+        return out
+
+    def given(v, what):
+        a = np.asarray(v)
+        if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.all(a == np.floor(a))):
+            raise UserError(f"--{what.replace('_', '-')} must be a whole number, got {v!r}")
+        if np.any(a < 1):
+            raise UserError(f"--{what.replace('_', '-')} must be at least 1, got {int(np.min(a))}")
+        return np.broadcast_to(a.astype(np.int64), S.shape)
+
+    if s.name == "quest":
+        P = given(page_size, "page_size") if page_size is not None else np.full(S.shape, DEFAULT_PAGE_SIZE)
+        out["page_size"] = P
+        if k is None:
+            kk = P * _round_pos(S / C / P)
+        else:
+            kk = given(k, "k")
+            if np.any(kk % P):
+                raise UserError(f"--k must be a whole number of pages for quest (page size {int(P.flat[0])}), "
+                                f"got {int(kk[kk % P != 0].flat[0])}")
+    elif k is None:
+        kk = _round_pos(S / (2 * C) if s.name == "sparq" else S / C)
+    else:
+        kk = given(k, "k")
+    if k is not None and np.any(kk > S):
+        bad = np.argmax(np.broadcast_to(kk > S, S.shape))
+        raise UserError(f"k = {int(np.broadcast_to(kk, S.shape).flat[bad])} exceeds the context length seq_len = "
+                        f"{int(S.flat[bad])} ({s.name}); accepted: 1 <= k <= seq_len")
+    kk = np.minimum(kk, S)  # a recipe's rounding (one page at least) may pass a short context
+    out["k"] = kk
+
+    if s.name == "sparq":
+        rr = given(r, "r") if r is not None else np.minimum(_round_pos(dh / C), dh)
+        if np.any(rr > dh):
+            raise UserError(f"r = {int(np.max(rr))} exceeds head_dim = {int(np.min(dh))}; accepted: 1 <= r <= head_dim")
+        out["r"] = rr
+    if "local_window" in s.params:
+        if local_window is not None:
+            lw = np.broadcast_to(np.asarray(local_window, dtype=np.int64), S.shape)
+            if np.any(lw < 0) or np.any(lw > kk):
+                raise UserError(f"--local-window must be between 0 and k, got {int(np.max(lw))} with k = "
+                                f"{int(np.min(kk))}")
+        elif s.name == "sparq":
+            lw = kk // 4
+        elif s.name == "h2o":
+            lw = kk // 2
+        else:  # lm-infinite: whatever the sinks leave
+            lw = None
+        if s.name == "lm-infinite":
+            sk = (np.broadcast_to(np.asarray(sinks, dtype=np.int64), S.shape) if sinks is not None
+                  else np.minimum(DEFAULT_SINKS, kk // 2))
+            lw = kk - sk if lw is None else lw
+            if np.any(sk + lw > kk) or np.any(sk < 0):
+                raise UserError("sinks + local window must not exceed k for lm-infinite")
+            out["sinks"] = sk
+        out["local_window"] = np.asarray(lw, dtype=np.int64)
+    return out
+
+
+def traffic_components(strategy: str, seq_len, head_dim, params: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+    """(component, kind, elements) per KV head per sequence for one decode step of one layer.
+
+    Sums to the table in the module docstring. Components name what is read or written so the ledger can turn each
+    into an operator: K and V reads and the new token's k, v write, plus each strategy's extra reads.
+    """
+    s = get_strategy(strategy).name
+    S = np.asarray(seq_len, dtype=np.float64)
+    dh = np.asarray(head_dim, dtype=np.float64)
+    k = params["k"].astype(np.float64)
+    write = ("kv_append", KV_WRITE, 2 * dh + 0 * S)  # the new token's k and v
+    if s == "dense":
+        return [("k_all", KV_READ, S * dh), ("v_all", KV_READ, S * dh), write]
+    if s == "sparq":
+        r = params["r"].astype(np.float64)
+        return [
+            ("k_columns", KV_READ, S * r),           # Step 1: r columns of K over all S positions
+            ("k_rows", KV_READ, k * dh),              # Step 2: k full rows of K
+            ("v_rows", KV_READ, k * dh),              # ... and of V
+            write,
+            ("v_mean_read", META_READ, dh + 0 * S),   # running mean of V (v_bar): read ...
+            ("v_mean_write", META_WRITE, dh + 0 * S),  # ... and write back
+        ]
+    if s == "h2o":
+        return [
+            ("k_rows", KV_READ, k * dh), ("v_rows", KV_READ, k * dh), write,
+            # accumulated score statistics, read and written: 2 S (the paper's Table 1 model; counted at the KV dtype)
+            ("score_stats_read", META_READ, S), ("score_stats_write", META_WRITE, S),
+        ]
+    if s == "lm-infinite":
+        return [("k_rows", KV_READ, k * dh), ("v_rows", KV_READ, k * dh), write]
+    if s == "flexgen":
+        return [("k_all", KV_READ, S * dh), ("v_rows", KV_READ, k * dh), write]
+    if s == "quest":
+        pages = np.ceil(S / params["page_size"])
+        return [
+            ("page_minmax", META_READ, 2 * pages * dh),  # per-page min and max key vectors
+            ("k_rows", KV_READ, k * dh), ("v_rows", KV_READ, k * dh), write,
+        ]
+    raise AssertionError(s)
+
+
+def elements_moved(strategy: str, seq_len, head_dim, params: dict[str, np.ndarray]) -> np.ndarray:
+    """Total elements per KV head per decode step (one layer): the REFERENCE.md s2 formula."""
+    return sum(e for _, _, e in traffic_components(strategy, seq_len, head_dim, params))
+
+
+def cache_tokens(strategy: str, seq_len, params: dict[str, np.ndarray]) -> np.ndarray:
+    """Positions whose K and V stay in memory: all S, or the k-token cache of an evicting strategy."""
+    s = get_strategy(strategy)
+    S = np.asarray(seq_len, dtype=np.float64)
+    return S if s.keeps_full_cache else np.minimum(S, params["k"])
+
+
+def extra_cache_elements(strategy: str, seq_len, head_dim, params: dict[str, np.ndarray], k_layout: str = "twice"):
+    """Elements per KV head stored beyond K and V of the cached tokens.
+
+    SparQ with K stored twice keeps a second, S-contiguous copy of K (+50% of the KV cache) and v_bar; Quest keeps
+    per-page min and max keys; H2O keeps its score statistics.
+    """
+    s = get_strategy(strategy).name
+    S = np.asarray(seq_len, dtype=np.float64)
+    dh = np.asarray(head_dim, dtype=np.float64)
+    if s == "sparq":
+        return (S * dh if k_layout == "twice" else 0 * S) + dh
+    if s == "quest":
+        return 2 * np.ceil(S / params["page_size"]) * dh
+    if s == "h2o":
+        return S + 0 * dh
+    return 0 * S

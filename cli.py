@@ -231,6 +231,104 @@ def models_show(name: str = typer.Argument(..., help="Built-in name or path to a
     print(f"{'kv_bytes_per_token':22s} {m.kv_elements_per_token() * 2} (bf16)")
 
 
+# --- measurements: validate and calibrate (issue 5) ------------------------------------------------------------------
+
+def _measurements(measured: Optional[str], dataset: Optional[str]):
+    from .simulator.measured import dataset_names, dataset_path, load_measurements
+    if bool(measured) == bool(dataset):
+        raise UserError("give one of MEASURED.csv or --dataset NAME (datasets: " + ", ".join(dataset_names()) + ")")
+    return load_measurements(measured or dataset_path(dataset))
+
+
+def _measured_hardware(df, gpu: Optional[str], hardware_file: Optional[str]):
+    from .hardware_profiles import load_hardware
+    from .simulator.measured import resolve_device
+    if hardware_file:
+        return load_hardware(_hardware_arg(None, hardware_file)[0])
+    if gpu:
+        return load_hardware(gpu)
+    names = sorted(set(df["hardware"].astype(str)))
+    if len(names) > 1:
+        raise UserError(f"the measurements hold several devices ({', '.join(names)}); choose one with --hardware")
+    return resolve_device(names[0])
+
+
+@app.command(epilog="Examples:\n\n  sparq-sim validate --dataset sparq-paper-a10g\n\n"
+             "  sparq-sim validate --dataset sparq-paper-a10g --holdout batch:1,4\n\n"
+             "  sparq-sim validate measured.csv --hardware-file calibrated.yaml -f json")
+def validate(measured: Optional[str] = typer.Argument(None, help="CSV in the measurement schema."),
+             dataset: Optional[str] = typer.Option(None, "--dataset", help="A shipped dataset: sparq-paper-a10g, "
+                                                   "sparq-paper-epyc."),
+             gpu: Optional[str] = typer.Option(None, "--hardware", "--gpu", help="Profile to predict with "
+                                               "(default: from the file's hardware column)."),
+             hardware_file: Optional[str] = HW_FILE,
+             holdout: Optional[str] = typer.Option(None, "--holdout", help="Fit the implementation models on part "
+                                                   "of the rows, judge the rest: COLUMN:VALUES (batch:1,4) or a "
+                                                   "fraction (0.5)."),
+             format: Optional[str] = FMT, output: Optional[str] = OUT):
+    """Predict every measured row; per-row error, MAPE per kernel, measured vs predicted speedup over dense."""
+    from .simulator.measured import validate as run_validate
+    from .simulator.output import records, resolve_format, to_csv, to_json
+
+    fmt = resolve_format(format, output)
+    df = _measurements(measured, dataset)
+    hw = _measured_hardware(df, gpu, hardware_file)
+    rows, summary = run_validate(df, hw, holdout)
+    cols = {c: rows[c].to_numpy() for c in rows.columns}
+    if fmt == "json":
+        text = to_json({"summary": summary, "rows": records(cols)})
+    elif fmt == "csv":
+        text = to_csv(cols)
+    else:
+        lines = [f"validation on {hw.name} ({'holdout ' + holdout if holdout else 'uncalibrated priors' if not hw.calibration else 'calibrated profile'}); "
+                 f"errors on {summary['overall']['rows']} {'held-out ' if holdout else ''}rows; speedup vs "
+                 f"{summary['baseline_kernel']}",
+                 f"{'kernel':28s} {'rows':>5s} {'MAPE':>7s} {'worst':>8s} {'geomean':>8s} {'speedup err':>11s}"]
+        for name, part in [("all", summary["overall"])] + [(f"  {k}", v) for k, v in summary["by_strategy"].items()] \
+                + list(summary["by_kernel"].items()):
+            se = part.get("speedup_mape")
+            lines.append(f"{name:28s} {part['rows']:5d} {part['mape'] * 100:6.1f}% {part['worst_rel_err'] * 100:+7.1f}% "
+                         f"{part['geomean_ratio']:8.3f} {'' if se is None else f'{se * 100:10.1f}%':>11s}")
+        text = "\n".join(lines) + "\n"
+    _emit(text, output)
+
+
+@app.command(epilog="Example:\n\n  sparq-sim calibrate measured.csv --hardware a10g -o a10g-calibrated.yaml")
+def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the measurement schema."),
+              dataset: Optional[str] = typer.Option(None, "--dataset", help="A shipped dataset instead of a file."),
+              gpu: Optional[str] = typer.Option(None, "--hardware", "--gpu", help="Profile to start from "
+                                                "(default: from the file's hardware column)."),
+              hardware_file: Optional[str] = HW_FILE,
+              name: Optional[str] = typer.Option(None, "--name", help="Name of the written profile "
+                                                 "(default: NAME-calibrated)."),
+              output: str = typer.Option(..., "--output", "-o", help="The profile YAML to write.")):
+    """Fit kernel costs, stream/gather efficiencies and top-k cost to measurements; write a calibrated profile."""
+    import datetime
+
+    import yaml
+
+    from .hardware_profiles import parse_profile
+    from .simulator.measured import calibrate_from_measurements
+    from .simulator.output import write_atomic
+
+    df = _measurements(measured, dataset)
+    hw = _measured_hardware(df, gpu, hardware_file)
+    where = measured or f"dataset {dataset}"
+    source = (f"fitted by sparq-sim calibrate on {where} ({len(df)} rows, "
+              f"{datetime.date.today().isoformat()}) from profile {hw.name} (sha256 {hw.digest})")
+    _, _, block = calibrate_from_measurements(df, hw, source)
+    with open(hw.path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    data["name"] = name or f"{hw.name}-calibrated"
+    data["aliases"] = []
+    data["description"] = f"{data.get('description', '')} (calibrated)".strip()
+    data["calibration"] = block
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
+    parse_profile(yaml.safe_load(text), output)  # what we write must load
+    write_atomic(output, text)
+    sys.stderr.write(f"wrote {output}: {len(block['kernels'])} kernels fitted on {len(df)} rows\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the typer app, turning bad input into one line on stderr and exit status 2."""
     try:

@@ -88,6 +88,7 @@ class HardwareProfile:
     granularity_source: str
     kernel_launch_s: float
     overheads_source: str
+    calibration: dict = field(default_factory=dict, compare=False)  # fitted by `sparq-sim calibrate` (optional)
     path: str = ""
     digest: str = field(default="", compare=False)
 
@@ -122,7 +123,9 @@ class HardwareProfile:
 # schema
 
 _TOP = {"schema_version", "name", "aliases", "vendor", "kind", "description", "version", "memory", "host_link",
-        "device_link", "compute", "cache", "access", "overheads"}
+        "device_link", "compute", "cache", "access", "overheads", "calibration"}
+_CAL = {"source", "topk_per_element", "kernels", "rows", "fitted_on"}
+_CAL_KERNEL = {"fixed", "device_fixed", "stream_efficiency", "gather_efficiency"}
 _TIER = {"name", "capacity", "bandwidth", "efficiency", "source"}
 _HOST = {"name", "bandwidth", "efficiency", "latency", "capacity", "source"}
 _DLINK = {"name", "bandwidth", "efficiency", "latency", "source"}
@@ -186,7 +189,7 @@ def _unit(c: _Checker, obj, fld: str) -> ComputeUnit:
 def parse_profile(data, where: str) -> HardwareProfile:
     """Validate a parsed YAML document and build the profile; every error names `where` and the field."""
     c = _Checker(where)
-    c.mapping(data, "", _TOP, _TOP - {"aliases", "description"})
+    c.mapping(data, "", _TOP, _TOP - {"aliases", "description", "calibration"})
     if data["schema_version"] != SCHEMA_VERSION:
         c.fail("schema_version", f"expected {SCHEMA_VERSION}, got {data['schema_version']!r}")
     name = c.text(data["name"], "name")
@@ -242,7 +245,36 @@ def parse_profile(data, where: str) -> HardwareProfile:
     cache = c.mapping(data["cache"], "cache", {"size", "source"}, {"size", "source"})
     access = c.mapping(data["access"], "access", {"granularity", "source"}, {"granularity", "source"})
     over = c.mapping(data["overheads"], "overheads", {"kernel_launch", "source"}, {"kernel_launch", "source"})
+    calibration = {}
+    if data.get("calibration") is not None:
+        cal = c.mapping(data["calibration"], "calibration", _CAL, {"source"})
+        calibration["source"] = c.text(cal["source"], "calibration.source")
+        calibration["rows"] = cal.get("rows")
+        calibration["fitted_on"] = cal.get("fitted_on")
+        if "topk_per_element" in cal:
+            calibration["topk_per_element_s"] = c.quantity(cal["topk_per_element"], "calibration.topk_per_element",
+                                                           "time", positive=False)
+        kernels = cal.get("kernels") or {}
+        if not isinstance(kernels, dict):
+            c.fail("calibration.kernels", "expected a mapping of kernel name to fitted values")
+        calibration["kernels"] = {}
+        for kname, kv in kernels.items():
+            f = f"calibration.kernels.{kname}"
+            c.mapping(kv, f, _CAL_KERNEL, set())
+            out = {}
+            if "fixed" in kv:
+                out["fixed_s"] = c.quantity(kv["fixed"], f + ".fixed", "time", positive=False)
+            if "device_fixed" in kv:
+                out["device_fixed_s"] = c.quantity(kv["device_fixed"], f + ".device_fixed", "time", positive=False)
+            for eff in ("stream_efficiency", "gather_efficiency"):
+                if eff in kv:
+                    v = kv[eff]
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 10):
+                        c.fail(f"{f}.{eff}", f"expected a positive fraction of peak bandwidth, got {v!r}")
+                    out[eff] = float(v)
+            calibration["kernels"][str(kname)] = out
     return HardwareProfile(
+        calibration=calibration,
         name=name,
         aliases=tuple(aliases),
         vendor=c.text(data["vendor"], "vendor"),

@@ -56,8 +56,21 @@ def records(cols: dict[str, np.ndarray]) -> list[dict]:
     return [dict(zip(names, row)) for row in zip(*lists)]
 
 
+def _clean(obj):
+    """Make a structure JSON-safe: numpy scalars to Python, non-finite floats to null."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return _py(obj)
+    return obj
+
+
 def to_json(obj) -> str:
-    return json.dumps(obj, indent=1, allow_nan=False, default=_py) + "\n"
+    return json.dumps(_clean(obj), indent=1, allow_nan=False, default=_py) + "\n"
 
 
 def to_csv(cols: dict[str, np.ndarray]) -> str:

@@ -1,0 +1,258 @@
+"""Implementation models: the time a named decode-attention kernel takes, and fitting them to measurements.
+
+A roofline over datasheet peaks is a lower bound; real kernels launch many small ops, gather rather than stream, and
+run a top-k. Each implementation in `data/implementations.yaml` says how its bytes move; per call of one kernel:
+
+    time = max(host, device)
+    host   = fixed: the framework's per-op dispatch of every op the kernel issues (launches run asynchronously, so
+             the host and the device overlap; small problems are host bound and flat in S and B, as measured)
+    device = launches x kernel_launch + stream_bytes / (BW x stream_efficiency)
+             + gather_bytes / (BW x gather_efficiency) + topk_elements x topk_s_per_element
+
+BW is the peak bandwidth of the tier the KV cache lives in (the profile's first tier unless the implementation names
+one). Unfitted, the parameters come from the profile (launch overhead, memory efficiency) and the implementation's
+priors; `fit()` finds them from measurements: rows the model says are host bound set `fixed`, the others fit the
+device terms by least squares on relative error, pulled toward the priors so a parameter the data cannot see keeps
+its prior. Pure numpy/pandas.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..hardware_profiles import HardwareProfile
+from .errors import UserError, closest
+from .units import DTYPE_BYTES, parse_dtype, parse_quantity
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+ONE_K = "-oneK"
+GATHER_EFFICIENCY_PRIOR = 0.5   # assumption: row gathers reach about half the streaming bandwidth
+TOPK_BYTES_PER_ELEMENT_PRIOR = 16.0  # assumption: a radix select reads 4-byte keys about four times
+
+
+@dataclass(frozen=True)
+class Implementation:
+    name: str
+    strategy: str
+    family: str
+    dispatch_s: float
+    launches: float
+    score_passes: float
+    score_bytes: str | float
+    k_layout: str | None
+    step1: str | None
+    gather_factor: float
+    topk: float
+    kv_tier: str | None
+    source: str
+
+
+@lru_cache(maxsize=1)
+def _load() -> dict:
+    path = DATA_DIR / "implementations.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    fams = {k: parse_quantity(v["dispatch"], "time") for k, v in data["families"].items()}
+    out = {}
+    for name, d in data["implementations"].items():
+        out[name] = Implementation(
+            name=name, strategy=d["strategy"], family=d["family"], dispatch_s=fams[d["family"]],
+            launches=float(d["launches"]), score_passes=float(d.get("score_passes", 0)),
+            score_bytes=d.get("score_bytes", "dtype"), k_layout=d.get("k_layout"), step1=d.get("step1"),
+            gather_factor=float(d.get("gather_factor", 1)), topk=float(d.get("topk", 0)), kv_tier=d.get("kv_tier"),
+            source=d["source"])
+    return out
+
+
+def implementation_names() -> list[str]:
+    base = _load()
+    return sorted(list(base) + [n + ONE_K for n, i in base.items() if i.strategy == "sparq"])
+
+
+def get_implementation(kernel: str) -> Implementation:
+    """A kernel name from the measurement schema; '-oneK' marks K stored once (Step 1 reads whole sectors)."""
+    base = _load()
+    name = str(kernel)
+    once = name.endswith(ONE_K)
+    root = name[: -len(ONE_K)] if once else name
+    if root not in base or (once and base[root].strategy != "sparq"):
+        raise UserError(f"unknown kernel {kernel!r}{closest(name, implementation_names())} "
+                        f"(accepted: {', '.join(implementation_names())})")
+    impl = base[root]
+    if once:
+        from dataclasses import replace
+        impl = replace(impl, name=name, k_layout="once", step1="sectors")
+    return impl
+
+
+def sectors_touched(r, head_dim, elem_bytes, granularity):
+    """Expected memory sectors of one d-contiguous key row touched by r distinct components chosen at random.
+
+    A row of d elements spans n = ceil(d e / g) sectors of g bytes with m = d / n components each; a sector is
+    missed when all r components fall outside it: C(d - m, r) / C(d, r)."""
+    r = np.asarray(r, dtype=np.float64)
+    d = float(head_dim)
+    n = max(1.0, math.ceil(d * elem_bytes / granularity))
+    m = d / n
+    # log C(d - m, r) - log C(d, r) via lgamma, vectorised over r
+    lg = np.vectorize(math.lgamma)
+    rs = np.minimum(r, d - m)  # beyond d - m components every sector is hit (and lgamma would see poles)
+    miss = np.where(r <= d - m, np.exp(lg(d - m + 1) - lg(d - m - rs + 1) - lg(d + 1) + lg(d - rs + 1)), 0.0)
+    return n * (1.0 - miss)
+
+
+def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str, np.ndarray]:
+    """Bytes and elements per call for measurement rows (dict of arrays: batch, seq_len, n_heads, n_kv_heads,
+    head_dim, dtype, r, k)."""
+    B = np.asarray(rows["batch"], dtype=np.float64)
+    S = np.asarray(rows["seq_len"], dtype=np.float64)
+    H = np.asarray(rows["n_heads"], dtype=np.float64)
+    Hkv = np.asarray(rows["n_kv_heads"], dtype=np.float64)
+    d = np.asarray(rows["head_dim"], dtype=np.float64)
+    e = np.asarray([DTYPE_BYTES[parse_dtype(x)] for x in rows["dtype"]], dtype=np.float64)
+    sb = e if impl.score_bytes == "dtype" else float(impl.score_bytes)
+    stream = impl.score_passes * B * H * S * sb
+    gather = np.zeros_like(B)
+    topk = np.zeros_like(B)
+    if impl.strategy == "dense":
+        stream = stream + 2 * B * Hkv * S * d * e
+    elif impl.strategy == "sparq":
+        r = np.asarray(rows["r"], dtype=np.float64)
+        k = np.asarray(rows["k"], dtype=np.float64)
+        # Step 2: k rows of K and of V (whole rows, gathered)
+        gather = gather + 2 * B * Hkv * k * d * e * impl.gather_factor
+        step1 = B * Hkv * S * r * e
+        if impl.step1 == "stream":
+            stream = stream + step1
+        elif impl.step1 == "gather":
+            gather = gather + step1 * impl.gather_factor
+        elif impl.step1 == "sectors":
+            g = hw.granularity_bytes
+            per_row = np.asarray([sectors_touched(ri, di, ei, g) for ri, di, ei in zip(r, d, e)]) * g
+            gather = gather + B * Hkv * S * per_row * impl.gather_factor
+        topk = impl.topk * B * Hkv * S
+    else:
+        raise UserError(f"kernel {impl.name}: strategy {impl.strategy!r} has no implementation model yet")
+    return {"stream_bytes": stream, "gather_bytes": gather, "topk_elements": topk}
+
+
+def _bandwidth(impl: Implementation, hw: HardwareProfile):
+    tier = hw.tier(impl.kv_tier) if impl.kv_tier else hw.memory[0]
+    return tier.bandwidth_Bps, tier.efficiency
+
+
+def prior_params(impl: Implementation, hw: HardwareProfile) -> dict[str, float]:
+    bw, eff = _bandwidth(impl, hw)
+    return {
+        "fixed_s": impl.launches * (hw.kernel_launch_s + impl.dispatch_s),
+        "device_fixed_s": impl.launches * hw.kernel_launch_s,
+        "inv_stream": 1.0 / (bw * eff),
+        "inv_gather": 1.0 / (bw * eff * GATHER_EFFICIENCY_PRIOR),
+    }
+
+
+def topk_prior(hw: HardwareProfile) -> float:
+    return TOPK_BYTES_PER_ELEMENT_PRIOR / (hw.memory[0].bandwidth_Bps * hw.memory[0].efficiency)
+
+
+def params_for(impl: Implementation, hw: HardwareProfile) -> dict[str, float]:
+    """Calibrated values from the profile where present, else the priors."""
+    p = prior_params(impl, hw)
+    cal = (hw.calibration or {}).get("kernels", {}).get(impl.name, {})
+    bw, _ = _bandwidth(impl, hw)
+    if "fixed_s" in cal:
+        p["fixed_s"] = cal["fixed_s"]
+    if "device_fixed_s" in cal:
+        p["device_fixed_s"] = cal["device_fixed_s"]
+    if "stream_efficiency" in cal:
+        p["inv_stream"] = 1.0 / (bw * cal["stream_efficiency"])
+    if "gather_efficiency" in cal:
+        p["inv_gather"] = 1.0 / (bw * cal["gather_efficiency"])
+    return p
+
+
+def predict_kernel_times(kernels, rows: dict, hw: HardwareProfile, params: dict | None = None,
+                         topk_s: float | None = None) -> np.ndarray:
+    """Predicted whole-call time for each measurement row. `params` maps kernel -> fitted parameters."""
+    kernels = np.asarray(kernels, dtype=object)
+    out = np.full(len(kernels), np.nan)
+    if topk_s is None:
+        topk_s = (hw.calibration or {}).get("topk_per_element_s", topk_prior(hw))
+    for name in dict.fromkeys(kernels.tolist()):
+        impl = get_implementation(name)
+        sel = kernels == name
+        f = features(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, hw)
+        p = (params or {}).get(name) or params_for(impl, hw)
+        out[sel] = np.maximum(p["fixed_s"], _device_time(p, f, topk_s))
+    return out
+
+
+def _device_time(p: dict, f: dict, topk_s: float) -> np.ndarray:
+    return (p["device_fixed_s"] + f["stream_bytes"] * p["inv_stream"] + f["gather_bytes"] * p["inv_gather"]
+            + f["topk_elements"] * topk_s)
+
+
+def fit(kernels, rows: dict, measured_s, hw: HardwareProfile, prior_rows: float = 3.0,
+        host_margin: float = 1.15):
+    """Fit each kernel's host cost, stream and gather efficiency, and a shared top-k cost per element.
+
+    Since time = max(host, device) >= host on every row, a kernel's host cost is its fastest measured call. Rows more
+    than `host_margin` above that are device bound: they fit the device terms by least squares on relative error,
+    each parameter scaled by its prior and pulled toward it with the weight of `prior_rows` rows at 100 % error, so
+    a parameter the data cannot see keeps its prior. Returns (params by kernel, topk_s)."""
+    kernels = np.asarray(kernels, dtype=object)
+    t = np.asarray(measured_s, dtype=np.float64)
+    if len(t) == 0:
+        raise UserError("nothing to fit: no measurement rows")
+    if np.any(~np.isfinite(t)) or np.any(t <= 0):
+        raise UserError("measured times must be positive and finite")
+    names = list(dict.fromkeys(kernels.tolist()))
+    ncol = 2 * len(names) + 1
+    A = np.zeros((len(t), ncol))
+    prior = np.zeros(ncol)
+    tk0 = topk_prior(hw)
+    prior[-1] = tk0
+    device_fixed = np.zeros(len(t))
+    dev_rows = np.zeros(len(t), dtype=bool)
+    params = {}
+    for j, name in enumerate(names):
+        impl = get_implementation(name)
+        sel = kernels == name
+        f = features(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, hw)
+        p0 = prior_params(impl, hw)
+        params[name] = dict(p0, fixed_s=float(t[sel].min()))
+        prior[2 * j: 2 * j + 2] = [p0["inv_stream"], p0["inv_gather"]]
+        A[sel, 2 * j] = f["stream_bytes"]
+        A[sel, 2 * j + 1] = f["gather_bytes"]
+        A[sel, -1] = f["topk_elements"]
+        device_fixed[sel] = p0["device_fixed_s"]
+        dev_rows |= sel & (t > host_margin * params[name]["fixed_s"])
+    M = (A * prior / t[:, None])[dev_rows]
+    y = (1.0 - device_fixed / t)[dev_rows]
+    lam = prior_rows * np.ones(ncol)
+    x = np.linalg.solve(M.T @ M + np.diag(lam), M.T @ y + lam)
+    x = np.clip(x, 0.05, 20.0)  # efficiencies between 1/20 and 20 times their prior
+    theta = x * prior
+    for j, name in enumerate(names):
+        params[name]["inv_stream"], params[name]["inv_gather"] = float(theta[2 * j]), float(theta[2 * j + 1])
+    return params, float(theta[-1])
+
+
+def calibration_block(params: dict, topk_s: float, hw: HardwareProfile, source: str, rows: int) -> dict:
+    """The `calibration:` block of a profile YAML for fitted parameters (efficiencies relative to peak bandwidth)."""
+    kernels = {}
+    for name, p in params.items():
+        impl = get_implementation(name)
+        bw, _ = _bandwidth(impl, hw)
+        entry = {"fixed": f"{p['fixed_s'] * 1e6:.4g} us", "device_fixed": f"{p['device_fixed_s'] * 1e6:.4g} us"}
+        if p["inv_stream"] > 0:
+            entry["stream_efficiency"] = round(1.0 / (bw * p["inv_stream"]), 4)
+        if p["inv_gather"] > 0:
+            entry["gather_efficiency"] = round(1.0 / (bw * p["inv_gather"]), 4)
+        kernels[name] = entry
+    return {"source": source, "rows": int(rows), "topk_per_element": f"{topk_s * 1e9:.4g} ns", "kernels": kernels}

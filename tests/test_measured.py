@@ -1,0 +1,106 @@
+"""Implementation models, measurement loading, validation and calibration (issue 5, simulator side)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from sparq_sim.cli import main
+from sparq_sim.hardware_profiles import load_hardware
+from sparq_sim.simulator.errors import UserError
+from sparq_sim.simulator.implementations import features, fit, get_implementation, sectors_touched
+from sparq_sim.simulator.measured import dataset_path, load_measurements, resolve_device, validate
+
+
+def test_sectors_touched_by_hand():
+    # d = 64 fp16 = 128 B = four 32 B sectors of 16 components: r = d touches all, r = 1 touches one
+    assert sectors_touched(64, 64, 2, 32) == pytest.approx(4.0)
+    assert sectors_touched(1, 64, 2, 32) == pytest.approx(1.0)
+    # r = 2: P(both in one sector) = 4 * C(16, 2) / C(64, 2) = 480 / 2016 -> E = 2 - 480/2016
+    assert sectors_touched(2, 64, 2, 32) == pytest.approx(2 - 480 / 2016)
+
+
+def test_features_by_hand():
+    hw = load_hardware("a10g")
+    rows = dict(batch=[2], seq_len=[1024], n_heads=[4], n_kv_heads=[4], head_dim=[128], dtype=["float16"],
+                r=[16], k=[64])
+    dense = features(get_implementation("attn-mem-efficient"), rows, hw)
+    assert dense["stream_bytes"][0] == 2 * 2 * 4 * 1024 * 128 * 2  # K and V, fused (no score passes)
+    tri = features(get_implementation("sparq-attn-triton"), rows, hw)
+    # Step 1 streams r columns of K; two fp32 passes over the approximate scores; Step 2 gathers k rows of K and V
+    assert tri["stream_bytes"][0] == 2 * 4 * 1024 * 16 * 2 + 2 * 2 * 4 * 1024 * 4
+    assert tri["gather_bytes"][0] == 2 * 2 * 4 * 64 * 128 * 2
+    assert tri["topk_elements"][0] == 2 * 4 * 1024
+    once = features(get_implementation("sparq-attn-triton-oneK"), rows, hw)
+    assert once["gather_bytes"][0] == pytest.approx(tri["gather_bytes"][0] + 2 * 4 * 1024 * 32 * float(
+        sectors_touched(16, 128, 2, 32)))
+
+
+def test_fit_recovers_known_parameters():
+    """Synthetic measurements from known parameters: the fit finds them back."""
+    hw = load_hardware("a10g")
+    B, S = np.meshgrid([1, 4, 16, 64], [1024, 4096, 16384])
+    n = B.size
+    rows = dict(batch=B.ravel(), seq_len=S.ravel(), n_heads=np.full(n, 32), n_kv_heads=np.full(n, 32),
+                head_dim=np.full(n, 128), dtype=np.array(["float16"] * n), r=np.full(n, np.nan), k=np.full(n, np.nan))
+    f = features(get_implementation("attn-torch"), rows, hw)
+    true_host, true_inv = 150e-6, 1 / (600e9 * 0.6)
+    t = np.maximum(true_host, 10e-6 + f["stream_bytes"] * true_inv)
+    params, _ = fit(np.array(["attn-torch"] * n), rows, t, hw)
+    p = params["attn-torch"]
+    assert p["fixed_s"] == pytest.approx(true_host)
+    assert p["inv_stream"] == pytest.approx(true_inv, rel=0.02)
+
+
+def test_shipped_datasets_load_and_map_to_profiles():
+    a = load_measurements(dataset_path("sparq-paper-a10g"))
+    e = load_measurements(dataset_path("sparq-paper-epyc"))
+    assert len(a) == 1076 and len(e) == 604
+    assert resolve_device(a.hardware.iloc[0]).name == "a10g"
+    assert resolve_device(e.hardware.iloc[0]).name == "epyc-7763"
+
+
+def test_holdout_validation_on_the_a10g_dataset():
+    """Fit on batch 1 and 4, judge batch 16 and 64 (figures quoted in the closing note of issue 5)."""
+    df = load_measurements(dataset_path("sparq-paper-a10g"))
+    rows, s = validate(df, load_hardware("a10g"), holdout="batch:1,4")
+    test = rows[rows.split == "test"]
+    assert set(test.batch) == {16, 64} and len(test) == s["overall"]["rows"]
+    assert s["by_strategy"]["sparq"]["mape"] <= 0.25
+    assert s["by_kernel"]["sparq-attn-triton"]["speedup_mape"] <= 0.15
+    assert s["by_kernel"]["attn-torch"]["mape"] <= 0.15
+    assert np.allclose(rows.rel_err, rows.predicted_time_s / rows.time_s - 1)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("hardware,kernel\nx,y\n", "missing column"),
+    ("hardware,kernel,strategy,k_layout,batch,seq_len,n_heads,n_kv_heads,head_dim,dtype,r,k,time_s,time_stderr_s\n"
+     "NVIDIA A10G,attn-torch,dense,,1,1024,32,32,128,float16,,,-1,\n", "time_s must be positive"),
+    ("hardware,kernel,strategy,k_layout,batch,seq_len,n_heads,n_kv_heads,head_dim,dtype,r,k,time_s,time_stderr_s\n"
+     "NVIDIA A10G,attn-warp,dense,,1,1024,32,32,128,float16,,,0.1,\n", "unknown kernel"),
+    ("hardware,kernel,strategy,k_layout,batch,seq_len,n_heads,n_kv_heads,head_dim,dtype,r,k,time_s,time_stderr_s\n"
+     "NVIDIA A10G,sparq-attn-torch,sparq,twice,1,1024,32,32,128,float16,256,64,0.1,\n", "r <= head_dim"),
+    ("hardware,kernel,strategy,k_layout,batch,seq_len,n_heads,n_kv_heads,head_dim,dtype,r,k,time_s,time_stderr_s\n"
+     "NVIDIA A10G,attn-torch,dense,,one,1024,32,32,128,float16,,,0.1,\n", "batch must be a number"),
+])
+def test_bad_measurements(tmp_path, text, match):
+    f = tmp_path / "m.csv"
+    f.write_text(text)
+    with pytest.raises(UserError, match=match):
+        load_measurements(f)
+
+
+def test_validate_and_calibrate_cli(tmp_path, capsys):
+    assert main(["validate", "--dataset", "sparq-paper-a10g", "--holdout", "batch:1,4", "-f", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "mape" in out["summary"] and {"predicted_time_s", "rel_err"} <= set(out["rows"][0])
+    prof = tmp_path / "cal.yaml"
+    assert main(["calibrate", "--dataset", "sparq-paper-a10g", "-o", str(prof)]) == 0
+    cal = load_hardware(str(prof))
+    assert cal.name == "a10g-calibrated" and "sparq-attn-triton" in cal.calibration["kernels"]
+    capsys.readouterr()
+    assert main(["validate", "--dataset", "sparq-paper-a10g", "--hardware-file", str(prof), "-f", "json"]) == 0
+    fitted = json.loads(capsys.readouterr().out)["summary"]
+    assert fitted["calibrated_profile"] and math.isfinite(fitted["mape"])
+    assert main(["validate"]) == 2

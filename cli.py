@@ -316,7 +316,7 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
     where = measured or f"dataset {dataset}"
     source = (f"fitted by sparq-sim calibrate on {where} ({len(df)} rows, "
               f"{datetime.date.today().isoformat()}) from profile {hw.name} (sha256 {hw.digest})")
-    _, _, block = calibrate_from_measurements(df, hw, source)
+    _, block = calibrate_from_measurements(df, hw, source)
     with open(hw.path, encoding="utf-8") as f:
         data = yaml.safe_load(f)
     data["name"] = name or f"{hw.name}-calibrated"

@@ -125,7 +125,7 @@ class HardwareProfile:
 _TOP = {"schema_version", "name", "aliases", "vendor", "kind", "description", "version", "memory", "host_link",
         "device_link", "compute", "cache", "access", "overheads", "calibration"}
 _CAL = {"source", "topk_per_element", "kernels", "rows", "fitted_on"}
-_CAL_KERNEL = {"fixed", "device_fixed", "stream_efficiency", "gather_efficiency"}
+_CAL_KERNEL = {"fixed", "device_fixed", "stream_efficiency", "gather_efficiency", "topk_per_element"}
 _TIER = {"name", "capacity", "bandwidth", "efficiency", "source"}
 _HOST = {"name", "bandwidth", "efficiency", "latency", "capacity", "source"}
 _DLINK = {"name", "bandwidth", "efficiency", "latency", "source"}
@@ -264,6 +264,9 @@ def parse_profile(data, where: str) -> HardwareProfile:
             out = {}
             if "fixed" in kv:
                 out["fixed_s"] = c.quantity(kv["fixed"], f + ".fixed", "time", positive=False)
+            if "topk_per_element" in kv:
+                out["topk_per_element_s"] = c.quantity(kv["topk_per_element"], f + ".topk_per_element", "time",
+                                                       positive=False)
             if "device_fixed" in kv:
                 out["device_fixed_s"] = c.quantity(kv["device_fixed"], f + ".device_fixed", "time", positive=False)
             for eff in ("stream_efficiency", "gather_efficiency"):

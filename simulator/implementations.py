@@ -153,6 +153,7 @@ def prior_params(impl: Implementation, hw: HardwareProfile) -> dict[str, float]:
         "device_fixed_s": impl.launches * hw.kernel_launch_s,
         "inv_stream": 1.0 / (bw * eff),
         "inv_gather": 1.0 / (bw * eff * GATHER_EFFICIENCY_PRIOR),
+        "topk_s": TOPK_BYTES_PER_ELEMENT_PRIOR / (bw * eff),
     }
 
 
@@ -173,86 +174,74 @@ def params_for(impl: Implementation, hw: HardwareProfile) -> dict[str, float]:
         p["inv_stream"] = 1.0 / (bw * cal["stream_efficiency"])
     if "gather_efficiency" in cal:
         p["inv_gather"] = 1.0 / (bw * cal["gather_efficiency"])
+    if "topk_per_element_s" in cal:
+        p["topk_s"] = cal["topk_per_element_s"]
     return p
 
 
-def predict_kernel_times(kernels, rows: dict, hw: HardwareProfile, params: dict | None = None,
-                         topk_s: float | None = None) -> np.ndarray:
-    """Predicted whole-call time for each measurement row. `params` maps kernel -> fitted parameters."""
+def predict_kernel_times(kernels, rows: dict, hw: HardwareProfile, params: dict | None = None) -> np.ndarray:
+    """Predicted whole-call time for each measurement row. `params` maps kernel -> fitted parameters (default: the
+    profile's calibration where it has one, else the priors)."""
     kernels = np.asarray(kernels, dtype=object)
     out = np.full(len(kernels), np.nan)
-    if topk_s is None:
-        topk_s = (hw.calibration or {}).get("topk_per_element_s", topk_prior(hw))
     for name in dict.fromkeys(kernels.tolist()):
         impl = get_implementation(name)
         sel = kernels == name
         f = features(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, hw)
         p = (params or {}).get(name) or params_for(impl, hw)
-        out[sel] = np.maximum(p["fixed_s"], _device_time(p, f, topk_s))
+        out[sel] = np.maximum(p["fixed_s"], _device_time(p, f))
     return out
 
 
-def _device_time(p: dict, f: dict, topk_s: float) -> np.ndarray:
+def _device_time(p: dict, f: dict) -> np.ndarray:
     return (p["device_fixed_s"] + f["stream_bytes"] * p["inv_stream"] + f["gather_bytes"] * p["inv_gather"]
-            + f["topk_elements"] * topk_s)
+            + f["topk_elements"] * p["topk_s"])
 
 
 def fit(kernels, rows: dict, measured_s, hw: HardwareProfile, prior_rows: float = 3.0,
         host_margin: float = 1.15):
-    """Fit each kernel's host cost, stream and gather efficiency, and a shared top-k cost per element.
+    """Fit each kernel's host cost, stream and gather efficiency and top-k cost per element, kernel by kernel.
 
     Since time = max(host, device) >= host on every row, a kernel's host cost is its fastest measured call. Rows more
     than `host_margin` above that are device bound: they fit the device terms by least squares on relative error,
     each parameter scaled by its prior and pulled toward it with the weight of `prior_rows` rows at 100 % error, so
-    a parameter the data cannot see keeps its prior. Returns (params by kernel, topk_s)."""
+    a parameter the data cannot see keeps its prior. Returns {kernel: params}."""
     kernels = np.asarray(kernels, dtype=object)
-    t = np.asarray(measured_s, dtype=np.float64)
-    if len(t) == 0:
+    t_all = np.asarray(measured_s, dtype=np.float64)
+    if len(t_all) == 0:
         raise UserError("nothing to fit: no measurement rows")
-    if np.any(~np.isfinite(t)) or np.any(t <= 0):
+    if np.any(~np.isfinite(t_all)) or np.any(t_all <= 0):
         raise UserError("measured times must be positive and finite")
-    names = list(dict.fromkeys(kernels.tolist()))
-    ncol = 2 * len(names) + 1
-    A = np.zeros((len(t), ncol))
-    prior = np.zeros(ncol)
-    tk0 = topk_prior(hw)
-    prior[-1] = tk0
-    device_fixed = np.zeros(len(t))
-    dev_rows = np.zeros(len(t), dtype=bool)
     params = {}
-    for j, name in enumerate(names):
+    for name in dict.fromkeys(kernels.tolist()):
         impl = get_implementation(name)
         sel = kernels == name
+        t = t_all[sel]
         f = features(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, hw)
         p0 = prior_params(impl, hw)
-        params[name] = dict(p0, fixed_s=float(t[sel].min()))
-        prior[2 * j: 2 * j + 2] = [p0["inv_stream"], p0["inv_gather"]]
-        A[sel, 2 * j] = f["stream_bytes"]
-        A[sel, 2 * j + 1] = f["gather_bytes"]
-        A[sel, -1] = f["topk_elements"]
-        device_fixed[sel] = p0["device_fixed_s"]
-        dev_rows |= sel & (t > host_margin * params[name]["fixed_s"])
-    M = (A * prior / t[:, None])[dev_rows]
-    y = (1.0 - device_fixed / t)[dev_rows]
-    lam = prior_rows * np.ones(ncol)
-    x = np.linalg.solve(M.T @ M + np.diag(lam), M.T @ y + lam)
-    x = np.clip(x, 0.05, 20.0)  # efficiencies between 1/20 and 20 times their prior
-    theta = x * prior
-    for j, name in enumerate(names):
-        params[name]["inv_stream"], params[name]["inv_gather"] = float(theta[2 * j]), float(theta[2 * j + 1])
-    return params, float(theta[-1])
+        p = dict(p0, fixed_s=float(t.min()))
+        cols = [c for c in ("inv_stream", "inv_gather", "topk_s") if c != "topk_s" or f["topk_elements"].any()]
+        feat = {"inv_stream": f["stream_bytes"], "inv_gather": f["gather_bytes"], "topk_s": f["topk_elements"]}
+        dev = t > host_margin * p["fixed_s"]
+        if dev.any():
+            prior = np.array([p0[c] for c in cols])
+            M = np.stack([feat[c] for c in cols], axis=1)[dev] * prior / t[dev, None]
+            y = 1.0 - p0["device_fixed_s"] / t[dev]
+            x = np.linalg.solve(M.T @ M + prior_rows * np.eye(len(cols)), M.T @ y + prior_rows)
+            x = np.clip(x, 0.05, 20.0)  # between 1/20 and 20 times the prior
+            p.update({c: float(v) for c, v in zip(cols, x * prior)})
+        params[name] = p
+    return params
 
 
-def calibration_block(params: dict, topk_s: float, hw: HardwareProfile, source: str, rows: int) -> dict:
+def calibration_block(params: dict, hw: HardwareProfile, source: str, rows: int) -> dict:
     """The `calibration:` block of a profile YAML for fitted parameters (efficiencies relative to peak bandwidth)."""
     kernels = {}
     for name, p in params.items():
         impl = get_implementation(name)
         bw, _ = _bandwidth(impl, hw)
-        entry = {"fixed": f"{p['fixed_s'] * 1e6:.4g} us", "device_fixed": f"{p['device_fixed_s'] * 1e6:.4g} us"}
-        if p["inv_stream"] > 0:
-            entry["stream_efficiency"] = round(1.0 / (bw * p["inv_stream"]), 4)
-        if p["inv_gather"] > 0:
-            entry["gather_efficiency"] = round(1.0 / (bw * p["inv_gather"]), 4)
-        kernels[name] = entry
-    return {"source": source, "rows": int(rows), "topk_per_element": f"{topk_s * 1e9:.4g} ns", "kernels": kernels}
+        kernels[name] = {"fixed": f"{p['fixed_s'] * 1e6:.4g} us", "device_fixed": f"{p['device_fixed_s'] * 1e6:.4g} us",
+                         "stream_efficiency": round(1.0 / (bw * p["inv_stream"]), 4),
+                         "gather_efficiency": round(1.0 / (bw * p["inv_gather"]), 4),
+                         "topk_per_element": f"{p['topk_s'] * 1e9:.4g} ns"}
+    return {"source": source, "rows": int(rows), "kernels": kernels}

@@ -149,8 +149,8 @@ def _rows(df) -> dict:
 
 
 def calibrate_from_measurements(df, hw: HardwareProfile, source: str):
-    params, topk = fit(df["kernel"].to_numpy(), _rows(df), df["time_s"].to_numpy(), hw)
-    return params, topk, calibration_block(params, topk, hw, source, len(df))
+    params = fit(df["kernel"].to_numpy(), _rows(df), df["time_s"].to_numpy(), hw)
+    return params, calibration_block(params, hw, source, len(df))
 
 
 SHAPE = ["hardware", "batch", "seq_len", "n_heads", "n_kv_heads", "head_dim", "dtype"]
@@ -167,16 +167,16 @@ def validate(df, hw: HardwareProfile, holdout: str | None = None, baseline: str 
     rows = _rows(df)
     if holdout:
         fit_rows = parse_holdout(holdout, df)
-        params, topk = fit(df["kernel"].to_numpy()[fit_rows], {c: v[fit_rows] for c, v in rows.items()},
-                           df["time_s"].to_numpy()[fit_rows], hw)
+        params = fit(df["kernel"].to_numpy()[fit_rows], {c: v[fit_rows] for c, v in rows.items()},
+                     df["time_s"].to_numpy()[fit_rows], hw)
         missing = sorted(set(df["kernel"]) - set(params))
         if missing:
             raise UserError(f"--holdout {holdout!r} leaves no rows to fit kernel(s) {', '.join(missing)}")
         df["split"] = np.where(fit_rows, "fit", "test")
     else:
-        params, topk = None, None
+        params = None
         df["split"] = "test"
-    df["predicted_time_s"] = predict_kernel_times(df["kernel"].to_numpy(), rows, hw, params, topk)
+    df["predicted_time_s"] = predict_kernel_times(df["kernel"].to_numpy(), rows, hw, params)
     df["rel_err"] = df["predicted_time_s"] / df["time_s"] - 1.0
 
     # speedup of each kernel over the dense baseline kernel measured at the same shape
@@ -210,6 +210,6 @@ def validate(df, hw: HardwareProfile, holdout: str | None = None, baseline: str 
                "by_kernel": {k: summarise(g) for k, g in test.groupby("kernel", sort=False)}}
     summary["mape"] = summary["overall"]["mape"]
     if params is not None:
-        summary["fitted"] = calibration_block(params, topk, hw, f"fitted on holdout {holdout}",
+        summary["fitted"] = calibration_block(params, hw, f"fitted on holdout {holdout}",
                                               int((df['split'] == 'fit').sum()))
     return df, summary

@@ -47,7 +47,7 @@ def test_fit_recovers_known_parameters():
     f = features(get_implementation("attn-torch"), rows, hw)
     true_host, true_inv = 150e-6, 1 / (600e9 * 0.6)
     t = np.maximum(true_host, 10e-6 + f["stream_bytes"] * true_inv)
-    params, _ = fit(np.array(["attn-torch"] * n), rows, t, hw)
+    params = fit(np.array(["attn-torch"] * n), rows, t, hw)
     p = params["attn-torch"]
     assert p["fixed_s"] == pytest.approx(true_host)
     assert p["inv_stream"] == pytest.approx(true_inv, rel=0.02)

@@ -141,7 +141,8 @@ class _Checker:
 
     def mapping(self, obj, fld: str, allowed: set[str], required: set[str]) -> dict:
         if not isinstance(obj, dict):
-            self.fail(fld, f"expected a mapping with fields {', '.join(sorted(required))}, got {type(obj).__name__}")
+            self.fail(fld or "top level", f"expected a mapping with fields {', '.join(sorted(required))}, "
+                                          f"got {type(obj).__name__}")
         unknown = sorted(set(map(str, obj)) - allowed)
         if unknown:
             self.fail(fld or "top level", f"unknown field {unknown[0]!r}{closest(unknown[0], allowed)} "

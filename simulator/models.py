@@ -172,18 +172,36 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
     sliding = cfg.get("sliding_window") if mtype in ("mistral", "qwen2", "gemma2", "phi3", "starcoder2") else None
     if mtype == "qwen2" and not cfg.get("use_sliding_window", False):
         sliding = None
+    def integer(value, *keys):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**9:
+            key = next((k for k in keys if k in cfg), keys[0])
+            raise UserError(f"model config {where}: {key} must be a positive integer, got {value!r}")
+        return value
+
+    n_layers = integer(_get(cfg, where, "num_hidden_layers", "n_layer", "num_layers"),
+                       "num_hidden_layers", "n_layer", "num_layers")
+    kv = integer(kv, "num_key_value_heads", "n_head_kv", "num_kv_heads")
+    head_dim = integer(head_dim, "head_dim")
+    ff = integer(ff, "intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")
+    vocab = integer(_get(cfg, where, "vocab_size"), "vocab_size")
+    max_pos = integer(max_pos, "max_position_embeddings", "n_positions", "seq_length")
+    if sliding is not None:
+        sliding = integer(sliding, "sliding_window")
+    tie = cfg.get("tie_word_embeddings", tied_default)
+    if not isinstance(tie, bool):
+        raise UserError(f"model config {where}: tie_word_embeddings must be true or false, got {tie!r}")
     try:
         return ModelSpec(
             name=name,
-            n_layers=_get(cfg, where, "num_hidden_layers", "n_layer", "num_layers"),
+            n_layers=n_layers,
             d_model=d,
             n_heads=h,
             n_kv_heads=kv,
             head_dim=head_dim,
             d_ff=ff,
-            vocab_size=_get(cfg, where, "vocab_size"),
+            vocab_size=vocab,
             gated_mlp=mtype in _GATED_TYPES,
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", tied_default)),
+            tied_embeddings=tie,
             norm="layernorm" if mtype in _PLAIN_TYPES else "rmsnorm",
             linear_bias=mtype in ("gpt_neox", "gpt2", "gptj", "opt", "phi", "starcoder2", "gpt_bigcode"),
             qkv_bias=mtype == "qwen2",
@@ -193,6 +211,8 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
         )
     except TypeError as e:  # a wrongly typed field reached the comparisons in __post_init__
         raise UserError(f"model config {where}: a field has the wrong type ({e})") from None
+    except UserError as e:  # ModelSpec's own checks: name the file
+        raise UserError(f"model config {where}: {e}") from None
 
 
 def load_config_file(path: str | Path) -> ModelSpec:

@@ -196,13 +196,14 @@ def _evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, pag
     common_t = [time_op(op, hw, base, prec, tp.devices) for op in common]
     common_agg = _gather(_aggregate(common, common_t, tp.devices), invB)
     T = B * S
-    uT, invT = np.unique(T, return_inverse=True)
-    uTB = B[np.unique(invT, return_index=True)[1]]  # a batch size for each distinct token count (lm_head rows)
+    uT, invT = np.unique(T, return_inverse=True)   # the prefill's projections depend on B x S tokens ...
     pf_before, pf_after = block_ops("prefill", m, tp, uT, prec)
-    pf_common = pf_before + pf_after + head_ops("prefill", m, tp, uTB, prec)
-    pf_common_t = [time_op(op, hw, base, prec, tp.devices) for op in pf_common]
-    pf_time = _sum_over(pf_common, pf_common_t, "time_s")[invT]
-    pf_ideal = _sum_over(pf_common, pf_common_t, "ideal_s")[invT]
+    pf_block = pf_before + pf_after
+    pf_block_t = [time_op(op, hw, base, prec, tp.devices) for op in pf_block]
+    pf_head = head_ops("prefill", m, tp, uB, prec)  # ... its lm_head on the last position of each sequence: on B
+    pf_head_t = [time_op(op, hw, base, prec, tp.devices) for op in pf_head]
+    pf_time = _sum_over(pf_block, pf_block_t, "time_s")[invT] + _sum_over(pf_head, pf_head_t, "time_s")[invB]
+    pf_ideal = _sum_over(pf_block, pf_block_t, "ideal_s")[invT] + _sum_over(pf_head, pf_head_t, "ideal_s")[invB]
 
     dense_params = resolve_params("dense", Sa, m.head_dim, C)
     results = {}
@@ -251,6 +252,8 @@ def _evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, pag
                 best = np.maximum(best, np.minimum(room / (kv_dev / B), room_act / (workspace / B)))
             else:
                 best = np.maximum(best, room / per_seq)
+        if w_dev > caps[wi]:  # the weights alone do not fit where they are: no batch fits
+            best = np.zeros(n)
         agg["max_batch"] = np.floor(np.where(np.isfinite(best), np.maximum(best, 0), 2**62)).astype(np.int64)
         agg["fits"] = fits
         agg["kv_tier"] = ki_b

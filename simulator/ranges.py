@@ -14,6 +14,7 @@ import re
 from .errors import UserError
 
 MAX_AXIS_VALUES = 10_000_000
+MAX_VALUE = 1e15  # beyond any real context, batch or device count; keeps int64 arithmetic exact
 
 _SUFFIX = {"k": 1024, "K": 1024, "m": 1024**2, "M": 1024**2}
 
@@ -30,6 +31,8 @@ def _number(text: str, what: str, integer: bool) -> float:
                         f"lists 1,4,16, ranges 1024:131072:x2)") from None
     if not math.isfinite(v):
         raise UserError(f"{what}: {text.strip()!r} is not a finite number")
+    if abs(v) > MAX_VALUE:
+        raise UserError(f"{what}: {text.strip()!r} is too large (at most {MAX_VALUE:.0e})")
     if integer:
         if v != int(v):
             raise UserError(f"{what}: {text.strip()!r} is not a whole number")

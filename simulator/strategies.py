@@ -126,11 +126,9 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
         out["page_size"] = P
         if k is None:
             kk = P * _round_pos(S / C / P)
-        else:
+        else:  # Quest reads whole pages: an explicit k is rounded to the nearest whole number of pages (>= 1)
             kk = given(k, "k")
-            if np.any(kk % P):
-                raise UserError(f"--k must be a whole number of pages for quest (page size {int(P.flat[0])}), "
-                                f"got {int(kk[kk % P != 0].flat[0])}")
+            kk = P * _round_pos(kk / P)
     elif k is None:
         kk = _round_pos(S / (2 * C) if s.name == "sparq" else S / C)
     else:

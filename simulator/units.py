@@ -79,7 +79,10 @@ def parse_quantity(value, dimension: str) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected {UNIT_EXAMPLES[dimension]}, got {value!r}")
     if isinstance(value, (int, float)):
-        out = float(value)
+        try:
+            out = float(value)
+        except OverflowError:
+            raise ValueError(f"number too large: {str(value)[:20]}...") from None
     elif isinstance(value, str):
         m = _NUMBER.match(value)
         if not m:
@@ -99,7 +102,7 @@ def parse_quantity(value, dimension: str) -> float:
     else:
         raise ValueError(f"expected {UNIT_EXAMPLES[dimension]}, got {type(value).__name__} {value!r}")
     if not math.isfinite(out) or out < 0:
-        raise ValueError(f"expected a finite, non-negative {dimension}, got {value!r}")
+        raise ValueError(f"expected a finite, non-negative value ({UNIT_EXAMPLES[dimension]}), got {value!r}")
     return out
 
 

@@ -65,7 +65,7 @@ def _emit(text: str, output: Optional[str]) -> None:
 
 def _hardware_arg(gpu: Optional[str], hardware_file: Optional[str]):
     items = []
-    if gpu:
+    if gpu is not None:
         from .simulator.ranges import parse_names
         items += parse_names(gpu, "--gpu")
     if hardware_file:
@@ -293,8 +293,12 @@ def validate(measured: Optional[str] = typer.Argument(None, help="CSV in the mea
     _emit(text, output)
 
 
-@app.command(epilog="Example:\n\n  sparq-sim calibrate measured.csv --hardware a10g -o a10g-calibrated.yaml")
+@app.command(epilog="Examples:\n\n  sparq-sim calibrate measured.csv --hardware a10g -o a10g-calibrated.yaml\n\n"
+             "  sparq-sim calibrate --device cpu -o this-cpu.yaml")
 def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the measurement schema."),
+              device: Optional[str] = typer.Option(None, "--device", help="cpu: run micro-benchmarks on this "
+                                                   "machine and write its profile (instead of fitting a CSV)."),
+              quick: bool = typer.Option(False, "--quick", help="With --device: smaller micro-benchmarks."),
               dataset: Optional[str] = typer.Option(None, "--dataset", help="A shipped dataset instead of a file."),
               gpu: Optional[str] = typer.Option(None, "--hardware", "--gpu", help="Profile to start from "
                                                 "(default: from the file's hardware column)."),
@@ -302,7 +306,8 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
               name: Optional[str] = typer.Option(None, "--name", help="Name of the written profile "
                                                  "(default: NAME-calibrated)."),
               output: str = typer.Option(..., "--output", "-o", help="The profile YAML to write.")):
-    """Fit kernel costs, stream/gather efficiencies and top-k cost to measurements; write a calibrated profile."""
+    """Fit kernel costs, stream/gather efficiencies and top-k cost to measurements, or measure this machine
+    (--device cpu); write the profile."""
     import datetime
 
     import yaml
@@ -311,6 +316,19 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
     from .simulator.measured import calibrate_from_measurements
     from .simulator.output import write_atomic
 
+    if device is not None:
+        if device != "cpu":
+            raise UserError(f"calibrate --device {device!r}: accepted: cpu (measure a GPU with `sparq-sim measure "
+                            f"--device cuda`, then `sparq-sim calibrate MEASURED.csv`)")
+        if measured or dataset:
+            raise UserError("give either --device cpu or measurements, not both")
+        from .sparq_ref.calibrate_cpu import profile_from_microbenchmarks, run_microbenchmarks
+        data = profile_from_microbenchmarks(run_microbenchmarks(quick=quick), name or "this-cpu")
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
+        parse_profile(yaml.safe_load(text), output)
+        write_atomic(output, text)
+        sys.stderr.write(f"wrote {output}: profile {data['name']} of this machine\n")
+        return
     df = _measurements(measured, dataset)
     hw = _measured_hardware(df, gpu, hardware_file)
     where = measured or f"dataset {dataset}"
@@ -327,6 +345,116 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
     parse_profile(yaml.safe_load(text), output)  # what we write must load
     write_atomic(output, text)
     sys.stderr.write(f"wrote {output}: {len(block['kernels'])} kernels fitted on {len(df)} rows\n")
+
+
+@app.command(epilog="Examples:\n\n  sparq-sim measure --device cpu -o measured.csv\n\n"
+             "  sparq-sim measure --device cuda --batch 1,16,64 --seq 1k:16k:x2 --dtype fp16 -o h200.csv")
+def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+            kernels: str = typer.Option("attn-torch,sparq-attn-torch,sparq-attn-torch-oneK,h2o-attn-torch,"
+                                        "lm-infinite-attn-torch,flexgen-attn-torch,quest-attn-torch", "--kernels",
+                                        help="Comma list of kernels (sparq_ref/kernels.py)."),
+            batch: str = typer.Option("1,4", "--batch", "-b"), seq: str = typer.Option("1024,4096", "--seq", "-s"),
+            heads: str = typer.Option("8", "--heads", help="Query heads (list)."),
+            kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="KV heads, one per --heads value "
+                                                   "(default: the same: no GQA)."),
+            head_dim: str = typer.Option("128", "--head-dim"), dtype: str = typer.Option("fp32", "--dtype",
+                                                                                          help="fp32, fp16, bf16."),
+            r: str = typer.Option("16,32", "--r"), k: str = typer.Option("64,256", "--k"),
+            repeats: int = typer.Option(7, "--repeats"), warmup: int = typer.Option(2, "--warmup"),
+            output: str = typer.Option(..., "--output", "-o", help="The CSV to write (atomically, when done).")):
+    """Time the decode-attention kernels of every strategy on this machine; write a CSV in the measurement schema."""
+    from .simulator.measured import SCHEMA
+    from .simulator.output import to_csv, write_atomic
+    from .simulator.ranges import parse_axis, parse_names
+
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    from .sparq_ref.kernels import KERNELS
+    kern = parse_names(kernels, "--kernels")
+    bad = [x for x in kern if x not in KERNELS]
+    if bad:
+        raise UserError(f"unknown kernel {bad[0]!r}; accepted: {', '.join(KERNELS)}")
+    hs = parse_axis(heads, "--heads", minimum=1)
+    kvs = parse_axis(kv_heads, "--kv-heads", minimum=1) if kv_heads else hs
+    if len(kvs) != len(hs) or any(h % kv for h, kv in zip(hs, kvs)):
+        raise UserError("--kv-heads needs one value per --heads value, each dividing it")
+    dts = parse_names(dtype, "--dtype")
+    if any(x not in ("fp32", "fp16", "bf16") for x in dts):
+        raise UserError(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
+    if repeats < 1 or warmup < 0:
+        raise UserError("--repeats must be at least 1 and --warmup at least 0")
+    from .sparq_ref.measure import measure_kernels
+
+    def progress(i, n):
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\rmeasured {i}/{n}" + ("\n" if i == n else ""))
+
+    rows = measure_kernels(kern, parse_axis(batch, "--batch", minimum=1), parse_axis(seq, "--seq", minimum=1),
+                           hs, kvs, parse_axis(head_dim, "--head-dim", minimum=1), dts,
+                           parse_axis(r, "--r", minimum=1), parse_axis(k, "--k", minimum=1), device=device,
+                           repeats=repeats, warmup=warmup, progress=progress)
+    if not rows:
+        raise UserError("the grid has no valid point (r must be <= head_dim, k <= seq)")
+    import numpy as np
+    cols = {c: np.asarray([row[c] for row in rows], dtype=object) for c in rows[0]}
+    assert list(cols)[:len(SCHEMA)] == SCHEMA
+    write_atomic(output, to_csv(cols))
+    sys.stderr.write(f"wrote {output}: {len(rows)} rows\n")
+
+
+def _command_line(ctx: typer.Context, name: str) -> str:
+    """The running command as the user gave it (options set on the command line only), for self-describing output."""
+    import shlex
+
+    words = ["sparq-sim", name]
+    for p in ctx.command.params:
+        src = ctx.get_parameter_source(p.name)
+        if src is None or getattr(src, "name", "") != "COMMANDLINE":
+            continue
+        v = ctx.params.get(p.name)
+        for item in (v if isinstance(v, (list, tuple)) else [v]):
+            words += [p.opts[0], str(item)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+# --- report (issue 6): interactive plotly HTML; plotly is imported only here, through report.py -----------------------
+
+@app.command(epilog="Examples:\n\n  sparq-sim report -o report.html\n\n"
+             "  sparq-sim report --gpu a100,h100,h200 --model llama3-8b --seq 1k:128k:x2 --batch 1,8,64 -o r.html\n\n"
+             "  sparq-sim report --gpu a10g --measured validation.csv --evaluation eval.json --trace t1.parquet "
+             "--trace t2.parquet -o r.html")
+def report(ctx: typer.Context, gpu: Optional[str] = typer.Option("a100,h100,h200", "--gpu", "--hardware", help="Device profile(s), "
+                                             "comma list (see `sparq-sim hardware list`); one roofline each."),
+           hardware_file: Optional[str] = HW_FILE, model: str = MODEL,
+           seq: str = typer.Option("1k:128k:x2", "--seq", "-s", help="Context lengths: a list or range "
+                                   "(4096, 1k,4k, 1024:131072:x2)."),
+           batch: str = typer.Option("1,8,64", "--batch", "-b", help="Batch sizes: a list or range (1,8,64)."),
+           strategies: str = STRATS, compression: str = COMP, dtype: str = DTYPE, kv_dtype: Optional[str] = KV_DTYPE,
+           devices: str = DEVICES, r: Optional[str] = R, k: Optional[str] = K, local_window: Optional[str] = LW,
+           page_size: Optional[str] = PAGE, k_layout: str = KLAYOUT, kv_location: str = KVLOC,
+           weights_location: str = WLOC,
+           trace: Optional[list[str]] = typer.Option(None, "--trace", metavar="FILE", help="Recorded trace (Parquet, from `sparq-sim "
+                                                     "record`): alpha and out_rel_err per layer. Repeat the option "
+                                                     "or give a comma list for several."),
+           evaluation: Optional[str] = typer.Option(None, "--evaluation", metavar="FILE", help="JSON of `sparq-sim evaluate "
+                                                    "--format json`: accuracy against transferred fraction."),
+           measured: Optional[str] = typer.Option(None, "--measured", metavar="FILE", help="CSV in the measurement schema (hardware, "
+                                                  "kernel, strategy, ..., time_s): predicted against measured time."),
+           output: str = typer.Option("report.html", "--output", "-o", metavar="FILE", help="The HTML file to write (atomically).")):
+    """Write an interactive, self-contained HTML report: rooflines, bytes by kind, speedups, capacity, and accuracy,
+    traces and measurements when given. Works offline (plotly.js is inlined)."""
+    from .report import write_report
+
+    gpu_given = getattr(ctx.get_parameter_source("gpu"), "name", "") == "COMMANDLINE"
+    hw = _hardware_arg(gpu if (gpu_given or not hardware_file) else None, hardware_file)  # a file alone: just it
+    command = _command_line(ctx, "report")
+    rep = write_report(output, hardware=hw, model=model, seq_len=seq, batch=batch, strategies=strategies,
+                       compression=compression, dtype=dtype, kv_dtype=kv_dtype, devices=devices, r=r, k=k,
+                       local_window=local_window, page_size=page_size, k_layout=k_layout, kv_location=kv_location,
+                       weights_location=weights_location, trace=trace, evaluation=evaluation, measured=measured,
+                       command=command)
+    size = os.path.getsize(output)
+    sys.stderr.write(f"wrote {output} ({size / 1e6:.1f} MB, {len(rep.charts)} charts)\n")
 
 
 def main(argv: list[str] | None = None) -> int:

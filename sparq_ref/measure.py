@@ -1,0 +1,102 @@
+"""`sparq-sim measure`: time decode-attention kernels on this machine's CPU or a CUDA GPU.
+
+Warm-up, then repeats; CPU timings with perf_counter, GPU timings with CUDA events after synchronising; the median
+of the repeats is `time_s` and the standard error of the mean `time_stderr_s`. Rows follow the measurement schema
+(simulator/measured.py) plus device, threads and versions columns. The CSV is written atomically when the grid is
+done; Ctrl-C leaves no file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import platform
+import statistics
+import time
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_call(fn, repeats: int, warmup: int, device: str, min_time_s: float = 0.0):
+    """Median and standard error of `fn()` wall times (seconds)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device == "cuda":
+        torch.cuda.synchronize()
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    else:
+        spent = 0.0
+        while len(times) < repeats or spent < min_time_s:
+            t = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t
+            times.append(dt)
+            spent += dt
+            if len(times) >= 10 * repeats:
+                break
+    med = statistics.median(times)
+    err = statistics.stdev(times) / math.sqrt(len(times)) if len(times) > 1 else 0.0
+    return med, err, len(times)
+
+
+def measure_kernels(kernels, batches, seqs, heads, kv_heads, head_dims, dtypes, rs, ks, device="cpu",
+                    repeats=7, warmup=2, progress=None) -> list[dict]:
+    """Time each kernel over the grid; returns rows in the measurement schema."""
+    import torch
+
+    from .kernels import KERNELS, make_inputs
+
+    if device == "cuda" and not torch.cuda.is_available():
+        from sparq_sim.simulator.errors import UserError
+        raise UserError("--device cuda: no CUDA device is available here (accepted: cpu, cuda)")
+    hw_name = torch.cuda.get_device_name() if device == "cuda" else f"{cpu_name()} ({torch.get_num_threads()} threads)"
+    rows = []
+    points, seen = [], set()
+    for kern, B, S, (H, Hkv), d, dt, r, k in itertools.product(kernels, batches, seqs, zip(heads, kv_heads),
+                                                              head_dims, dtypes, rs, ks):
+        strategy = KERNELS[kern][0]
+        r_ = r if strategy == "sparq" else None   # only SparQ has r; dense has neither r nor k
+        k_ = k if strategy != "dense" else None
+        if (r_ is not None and r_ > d) or (k_ is not None and k_ > S):
+            continue
+        key = (kern, B, S, H, Hkv, d, dt, r_, k_)
+        if key not in seen:
+            seen.add(key)
+            points.append(key)
+    for n, (kern, B, S, H, Hkv, d, dt, r_, k_) in enumerate(points):
+        strategy, fn = KERNELS[kern]
+        r, k = r_ or 1, k_ or 1
+        args = make_inputs(kern, B, S, H, Hkv, d, getattr(torch, DTYPES[dt]), device, r=r, k=k)
+        with torch.inference_mode():
+            t, err, n_rep = time_call(lambda: fn(**args), repeats, warmup, device)
+        rows.append({
+            "hardware": hw_name, "kernel": kern, "strategy": strategy,
+            "k_layout": ("once" if kern.endswith("-oneK") else "twice") if strategy == "sparq" else "",
+            "batch": B, "seq_len": S, "n_heads": H, "n_kv_heads": Hkv, "head_dim": d, "dtype": DTYPES[dt],
+            "r": r_ if r_ is not None else "", "k": k_ if k_ is not None else "", "time_s": t, "time_stderr_s": err,
+            "repeats": n_rep, "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        })
+        if progress:
+            progress(n + 1, len(points))
+        del args
+    return rows

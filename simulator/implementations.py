@@ -50,6 +50,7 @@ class Implementation:
     gather_factor: float
     topk: float
     kv_tier: str | None
+    bound_passes: float
     source: str
 
 
@@ -65,7 +66,7 @@ def _load() -> dict:
             launches=float(d["launches"]), score_passes=float(d.get("score_passes", 0)),
             score_bytes=d.get("score_bytes", "dtype"), k_layout=d.get("k_layout"), step1=d.get("step1"),
             gather_factor=float(d.get("gather_factor", 1)), topk=float(d.get("topk", 0)), kv_tier=d.get("kv_tier"),
-            source=d["source"])
+            bound_passes=float(d.get("bound_passes", 0)), source=d["source"])
     return out
 
 
@@ -108,24 +109,43 @@ def sectors_touched(r, head_dim, elem_bytes, granularity):
 
 def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str, np.ndarray]:
     """Bytes and elements per call for measurement rows (dict of arrays: batch, seq_len, n_heads, n_kv_heads,
-    head_dim, dtype, r, k)."""
+    head_dim, dtype, r, k; page_size optional, default 16)."""
     B = np.asarray(rows["batch"], dtype=np.float64)
     S = np.asarray(rows["seq_len"], dtype=np.float64)
     H = np.asarray(rows["n_heads"], dtype=np.float64)
     Hkv = np.asarray(rows["n_kv_heads"], dtype=np.float64)
     d = np.asarray(rows["head_dim"], dtype=np.float64)
     e = np.asarray([DTYPE_BYTES[parse_dtype(x)] for x in rows["dtype"]], dtype=np.float64)
+    k = np.asarray(rows["k"], dtype=np.float64) if impl.strategy != "dense" else S
     sb = e if impl.score_bytes == "dtype" else float(impl.score_bytes)
-    stream = impl.score_passes * B * H * S * sb
-    gather = np.zeros_like(B)
-    topk = np.zeros_like(B)
-    if impl.strategy == "dense":
+    zero = np.zeros_like(B)
+    # the score matrix the kernel materialises: over all S (dense, FlexGen, SparQ's approximate scores) or over the
+    # k positions it attends (the evicting caches, Quest)
+    scored = S if impl.strategy in ("dense", "flexgen", "sparq") else k
+    stream = impl.score_passes * B * H * scored * sb
+    gather, topk = zero, zero
+    s = impl.strategy
+    if s == "dense":
         stream = stream + 2 * B * Hkv * S * d * e
-    elif impl.strategy == "sparq":
+    elif s == "lm-infinite":
+        stream = stream + 2 * B * Hkv * k * d * e
+    elif s == "h2o":
+        stream = stream + 2 * B * Hkv * k * d * e + 2 * B * Hkv * k * 4   # cache, and fp32 statistics read+write
+        topk = impl.topk * B * Hkv * k
+    elif s == "flexgen":
+        stream = stream + B * Hkv * S * d * e
+        gather = B * Hkv * k * d * e * impl.gather_factor
+        topk = impl.topk * B * Hkv * S
+    elif s == "quest":
+        P = np.asarray(rows.get("page_size", np.full(B.shape, 16)), dtype=np.float64)
+        pages = np.ceil(S / P)
+        stream = stream + 2 * B * Hkv * pages * d * e + impl.bound_passes * B * H * pages * d * 4
+        gather = 2 * B * Hkv * k * d * e * impl.gather_factor
+        topk = impl.topk * B * Hkv * pages
+    elif s == "sparq":
         r = np.asarray(rows["r"], dtype=np.float64)
-        k = np.asarray(rows["k"], dtype=np.float64)
         # Step 2: k rows of K and of V (whole rows, gathered)
-        gather = gather + 2 * B * Hkv * k * d * e * impl.gather_factor
+        gather = 2 * B * Hkv * k * d * e * impl.gather_factor
         step1 = B * Hkv * S * r * e
         if impl.step1 == "stream":
             stream = stream + step1
@@ -137,8 +157,13 @@ def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
             gather = gather + B * Hkv * S * per_row * impl.gather_factor
         topk = impl.topk * B * Hkv * S
     else:
-        raise UserError(f"kernel {impl.name}: strategy {impl.strategy!r} has no implementation model yet")
+        raise UserError(f"kernel {impl.name}: strategy {s!r} has no implementation model")
     return {"stream_bytes": stream, "gather_bytes": gather, "topk_elements": topk}
+
+
+def overlapped(hw: HardwareProfile) -> bool:
+    """A GPU's host issues kernels asynchronously (time = max(host, device)); a CPU runs them in turn (sum)."""
+    return hw.kind != "cpu"
 
 
 def _bandwidth(impl: Implementation, hw: HardwareProfile):
@@ -148,17 +173,20 @@ def _bandwidth(impl: Implementation, hw: HardwareProfile):
 
 def prior_params(impl: Implementation, hw: HardwareProfile) -> dict[str, float]:
     bw, eff = _bandwidth(impl, hw)
+    if not overlapped(hw):  # CPU: each op pays the profile's per-op overhead, then its work, in turn
+        fixed, device_fixed = impl.launches * hw.kernel_launch_s, 0.0
+    else:
+        fixed, device_fixed = impl.launches * (hw.kernel_launch_s + impl.dispatch_s), impl.launches * hw.kernel_launch_s
+    cal = hw.calibration or {}
+    # machine-wide figures a calibrated profile measured (calibrate --device cpu) replace the assumptions
+    gather_eff = cal.get("gather_efficiency", eff * GATHER_EFFICIENCY_PRIOR)
     return {
-        "fixed_s": impl.launches * (hw.kernel_launch_s + impl.dispatch_s),
-        "device_fixed_s": impl.launches * hw.kernel_launch_s,
+        "fixed_s": fixed,
+        "device_fixed_s": device_fixed,
         "inv_stream": 1.0 / (bw * eff),
-        "inv_gather": 1.0 / (bw * eff * GATHER_EFFICIENCY_PRIOR),
-        "topk_s": TOPK_BYTES_PER_ELEMENT_PRIOR / (bw * eff),
+        "inv_gather": 1.0 / (bw * gather_eff),
+        "topk_s": cal.get("topk_per_element_s", TOPK_BYTES_PER_ELEMENT_PRIOR / (bw * eff)),
     }
-
-
-def topk_prior(hw: HardwareProfile) -> float:
-    return TOPK_BYTES_PER_ELEMENT_PRIOR / (hw.memory[0].bandwidth_Bps * hw.memory[0].efficiency)
 
 
 def params_for(impl: Implementation, hw: HardwareProfile) -> dict[str, float]:
@@ -189,7 +217,8 @@ def predict_kernel_times(kernels, rows: dict, hw: HardwareProfile, params: dict 
         sel = kernels == name
         f = features(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, hw)
         p = (params or {}).get(name) or params_for(impl, hw)
-        out[sel] = np.maximum(p["fixed_s"], _device_time(p, f))
+        dev = _device_time(p, f)
+        out[sel] = np.maximum(p["fixed_s"], dev) if overlapped(hw) else p["fixed_s"] + dev
     return out
 
 
@@ -219,16 +248,24 @@ def fit(kernels, rows: dict, measured_s, hw: HardwareProfile, prior_rows: float 
         t = t_all[sel]
         f = features(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, hw)
         p0 = prior_params(impl, hw)
-        p = dict(p0, fixed_s=float(t.min()))
-        cols = [c for c in ("inv_stream", "inv_gather", "topk_s") if c != "topk_s" or f["topk_elements"].any()]
-        feat = {"inv_stream": f["stream_bytes"], "inv_gather": f["gather_bytes"], "topk_s": f["topk_elements"]}
-        dev = t > host_margin * p["fixed_s"]
+        feat = {"fixed_s": np.ones_like(t), "inv_stream": f["stream_bytes"], "inv_gather": f["gather_bytes"],
+                "topk_s": f["topk_elements"]}
+        cols = [c for c in ("inv_stream", "inv_gather", "topk_s") if feat[c].any()]
+        if overlapped(hw):
+            p = dict(p0, fixed_s=float(t.min()))
+            dev = t > host_margin * p["fixed_s"]
+        else:  # CPU: time = fixed + device terms, one linear fit over every row
+            p = dict(p0)
+            cols = ["fixed_s"] + cols
+            dev = np.ones(len(t), dtype=bool)
         if dev.any():
-            prior = np.array([p0[c] for c in cols])
+            prior = np.array([max(p0[c], 1e-9) if c == "fixed_s" else p0[c] for c in cols])
             M = np.stack([feat[c] for c in cols], axis=1)[dev] * prior / t[dev, None]
             y = 1.0 - p0["device_fixed_s"] / t[dev]
             x = np.linalg.solve(M.T @ M + prior_rows * np.eye(len(cols)), M.T @ y + prior_rows)
             x = np.clip(x, 0.05, 20.0)  # between 1/20 and 20 times the prior
+            if "fixed_s" in cols:  # a host cost may be anything from zero up
+                x[0] = max(x[0], 0.0) if prior[0] > 0 else 0.0
             p.update({c: float(v) for c, v in zip(cols, x * prior)})
         params[name] = p
     return params

@@ -30,7 +30,13 @@ install-all: $(VENV)/.all
 predict: $(VENV)/.core
 	$(VENV)/bin/sparq-sim predict --gpu a100 --seq 4096
 
-test: $(VENV)/.all
+# the report test opens the HTML in a real headless browser: Debian's chromium (needs root; CI runs as root)
+$(VENV)/.browser: | $(PY)
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null) || [ -z "$$CI" ]
+	touch $@
+
+test: $(VENV)/.all $(VENV)/.browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
 
 golden: $(VENV)/.core

@@ -9,6 +9,7 @@ The public API (imported lazily, so `sparq-sim` starts fast):
     load_model_spec(name_or_path) a built-in model spec, or a Hugging Face config.json
     STRATEGY_NAMES, STRATEGIES    the one registry of attention strategies
     UserError                     raised for bad input (one-line message)
+    report.figures(...)           the plotly figures of `sparq-sim report`, for notebooks
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ __all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
+    if name == "report":  # the plotly report module (imports plotly only when used)
+        import importlib
+
+        return importlib.import_module(".report", __name__)
     if name in _EXPORTS:
         import importlib
 

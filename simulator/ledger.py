@@ -23,14 +23,13 @@ Assumptions, one line each (they are what a reviewer checks a number against):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from .errors import UserError
 from .models import ModelSpec
-from .strategies import (KV_READ, KV_WRITE, META_READ, META_WRITE, QUEST_DENSE_LAYERS, cache_tokens,
-                         extra_cache_elements, traffic_components)
+from .strategies import QUEST_DENSE_LAYERS, cache_tokens, extra_cache_elements, traffic_components
 
 FP32 = 4.0
 INDEX_BYTES = 4.0  # int32 indices

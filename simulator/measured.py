@@ -92,23 +92,26 @@ def load_measurements(path):
     return df
 
 
-_NOISE = re.compile(r"\(.*?\)|\b\d+-core\b|\bprocessor\b|\btensor core gpu\b|\bgpu\b", re.I)
+_PROFILE_KEYS: list[tuple[str, str]] | None = None
 
 
 def resolve_device(name: str) -> HardwareProfile:
-    """A profile for a measurement's hardware column: a profile name or alias, or a device name that maps to one
-    ('NVIDIA A10G', 'AMD EPYC 7763 64-Core Processor (30 threads)')."""
+    """A profile for a measurement's hardware column: a profile name or alias, or a device name that contains one
+    ('NVIDIA A10G' -> a10g, 'AMD EPYC 7763 64-Core Processor (30 threads)' -> epyc-7763; longest match wins)."""
+    global _PROFILE_KEYS
     try:
         return load_hardware(name)
     except UserError:
         pass
-    words = [w for w in _NOISE.sub(" ", str(name)).lower().split() if w not in ("nvidia", "amd", "intel")]
-    for cand in ("-".join(words), "-".join(words[-2:]), words[-1] if words else ""):
-        if cand:
-            try:
-                return load_hardware(cand)
-            except UserError:
-                continue
+    if _PROFILE_KEYS is None:
+        from ..hardware_profiles import list_profiles
+        keys = [(re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-"), p.name)
+                for p in list_profiles() for key in (p.name, *p.aliases)]
+        _PROFILE_KEYS = sorted(keys, key=lambda kv: -len(kv[0]))
+    norm = "-" + re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-") + "-"
+    for key, prof in _PROFILE_KEYS:
+        if len(key) >= 3 and f"-{key}-" in norm:
+            return load_hardware(prof)
     raise UserError(f"measured hardware {name!r} maps to no profile; pass --hardware NAME "
                     f"(see `sparq-sim hardware list`)")
 
@@ -161,8 +164,6 @@ def validate(df, hw: HardwareProfile, holdout: str | None = None, baseline: str 
 
     With `holdout`, kernels are fitted on one part of the rows and judged on the rest (`split` column says which).
     Returns (rows DataFrame, summary dict)."""
-    import pandas as pd
-
     df = df.copy()
     rows = _rows(df)
     if holdout:

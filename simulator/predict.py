@@ -38,8 +38,8 @@ from .ledger import (FP32, Op, Parallel, Precision, attention_ops, block_ops, ca
                      prefill_ops, weight_bytes_per_device)
 from .models import DEFAULT_MODEL, ModelSpec, load_model_spec
 from .ranges import parse_axis, parse_names
-from .roofline import BOUNDS, HOST, Placement, tier_table, time_op
-from .strategies import QUEST_DENSE_LAYERS, parse_strategies, resolve_params
+from .roofline import BOUNDS, Placement, tier_table, time_op
+from .strategies import parse_strategies, resolve_params
 from .units import DTYPE_BYTES, parse_dtype
 
 COLUMNS = [

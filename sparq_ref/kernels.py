@@ -93,7 +93,6 @@ def quest_attn_torch(q, K, V, *, k, page_size, kmin, kmax, **_):
     B, H, d = q.shape
     Hkv, S = K.shape[1], K.shape[2]
     qg = _group(q, Hkv)
-    g = qg.shape[2]
     bound = torch.maximum(qg.unsqueeze(3) * kmin.unsqueeze(2), qg.unsqueeze(3) * kmax.unsqueeze(2)).sum(-1)
     n_pages = max(1, k // page_size)
     score = bound.sum(2)

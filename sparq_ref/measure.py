@@ -98,5 +98,5 @@ def measure_kernels(kernels, batches, seqs, heads, kv_heads, head_dims, dtypes, 
         })
         if progress:
             progress(n + 1, len(points))
-        del args
+
     return rows

@@ -158,7 +158,24 @@ def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
         topk = impl.topk * B * Hkv * S
     else:
         raise UserError(f"kernel {impl.name}: strategy {s!r} has no implementation model")
-    return {"stream_bytes": stream, "gather_bytes": gather, "topk_elements": topk}
+    # the data a timing loop reads again and again: the KV cache (an evicting strategy holds k tokens; SparQ with K
+    # stored twice holds a second copy of K)
+    held = k if s in ("h2o", "lm-infinite") else S
+    working_set = B * Hkv * held * d * e * (3 if (s == "sparq" and impl.k_layout == "twice") else 2)
+    return {"stream_bytes": stream, "gather_bytes": gather, "topk_elements": topk, "working_set": working_set}
+
+
+CACHE_RESIDENT_FRACTION = 0.5  # assumption: a working set up to half the last-level cache stays resident between calls
+
+
+def _cache_speedup(f: dict, hw: HardwareProfile) -> np.ndarray:
+    """Factor on byte costs: measured cache bandwidth / memory bandwidth when the working set stays in the cache
+    between calls (a calibrated profile's `cache_bandwidth`), else 1."""
+    cache_Bps = (hw.calibration or {}).get("cache_Bps")
+    if not cache_Bps or not hw.cache_bytes:
+        return np.ones_like(f["working_set"])
+    mem = hw.memory[0].bandwidth_Bps * hw.memory[0].efficiency
+    return np.where(f["working_set"] <= CACHE_RESIDENT_FRACTION * hw.cache_bytes, max(cache_Bps / mem, 1.0), 1.0)
 
 
 def overlapped(hw: HardwareProfile) -> bool:
@@ -217,13 +234,13 @@ def predict_kernel_times(kernels, rows: dict, hw: HardwareProfile, params: dict 
         sel = kernels == name
         f = features(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, hw)
         p = (params or {}).get(name) or params_for(impl, hw)
-        dev = _device_time(p, f)
+        dev = _device_time(p, f, _cache_speedup(f, hw))
         out[sel] = np.maximum(p["fixed_s"], dev) if overlapped(hw) else p["fixed_s"] + dev
     return out
 
 
-def _device_time(p: dict, f: dict) -> np.ndarray:
-    return (p["device_fixed_s"] + f["stream_bytes"] * p["inv_stream"] + f["gather_bytes"] * p["inv_gather"]
+def _device_time(p: dict, f: dict, speedup=1.0) -> np.ndarray:
+    return (p["device_fixed_s"] + (f["stream_bytes"] * p["inv_stream"] + f["gather_bytes"] * p["inv_gather"]) / speedup
             + f["topk_elements"] * p["topk_s"])
 
 

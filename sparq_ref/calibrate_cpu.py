@@ -73,6 +73,8 @@ def run_microbenchmarks(quick: bool = False) -> dict:
     x = torch.randn(n_stream)
     stream_s = _median_time(lambda: x.sum())
     stream_Bps = n_stream * 4 / stream_s
+    small = x[: int(cache // 4) // 4]           # a quarter of the last-level cache: stays resident
+    cache_Bps = small.numel() * 4 / _median_time(lambda: small.sum(), repeats=15, warmup=3)
 
     gathers = {}
     for width in (1, 8, 16, 64):                          # fp32 elements per row: 4, 32, 64, 256 bytes
@@ -80,7 +82,8 @@ def run_microbenchmarks(quick: bool = False) -> dict:
         table = x[: rows * width].view(rows, width)
         n_idx = max(1, min(rows, (32 * 1024**2) // (width * 4)))
         idx = torch.randint(0, rows, (n_idx,))
-        t = _median_time(lambda: torch.index_select(table, 0, idx))
+        out = torch.empty(n_idx, width)
+        t = _median_time(lambda: torch.index_select(table, 0, idx, out=out))
         gathers[width * 4] = n_idx * width * 4 / t
     x = None  # free the stream buffer before the next benchmarks
 
@@ -106,7 +109,7 @@ def run_microbenchmarks(quick: bool = False) -> dict:
     return {
         "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "memory_bytes": _meminfo_bytes(), "cache_bytes": cache, "line_bytes": line,
-        "stream_Bps": stream_Bps, "gather_Bps": gathers, "matmul_flops": matmul, "vector_flops": vector_fp32,
+        "stream_Bps": stream_Bps, "cache_Bps": cache_Bps, "gather_Bps": gathers, "matmul_flops": matmul, "vector_flops": vector_fp32,
         "op_overhead_s": overhead_s, "topk_s_per_element": statistics.median(topk),
     }
 
@@ -147,9 +150,11 @@ def profile_from_microbenchmarks(m: dict, name: str) -> dict:
         "overheads": {"kernel_launch": f"{m['op_overhead_s'] * 1e6:.3f} us",
                       "source": f"per-op overhead of a torch op on a one-element tensor, {src}"},
         "calibration": {
-            "source": f"{src}; gather efficiency = random 256-byte row gathers / streaming read "
+            "source": f"{src}; cache bandwidth: streaming read of a quarter of the last-level cache; "
+                      f"gather efficiency = random 256-byte row gathers / streaming read "
                       f"({', '.join(f'{w} B: {b / 1e9:.2f} GB/s' for w, b in m['gather_Bps'].items())})",
             "gather_efficiency": round(gather_eff, 4),
+            "cache_bandwidth": f"{m['cache_Bps'] / 1e9:.3f} GB/s",
             "topk_per_element": f"{m['topk_s_per_element'] * 1e9:.4f} ns",
         },
     }

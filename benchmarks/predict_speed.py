@@ -23,7 +23,7 @@ from sparq_sim.simulator.predict import predict_columns  # noqa: E402
 
 SWEEPS = {
     # name: keyword arguments of predict_columns
-    "3 GPUs x 4 models x 512 seq x 16 batch x 6 strategies": dict(
+    "3 GPUs x 4 models x 509 seq x 17 batch x 6 strategies": dict(
         hardware="a100,h100,h200", model="llama2-7b,llama3-8b,mistral-7b,llama2-13b",
         seq_len="1024:131072:+256", batch="1:128:x2,3,6,12,24,48,96,192,256,384"),
     "1 GPU x 1 model x 200k seq x 6 strategies": dict(hardware="a100", seq_len="1:200000:+1"),
@@ -57,7 +57,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
-    print(f"{'benchmark':58s} {'figure':>22s} {'target':>16s}")
+    print(f"{'benchmark':62s} {'figure':>40s} {'target':>16s}")
     for name, kwargs in SWEEPS.items():
         rows, t = bench_sweep(kwargs, args.repeats)
         rate = rows / t

@@ -124,7 +124,8 @@ class HardwareProfile:
 
 _TOP = {"schema_version", "name", "aliases", "vendor", "kind", "description", "version", "memory", "host_link",
         "device_link", "compute", "cache", "access", "overheads", "calibration"}
-_CAL = {"source", "topk_per_element", "gather_efficiency", "cache_bandwidth", "kernels", "rows", "fitted_on"}
+_CAL = {"source", "topk_per_element", "gather_efficiency", "stream_efficiency", "cache_bandwidth", "kernels", "rows",
+        "fitted_on"}
 _CAL_KERNEL = {"fixed", "device_fixed", "stream_efficiency", "gather_efficiency", "topk_per_element"}
 _TIER = {"name", "capacity", "bandwidth", "efficiency", "source"}
 _HOST = {"name", "bandwidth", "efficiency", "latency", "capacity", "source"}
@@ -257,6 +258,8 @@ def parse_profile(data, where: str) -> HardwareProfile:
                                                            "time", positive=False)
         if "cache_bandwidth" in cal:
             calibration["cache_Bps"] = c.quantity(cal["cache_bandwidth"], "calibration.cache_bandwidth", "bandwidth")
+        if "stream_efficiency" in cal:
+            calibration["stream_efficiency"] = c.fraction(cal["stream_efficiency"], "calibration.stream_efficiency")
         if "gather_efficiency" in cal:
             calibration["gather_efficiency"] = c.fraction(cal["gather_efficiency"], "calibration.gather_efficiency")
         kernels = cal.get("kernels") or {}

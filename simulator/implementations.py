@@ -146,15 +146,17 @@ def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
         r = np.asarray(rows["r"], dtype=np.float64)
         # Step 2: k rows of K and of V (whole rows, gathered)
         gather = 2 * B * Hkv * k * d * e * impl.gather_factor
+        # Step 1 sweeps every position in address order (prefetch- and coalescing-friendly): streamed, not gathered.
+        # An eager gather also writes its r x S copy and reads it back (gather_factor counts those passes).
         step1 = B * Hkv * S * r * e
         if impl.step1 == "stream":
             stream = stream + step1
         elif impl.step1 == "gather":
-            gather = gather + step1 * impl.gather_factor
-        elif impl.step1 == "sectors":
+            stream = stream + step1 * impl.gather_factor
+        elif impl.step1 == "sectors":  # K once: each d-contiguous row moves the sectors its r components fall in
             g = hw.granularity_bytes
             per_row = np.asarray([sectors_touched(ri, di, ei, g) for ri, di, ei in zip(r, d, e)]) * g
-            gather = gather + B * Hkv * S * per_row * impl.gather_factor
+            stream = stream + B * Hkv * S * per_row + step1 * (impl.gather_factor - 1)
         topk = impl.topk * B * Hkv * S
     else:
         raise UserError(f"kernel {impl.name}: strategy {s!r} has no implementation model")
@@ -197,10 +199,11 @@ def prior_params(impl: Implementation, hw: HardwareProfile) -> dict[str, float]:
     cal = hw.calibration or {}
     # machine-wide figures a calibrated profile measured (calibrate --device cpu) replace the assumptions
     gather_eff = cal.get("gather_efficiency", eff * GATHER_EFFICIENCY_PRIOR)
+    stream_eff = eff * cal.get("stream_efficiency", 1.0)
     return {
         "fixed_s": fixed,
         "device_fixed_s": device_fixed,
-        "inv_stream": 1.0 / (bw * eff),
+        "inv_stream": 1.0 / (bw * stream_eff),
         "inv_gather": 1.0 / (bw * gather_eff),
         "topk_s": cal.get("topk_per_element_s", TOPK_BYTES_PER_ELEMENT_PRIOR / (bw * eff)),
     }

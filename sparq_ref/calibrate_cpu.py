@@ -86,6 +86,18 @@ def run_microbenchmarks(quick: bool = False) -> dict:
         t = _median_time(lambda: torch.index_select(table, 0, idx, out=out))
         gathers[width * 4] = n_idx * width * 4 / t
     x = None  # free the stream buffer before the next benchmarks
+    # the gather the eager kernels run: whole rows of K picked by an index expanded over head_dim (torch.gather)
+    Kg = torch.randn(16, 16384 // (4 if quick else 1), 128)
+    rows_idx = torch.randint(0, Kg.shape[1], (16, 1024, 1)).expand(16, 1024, 128)
+    row_gather_Bps = rows_idx.numel() * 4 / _median_time(lambda: Kg.gather(1, rows_idx))
+    Kg = None
+
+    # decode attention streams K and V through matrix-vector products: q [1 x d] @ K^T over many heads
+    heads, S_mv, d_mv = 16, 32768 // (4 if quick else 1), 128
+    K = torch.randn(heads, S_mv, d_mv)
+    q = torch.randn(heads, 1, d_mv)
+    matvec_Bps = K.numel() * 4 / _median_time(lambda: q @ K.transpose(-1, -2))
+    K = None
 
     n = 512 if quick else 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -109,7 +121,8 @@ def run_microbenchmarks(quick: bool = False) -> dict:
     return {
         "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "memory_bytes": _meminfo_bytes(), "cache_bytes": cache, "line_bytes": line,
-        "stream_Bps": stream_Bps, "cache_Bps": cache_Bps, "gather_Bps": gathers, "matmul_flops": matmul, "vector_flops": vector_fp32,
+        "stream_Bps": stream_Bps, "cache_Bps": cache_Bps, "matvec_Bps": matvec_Bps, "gather_Bps": gathers,
+        "row_gather_Bps": row_gather_Bps, "matmul_flops": matmul, "vector_flops": vector_fp32,
         "op_overhead_s": overhead_s, "topk_s_per_element": statistics.median(topk),
     }
 
@@ -150,8 +163,10 @@ def profile_from_microbenchmarks(m: dict, name: str) -> dict:
         "overheads": {"kernel_launch": f"{m['op_overhead_s'] * 1e6:.3f} us",
                       "source": f"per-op overhead of a torch op on a one-element tensor, {src}"},
         "calibration": {
-            "source": f"{src}; cache bandwidth: streaming read of a quarter of the last-level cache; "
-                      f"gather efficiency = random 256-byte row gathers / streaming read "
+            "source": f"{src}; cache bandwidth: streaming read of a quarter of the last-level cache; gather "
+                      f"efficiency = index_select of random 256-byte rows / streaming read (for reference: K^T "
+                      f"matrix-vector products {m['matvec_Bps'] / 1e9:.2f} GB/s, torch.gather of K rows by an "
+                      f"expanded index {m['row_gather_Bps'] / 1e9:.2f} GB/s; index_select of random rows: "
                       f"({', '.join(f'{w} B: {b / 1e9:.2f} GB/s' for w, b in m['gather_Bps'].items())})",
             "gather_efficiency": round(gather_eff, 4),
             "cache_bandwidth": f"{m['cache_Bps'] / 1e9:.3f} GB/s",

@@ -28,6 +28,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def set_threads(threads: int | None) -> None:
+    """Fix torch's CPU thread count (None: leave torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        from sparq_sim.simulator.errors import UserError
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    import torch
+    torch.set_num_threads(threads)
+
+
 def time_call(fn, repeats: int, warmup: int, device: str, min_time_s: float = 0.0):
     """Median and standard error of `fn()` wall times (seconds)."""
     import torch

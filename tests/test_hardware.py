@@ -1,6 +1,5 @@
 """Hardware profiles: every bundled file validates, carries its sources, and names resolve."""
 
-from pathlib import Path
 
 import pytest
 import yaml

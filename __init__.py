@@ -5,6 +5,7 @@ The public API (imported lazily, so `sparq-sim` starts fast):
     predict(hardware=..., model=..., seq_len=..., batch=..., strategies=..., compression=..., ...) -> DataFrame
     predict_columns(...)          the same as numpy columns, without pandas
     ledger(...)                   per-operator bytes, FLOPs and time of one decode step (and prefill)
+    replay(traces, hardware=...)  bytes a recorded trace really touches (layout, granularity, pages, cache), time, speedup
     load_hardware(name_or_path)   a bundled hardware profile by name/alias, or a YAML file
     load_model_spec(name_or_path) a built-in model spec, or a Hugging Face config.json
     STRATEGY_NAMES, STRATEGIES    the one registry of attention strategies
@@ -27,6 +28,7 @@ _EXPORTS = {
     "STRATEGY_NAMES": "simulator.strategies",
     "STRATEGIES": "simulator.strategies",
     "UserError": "simulator.errors",
+    "replay": "simulator.replay",
 }
 
 __all__ = list(_EXPORTS)

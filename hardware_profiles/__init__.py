@@ -89,6 +89,7 @@ class HardwareProfile:
     kernel_launch_s: float
     overheads_source: str
     calibration: dict = field(default_factory=dict, compare=False)  # fitted by `sparq-sim calibrate` (optional)
+    units: int = 0  # SMs / CUs (0 = not stated): occupancy of kernels that parallelise over batch x heads only
     path: str = ""
     digest: str = field(default="", compare=False)
 
@@ -241,7 +242,14 @@ def parse_profile(data, where: str) -> HardwareProfile:
         0.0,
         c.text(d["source"], "device_link.source"),
     )
-    comp = c.mapping(data["compute"], "compute", {"matrix", "vector"}, {"matrix", "vector"})
+    comp = c.mapping(data["compute"], "compute", {"matrix", "vector", "units"}, {"matrix", "vector"})
+    units = 0
+    if "units" in comp:  # streaming multiprocessors / compute units: how many thread blocks run at once
+        u = c.mapping(comp["units"], "compute.units", {"count", "source"}, {"count", "source"})
+        if isinstance(u["count"], bool) or not isinstance(u["count"], int) or not 1 <= u["count"] <= 10**6:
+            c.fail("compute.units.count", f"expected a positive whole number, got {u['count']!r}")
+        c.text(u["source"], "compute.units.source")
+        units = u["count"]
     matrix = _unit(c, comp["matrix"], "compute.matrix")
     vector = _unit(c, comp["vector"], "compute.vector")
     cache = c.mapping(data["cache"], "cache", {"size", "source"}, {"size", "source"})
@@ -286,6 +294,7 @@ def parse_profile(data, where: str) -> HardwareProfile:
             calibration["kernels"][str(kname)] = out
     return HardwareProfile(
         calibration=calibration,
+        units=units,
         name=name,
         aliases=tuple(aliases),
         vendor=c.text(data["vendor"], "vendor"),

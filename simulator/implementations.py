@@ -51,6 +51,8 @@ class Implementation:
     topk: float
     kv_tier: str | None
     bound_passes: float
+    parallel: str | None
+    split_kv: bool
     source: str
 
 
@@ -66,7 +68,8 @@ def _load() -> dict:
             launches=float(d["launches"]), score_passes=float(d.get("score_passes", 0)),
             score_bytes=d.get("score_bytes", "dtype"), k_layout=d.get("k_layout"), step1=d.get("step1"),
             gather_factor=float(d.get("gather_factor", 1)), topk=float(d.get("topk", 0)), kv_tier=d.get("kv_tier"),
-            bound_passes=float(d.get("bound_passes", 0)), source=d["source"])
+            bound_passes=float(d.get("bound_passes", 0)), parallel=d.get("parallel"),
+            split_kv=bool(d.get("split_kv", False)), source=d["source"])
     return out
 
 
@@ -164,7 +167,20 @@ def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
     # stored twice holds a second copy of K)
     held = k if s in ("h2o", "lm-infinite") else S
     working_set = B * Hkv * held * d * e * (3 if (s == "sparq" and impl.k_layout == "twice") else 2)
-    return {"stream_bytes": stream, "gather_bytes": gather, "topk_elements": topk, "working_set": working_set}
+    if impl.parallel == "batch_heads" and hw.units:
+        # one block per (sequence, head): the busy share of the device, and the part-full last wave
+        blocks = B * H
+        waves = np.ceil(blocks / hw.units)
+        occupancy = blocks / (waves * hw.units)  # below one wave: blocks/units of the SMs stream
+        if impl.split_kv:  # S split across blocks when the batch x heads blocks would leave SMs idle
+            split = blocks < 0.8 * hw.units
+            # the two code paths stream at their own rates: the unsplit one is a separate term
+            unsplit = np.where(split, 0.0, stream / occupancy)
+            return {"stream_bytes": np.where(split, stream, 0.0), "unsplit_stream_bytes": unsplit,
+                    "gather_bytes": gather, "topk_elements": topk, "working_set": working_set}
+        stream = stream / occupancy
+    return {"stream_bytes": stream, "unsplit_stream_bytes": np.zeros_like(stream), "gather_bytes": gather,
+            "topk_elements": topk, "working_set": working_set}
 
 
 CACHE_RESIDENT_FRACTION = 0.5  # assumption: a working set up to half the last-level cache stays resident between calls
@@ -243,12 +259,13 @@ def predict_kernel_times(kernels, rows: dict, hw: HardwareProfile, params: dict 
 
 
 def _device_time(p: dict, f: dict, speedup=1.0) -> np.ndarray:
-    return (p["device_fixed_s"] + (f["stream_bytes"] * p["inv_stream"] + f["gather_bytes"] * p["inv_gather"]) / speedup
+    streamed = f["stream_bytes"] * p["inv_stream"] + f["unsplit_stream_bytes"] * p.get("inv_unsplit", p["inv_stream"])
+    return (p["device_fixed_s"] + (streamed + f["gather_bytes"] * p["inv_gather"]) / speedup
             + f["topk_elements"] * p["topk_s"])
 
 
-def fit(kernels, rows: dict, measured_s, hw: HardwareProfile, prior_rows: float = 3.0,
-        host_margin: float = 1.15):
+def fit(kernels, rows: dict, measured_s, hw: HardwareProfile, prior_rows: float = 0.3,
+        host_margin: float = 1.5):
     """Fit each kernel's host cost, stream and gather efficiency and top-k cost per element, kernel by kernel.
 
     Since time = max(host, device) >= host on every row, a kernel's host cost is its fastest measured call. Rows more
@@ -268,9 +285,10 @@ def fit(kernels, rows: dict, measured_s, hw: HardwareProfile, prior_rows: float 
         t = t_all[sel]
         f = features(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, hw)
         p0 = prior_params(impl, hw)
-        feat = {"fixed_s": np.ones_like(t), "inv_stream": f["stream_bytes"], "inv_gather": f["gather_bytes"],
-                "topk_s": f["topk_elements"]}
-        cols = [c for c in ("inv_stream", "inv_gather", "topk_s") if feat[c].any()]
+        feat = {"fixed_s": np.ones_like(t), "inv_stream": f["stream_bytes"], "inv_unsplit": f["unsplit_stream_bytes"],
+                "inv_gather": f["gather_bytes"], "topk_s": f["topk_elements"]}
+        p0 = dict(p0, inv_unsplit=p0["inv_stream"])
+        cols = [c for c in ("inv_stream", "inv_unsplit", "inv_gather", "topk_s") if feat[c].any()]
         if overlapped(hw):
             p = dict(p0, fixed_s=float(t.min()))
             dev = t > host_margin * p["fixed_s"]

@@ -26,7 +26,13 @@ def test_features_by_hand():
     rows = dict(batch=[2], seq_len=[1024], n_heads=[4], n_kv_heads=[4], head_dim=[128], dtype=["float16"],
                 r=[16], k=[64])
     dense = features(get_implementation("attn-mem-efficient"), rows, hw)
-    assert dense["stream_bytes"][0] == 2 * 2 * 4 * 1024 * 128 * 2  # K and V, fused (no score passes)
+    # K and V, fused (no score passes); one block per (sequence, head): 8 blocks keep 8 of the A10G's 80 SMs busy
+    assert dense["stream_bytes"][0] == pytest.approx(2 * 2 * 4 * 1024 * 128 * 2 / (8 / 80))
+    many = features(get_implementation("attn-mem-efficient"), dict(rows, batch=[30]), hw)
+    # 120 blocks: two waves on 80 SMs, the second 40/80 full -> 120 / 160 of the device busy on average
+    assert many["stream_bytes"][0] == pytest.approx(2 * 30 * 4 * 1024 * 128 * 2 / (120 / 160))
+    flash = features(get_implementation("attn-flash"), rows, hw)  # 8 < 0.8 x 80 blocks: S is split, device full
+    assert flash["stream_bytes"][0] == 2 * 2 * 4 * 1024 * 128 * 2 and flash["unsplit_stream_bytes"][0] == 0
     tri = features(get_implementation("sparq-attn-triton"), rows, hw)
     # Step 1 streams r columns of K; two fp32 passes over the approximate scores; Step 2 gathers k rows of K and V
     assert tri["stream_bytes"][0] == 2 * 4 * 1024 * 16 * 2 + 2 * 2 * 4 * 1024 * 4
@@ -69,9 +75,10 @@ def test_holdout_validation_on_the_a10g_dataset():
     rows, s = validate(df, load_hardware("a10g"), holdout="batch:1,4")
     test = rows[rows.split == "test"]
     assert set(test.batch) == {16, 64} and len(test) == s["overall"]["rows"]
+    # the targets: dense kernels <= 15 %, SparQ kernels <= 25 %, speedup of the Triton kernel <= 15 %
+    assert s["by_strategy"]["dense"]["mape"] <= 0.15
     assert s["by_strategy"]["sparq"]["mape"] <= 0.25
     assert s["by_kernel"]["sparq-attn-triton"]["speedup_mape"] <= 0.15
-    assert s["by_kernel"]["attn-torch"]["mape"] <= 0.15
     assert np.allclose(rows.rel_err, rows.predicted_time_s / rows.time_s - 1)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ..simulator.errors import UserError, closest
+from ..simulator.errors import UserError, closest, input_file
 from ..simulator.units import DTYPE_BYTES, parse_quantity
 
 SCHEMA_VERSION = 1
@@ -320,11 +320,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 def load_profile_file(path: str | os.PathLike) -> HardwareProfile:
     """Load and validate one profile file; every failure is a one-line UserError naming the file."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"hardware file {str(p)!r} does not exist")
-    if p.is_dir():
-        raise UserError(f"hardware file {str(p)!r} is a directory, expected a YAML file")
+    p = input_file(path, "hardware file", "a YAML file")
     try:
         raw = p.read_bytes()
         data = yaml.load(raw.decode("utf-8"), Loader=_Loader)

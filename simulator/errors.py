@@ -14,6 +14,19 @@ class UserError(ValueError):
     """Bad input from the user: the message is one line, shown as is."""
 
 
+def input_file(path, what: str, expected: str):
+    """The Path of an input file that exists and is not a folder; else one line: "{what} 'x' does not exist" or
+    "{what} 'x' is a folder, expected {expected}"."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{what} {str(p)!r} does not exist")
+    if p.is_dir():
+        raise UserError(f"{what} {str(p)!r} is a folder, expected {expected}")
+    return p
+
+
 def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """', did you mean a or b' for the nearest of `choices`, or '' when nothing is close."""
     matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..hardware_profiles import HardwareProfile, load_hardware
-from .errors import UserError
+from .errors import UserError, input_file
 from .implementations import calibration_block, fit, get_implementation, predict_kernel_times
 from .units import parse_dtype
 
@@ -40,11 +40,7 @@ def load_measurements(path):
     """Read and validate a measurement CSV; every problem is one line naming the file, the row and the column."""
     import pandas as pd
 
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"measurement file {str(p)!r} does not exist")
-    if p.is_dir():
-        raise UserError(f"measurement file {str(p)!r} is a directory, expected a CSV file")
+    p = input_file(path, "measurement file", "a CSV file")
     try:
         df = pd.read_csv(p)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:

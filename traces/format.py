@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..simulator.errors import UserError
+from ..simulator.errors import UserError, input_file
 from ..simulator.strategies import STRATEGIES
 
 SCHEMA_VERSION = 1
@@ -283,12 +283,8 @@ def validate_table(table: pa.Table, metadata: dict, path=None) -> None:
 
 def read_trace(path: str | os.PathLike, *, validate: bool = True) -> Trace:
     """Read and validate a trace file; every problem is a one-line UserError naming the file."""
-    p = Path(path)
+    p = input_file(path, "trace", "a trace file")
     w = _where(p)
-    if not p.exists():
-        raise UserError(f"{w} does not exist")
-    if p.is_dir():
-        raise UserError(f"{w} is a folder, not a trace file")
     try:
         pf = pq.ParquetFile(p)
         table = pf.read()

@@ -233,6 +233,8 @@ def models_show(name: str = typer.Argument(..., help="Built-in name or path to a
 
 # --- measurements: validate and calibrate (issue 5) ------------------------------------------------------------------
 
+_REF_MODEL = "the bundled SmolLM2-135M by default, or a local Hugging Face folder."
+
 def _measurements(measured: Optional[str], dataset: Optional[str]):
     from .simulator.measured import dataset_names, dataset_path, load_measurements
     if bool(measured) == bool(dataset):
@@ -282,7 +284,7 @@ def validate(measured: Optional[str] = typer.Argument(None, help="CSV in the mea
     else:
         lines = [f"validation on {hw.name} ({'holdout ' + holdout if holdout else 'uncalibrated priors' if not hw.calibration else 'calibrated profile'}); "
                  f"errors on {summary['overall']['rows']} {'held-out ' if holdout else ''}rows; speedup vs "
-                 f"{summary['baseline_kernel']}",
+                 f"{summary['baseline_kernel'] or '-'}",
                  f"{'kernel':28s} {'rows':>5s} {'MAPE':>7s} {'worst':>8s} {'geomean':>8s} {'speedup err':>11s}"]
         for name, part in [("all", summary["overall"])] + [(f"  {k}", v) for k, v in summary["by_strategy"].items()] \
                 + list(summary["by_kernel"].items()):
@@ -367,6 +369,9 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
             repeats: int = typer.Option(7, "--repeats"), warmup: int = typer.Option(2, "--warmup"),
             threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: "
                                                   "torch's own choice)."),
+            model_step: bool = typer.Option(False, "--model-step", help="Time whole decode steps of a real model "
+                                            "(dense, through transformers) instead of the kernels."),
+            model: Optional[str] = typer.Option(None, "--model", "-m", help="With --model-step: " + _REF_MODEL),
             output: str = typer.Option(..., "--output", "-o", help="The CSV to write (atomically, when done).")):
     """Time the decode-attention kernels of every strategy on this machine; write a CSV in the measurement schema."""
     from .simulator.measured import SCHEMA
@@ -396,10 +401,17 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
         if sys.stderr.isatty():
             sys.stderr.write(f"\rmeasured {i}/{n}" + ("\n" if i == n else ""))
 
-    rows = measure_kernels(kern, parse_axis(batch, "--batch", minimum=1), parse_axis(seq, "--seq", minimum=1),
-                           hs, kvs, parse_axis(head_dim, "--head-dim", minimum=1), dts,
-                           parse_axis(r, "--r", minimum=1), parse_axis(k, "--k", minimum=1), device=device,
-                           repeats=repeats, warmup=warmup, progress=progress)
+    if model_step:
+        from .sparq_ref.measure import measure_model_step
+        if len(dts) > 1:
+            raise UserError("--model-step takes one --dtype")
+        rows = measure_model_step(model, parse_axis(batch, "--batch", minimum=1), parse_axis(seq, "--seq", minimum=1),
+                                  device=device, dtype=dts[0], repeats=repeats, warmup=warmup, progress=progress)
+    else:
+        rows = measure_kernels(kern, parse_axis(batch, "--batch", minimum=1), parse_axis(seq, "--seq", minimum=1),
+                               hs, kvs, parse_axis(head_dim, "--head-dim", minimum=1), dts,
+                               parse_axis(r, "--r", minimum=1), parse_axis(k, "--k", minimum=1), device=device,
+                               repeats=repeats, warmup=warmup, progress=progress)
     if not rows:
         raise UserError("the grid has no valid point (r must be <= head_dim, k <= seq)")
     import numpy as np

@@ -16,6 +16,9 @@ import numpy as np
 from ..hardware_profiles import HardwareProfile, load_hardware
 from .errors import UserError, input_file
 from .implementations import calibration_block, fit, get_implementation, predict_kernel_times
+from .strategies import get_strategy
+
+MODEL_STEP = "model-step"  # rows timing a whole decode step of a real model (sparq-sim measure --model-step)
 from .units import parse_dtype
 
 SCHEMA = ["hardware", "kernel", "strategy", "k_layout", "batch", "seq_len", "n_heads", "n_kv_heads", "head_dim",
@@ -73,8 +76,13 @@ def load_measurements(path):
                         f"{df['time_s'].iloc[i]!r}")
     for i, (kern, strat, dt) in enumerate(zip(df["kernel"], df["strategy"], df["dtype"])):
         try:
-            impl = get_implementation(kern)
             parse_dtype(dt)
+            if kern == MODEL_STEP:  # a whole decode step of a real model: predicted by `predict`, not a kernel model
+                get_strategy(strat)
+                if "model" not in df.columns or not isinstance(df["model"].iloc[i], str):
+                    raise UserError(f"a {MODEL_STEP} row needs a model column (a built-in name or config path)")
+                continue
+            impl = get_implementation(kern)
         except UserError as e:
             raise UserError(f"measurement file {str(p)!r} row {i + 2}: {e}") from None
         if impl.strategy != strat:
@@ -147,7 +155,21 @@ def _rows(df) -> dict:
                                           "r", "k")}
 
 
+def _model_step_times(df, hw: HardwareProfile) -> np.ndarray:
+    """`predict`'s decode-step time for each model-step row (its model, batch, context, strategy, dtype)."""
+    from .predict import predict_columns
+
+    out = np.empty(len(df))
+    for i, (m, B, S, strat, dt) in enumerate(zip(df["model"], df["batch"], df["seq_len"], df["strategy"], df["dtype"])):
+        out[i] = predict_columns(hardware=hw, model=m, seq_len=int(S), batch=int(B), strategies=[strat],
+                                 dtype=parse_dtype(dt))["time_s"][0]
+    return out
+
+
 def calibrate_from_measurements(df, hw: HardwareProfile, source: str):
+    df = df[df["kernel"] != MODEL_STEP]
+    if len(df) == 0:
+        raise UserError(f"nothing to fit: calibrate fits kernel rows, and the file holds only {MODEL_STEP} rows")
     params = fit(df["kernel"].to_numpy(), _rows(df), df["time_s"].to_numpy(), hw)
     return params, calibration_block(params, hw, source, len(df))
 
@@ -162,22 +184,31 @@ def validate(df, hw: HardwareProfile, holdout: str | None = None, baseline: str 
     Returns (rows DataFrame, summary dict)."""
     df = df.copy()
     rows = _rows(df)
+    step = (df["kernel"] == MODEL_STEP).to_numpy()
     if holdout:
         fit_rows = parse_holdout(holdout, df)
-        params = fit(df["kernel"].to_numpy()[fit_rows], {c: v[fit_rows] for c, v in rows.items()},
-                     df["time_s"].to_numpy()[fit_rows], hw)
-        missing = sorted(set(df["kernel"]) - set(params))
+        use = fit_rows & ~step
+        params = fit(df["kernel"].to_numpy()[use], {c: v[use] for c, v in rows.items()},
+                     df["time_s"].to_numpy()[use], hw) if use.any() else {}
+        missing = sorted(set(df["kernel"][~step]) - set(params))
         if missing:
             raise UserError(f"--holdout {holdout!r} leaves no rows to fit kernel(s) {', '.join(missing)}")
         df["split"] = np.where(fit_rows, "fit", "test")
     else:
         params = None
         df["split"] = "test"
-    df["predicted_time_s"] = predict_kernel_times(df["kernel"].to_numpy(), rows, hw, params)
+    pred = np.full(len(df), np.nan)
+    if (~step).any():
+        pred[~step] = predict_kernel_times(df["kernel"].to_numpy()[~step], {c: v[~step] for c, v in rows.items()},
+                                           hw, params)
+    if step.any():
+        pred[step] = _model_step_times(df[step], hw)
+    df["predicted_time_s"] = pred
     df["rel_err"] = df["predicted_time_s"] / df["time_s"] - 1.0
 
     # speedup of each kernel over the dense baseline kernel measured at the same shape
-    dense_kernels = [k for k in dict.fromkeys(df["kernel"]) if get_implementation(k).strategy == "dense"]
+    dense_kernels = [k for k in dict.fromkeys(df["kernel"])
+                     if k != MODEL_STEP and get_implementation(k).strategy == "dense"]
     base = baseline or ("attn-torch" if "attn-torch" in dense_kernels else (dense_kernels[0] if dense_kernels else None))
     if base is not None:
         b = df[df["kernel"] == base][SHAPE + ["time_s", "predicted_time_s"]].rename(

@@ -111,3 +111,58 @@ def measure_kernels(kernels, batches, seqs, heads, kv_heads, head_dims, dtypes, 
             progress(n + 1, len(points))
 
     return rows
+
+
+MODEL_STEP = "model-step"  # the kernel name of a whole decode step of a real model (measurement schema)
+
+
+def measure_model_step(model, batches, seqs, device="cpu", dtype=None, repeats=7, warmup=2, progress=None) -> list[dict]:
+    """Time whole decode steps (all layers, lm_head, sampling by argmax) of a real model through transformers, dense
+    attention, after a prefill of seq_len random tokens. One row per (batch, seq_len) in the measurement schema, with
+    kernel 'model-step' and a `model` column naming the model (a built-in spec name or its folder). The context grows
+    by one token a step; seq_len is the context at the median measured step."""
+    import torch
+
+    from ..simulator.models import BUILTIN
+    from .model import load_model
+
+    lm = load_model(model, device=device, dtype=dtype)
+    m, cfg = lm.model, lm.config
+    hw_name = torch.cuda.get_device_name() if lm.device == "cuda" else f"{cpu_name()} ({torch.get_num_threads()} threads)"
+    heads = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    import inspect
+    # newer transformers name the cache argument `cache` (past_key_values is deprecated there)
+    cache_kw = "cache" if "cache" in inspect.signature(m.forward).parameters else "past_key_values"
+    rows, grid = [], [(B, S) for B in batches for S in seqs]
+    for n, (B, S) in enumerate(grid):
+        ids = torch.randint(10, cfg.vocab_size - 1, (B, S), generator=gen).to(lm.device)
+        times = []
+        with torch.inference_mode():
+            out = m(input_ids=ids, use_cache=True)
+            cache = getattr(out, "cache", None) or out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            for i in range(warmup + repeats):
+                if lm.device == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                out = m(input_ids=nxt, use_cache=True, **{cache_kw: cache})
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                if lm.device == "cuda":
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times.append(time.perf_counter() - t)
+                cache = getattr(out, "cache", None) or out.past_key_values
+        med = statistics.median(times)
+        err = statistics.stdev(times) / math.sqrt(len(times)) if len(times) > 1 else 0.0
+        rows.append({
+            "hardware": hw_name, "kernel": MODEL_STEP, "strategy": "dense", "k_layout": "", "batch": B,
+            "seq_len": S + warmup + repeats // 2, "n_heads": heads, "n_kv_heads": kv, "head_dim": lm.head_dim,
+            "dtype": DTYPES.get(lm.dtype, lm.dtype), "r": "", "k": "", "time_s": med, "time_stderr_s": err,
+            "repeats": len(times), "device": lm.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "model": lm.name if lm.name in BUILTIN else lm.source,
+        })
+        if progress:
+            progress(n + 1, len(grid))
+    return rows

@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 
+import sparq_sim
+
 from sparq_sim.cli import main
 from sparq_sim.hardware_profiles import load_hardware
 from sparq_sim.simulator.errors import UserError
@@ -113,3 +115,23 @@ def test_validate_and_calibrate_cli(tmp_path, capsys):
     fitted = json.loads(capsys.readouterr().out)["summary"]
     assert fitted["calibrated_profile"] and math.isfinite(fitted["mape"])
     assert main(["validate"]) == 2
+
+
+@pytest.mark.slow
+def test_model_step_is_measured_and_validated_against_predict(tmp_path):
+    """`measure --model-step`: whole decode steps of the bundled SmolLM2, predicted by `predict` in validate."""
+    pytest.importorskip("torch")
+    from sparq_sim.simulator.measured import MODEL_STEP
+    from sparq_sim.simulator.output import to_csv
+    from sparq_sim.sparq_ref.measure import measure_model_step
+
+    rows = measure_model_step(None, [1], [32], repeats=2, warmup=1)
+    assert len(rows) == 1 and rows[0]["kernel"] == MODEL_STEP and rows[0]["model"] == "smollm2-135m"
+    assert (rows[0]["n_heads"], rows[0]["n_kv_heads"], rows[0]["head_dim"]) == (9, 3, 64)
+    f = tmp_path / "step.csv"
+    f.write_text(to_csv({c: np.asarray([r[c] for r in rows], dtype=object) for c in rows[0]}))
+    df = load_measurements(f)
+    out, summary = validate(df, load_hardware("epyc-7763"))
+    want = sparq_sim.predict_columns(hardware="epyc-7763", model="smollm2-135m", seq_len=int(df.seq_len[0]),
+                                     batch=1, strategies=["dense"], dtype="fp32")["time_s"][0]
+    assert out.predicted_time_s[0] == pytest.approx(want) and math.isfinite(summary["mape"])

@@ -30,15 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .hardware_profiles import HardwareProfile, load_hardware
+from .hardware_profiles import HardwareProfile
 from .simulator.errors import UserError
 from .simulator.ledger import Parallel, Precision, attention_decode_ops
-from .simulator.models import DEFAULT_MODEL, ModelSpec, load_model_spec
-from .simulator.predict import Case, _evaluate_case, decoded, predict_columns
+from .simulator.models import DEFAULT_MODEL, ModelSpec
+from .simulator.predict import (Case, _evaluate_case, decoded, parse_compressions, predict_columns, resolve_hardware,
+                                resolve_models)
 from .simulator.ranges import parse_axis, parse_names
 from .simulator.roofline import BOUNDS, Placement, matrix_peak, tier_table, time_op
 from .simulator.strategies import parse_strategies, resolve_params
-from .simulator.units import DTYPE_BYTES, parse_dtype
+from .simulator.units import parse_dtype
 
 DEFAULT_HARDWARE = "a100,h100,h200"
 DEFAULT_SEQ = "1k:128k:x2"
@@ -108,12 +109,6 @@ class Request:
     measured: str | None = None
 
 
-def _listed(value, what: str) -> list[str]:
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    return parse_names(str(value), what)
-
-
 def _one(value, what: str, minimum: int) -> int | None:
     if value is None:
         return None
@@ -135,21 +130,9 @@ def _files(value) -> list[str]:
 
 def _request(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k, local_window,
              page_size, k_layout, kv_location, weights_location, trace, evaluation, measured) -> Request:
-    hws: list[HardwareProfile] = []
-    for h in (hardware if isinstance(hardware, (list, tuple)) else
-              [hardware] if isinstance(hardware, HardwareProfile) else _listed(hardware, "--gpu")):
-        p = load_hardware(h)
-        if p.name not in [x.name for x in hws]:
-            hws.append(p)
-    models: list[ModelSpec] = []
-    for m in (model if isinstance(model, (list, tuple)) else
-              [model] if isinstance(model, ModelSpec) else _listed(model, "--model")):
-        spec = load_model_spec(m)
-        if spec.name not in [x.name for x in models]:
-            models.append(spec)
-    comps = sorted(set(parse_axis(compression, "--compression", integer=False)))
-    if any(c < 1 for c in comps):
-        raise UserError(f"--compression must be at least 1 (1 = no compression), got {min(comps):g}")
+    hws = resolve_hardware(hardware)
+    models = resolve_models(model)
+    comps = sorted(set(parse_compressions(compression)))
     if k_layout not in ("twice", "once"):
         raise UserError(f"--k-layout must be twice or once, got {k_layout!r}")
     req = Request(
@@ -158,7 +141,7 @@ def _request(hardware, model, seq_len, batch, strategies, compression, dtype, kv
         batches=sorted(set(int(b) for b in parse_axis(batch, "--batch", minimum=1))),
         strategies=parse_strategies(strategies),
         compressions=comps,
-        dtypes=list(dict.fromkeys(parse_dtype(d) for d in _listed(dtype, "--dtype"))),
+        dtypes=list(dict.fromkeys(parse_dtype(d) for d in parse_names(dtype, "--dtype"))),
         kv_dtype=parse_dtype(kv_dtype, "kv dtype") if kv_dtype else None,
         devices=sorted(set(int(d) for d in parse_axis(devices, "--devices", minimum=1))),
         r=_one(r, "--r", 1), k=_one(k, "--k", 1), local_window=_one(local_window, "--local-window", 0),
@@ -215,16 +198,11 @@ def _case_labels(df, req: Request):
     return out
 
 
-def _precision(dtype: str, kv_dtype: str | None) -> Precision:
-    kvd = kv_dtype or dtype  # the same construction as simulator.predict
-    return Precision(dtype, kvd, DTYPE_BYTES[dtype], DTYPE_BYTES[dtype] if dtype != "int4" else 2.0, DTYPE_BYTES[kvd])
-
-
 def _operator_points(req: Request, hw: HardwareProfile, m: ModelSpec, dtype: str, devices: int, comp: float,
                      case_label: str) -> list[dict]:
     """Every decode operator at every (batch, seq_len) of the sweep on one device: intensity, attained FLOP/s per
     device, and what the hover shows. Non-attention operators depend on the batch only: kept once per batch."""
-    prec = _precision(dtype, req.kv_dtype)
+    prec = Precision.of(dtype, req.kv_dtype)
     case = Case(hw, m, prec, devices, req.k_layout, req.kv_location, req.weights_location, req.r, req.k)
     Bg, Sg = (a.ravel() for a in np.meshgrid(np.asarray(req.batches, dtype=np.int64),
                                              np.asarray(req.seqs, dtype=np.int64), indexing="ij"))
@@ -953,7 +931,7 @@ def predict_microbench_times(df, notes: list[str] | None = None) -> np.ndarray:
             if strat != "dense" and g["k"].notna().all():
                 over["k"] = g["k"].to_numpy(dtype=np.float64)
             params = resolve_params(strat, S, hd, 1.0, **over)
-            prec = _precision(dt, None)
+            prec = Precision.of(dt, None)
             matrix_peak(prof, dt)  # a clear note when the profile has no throughput for this dtype
             names, peak, achieved, _ = tier_table(prof)
             pl = Placement(names, peak, achieved, 0, 0, 0)

@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import UserError
 from .models import ModelSpec
+from .units import DTYPE_BYTES
 from .strategies import QUEST_DENSE_LAYERS, cache_tokens, extra_cache_elements, traffic_components
 
 FP32 = 4.0
@@ -68,6 +69,12 @@ class Precision:
     w: float    # bytes per weight
     a: float    # bytes per activation
     kv: float   # bytes per KV element (also metadata, as in the paper's element model)
+
+    @classmethod
+    def of(cls, dtype: str, kv_dtype: str | None = None) -> "Precision":
+        """Weights in `dtype`; activations in `dtype` (fp16 for int4 weights, which dequantise); KV in `kv_dtype`."""
+        kvd = kv_dtype or dtype
+        return cls(dtype, kvd, DTYPE_BYTES[dtype], DTYPE_BYTES[dtype] if dtype != "int4" else 2.0, DTYPE_BYTES[kvd])
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from .models import DEFAULT_MODEL, ModelSpec, load_model_spec
 from .ranges import parse_axis, parse_names
 from .roofline import BOUNDS, Placement, tier_table, time_op
 from .strategies import parse_strategies, resolve_params
-from .units import DTYPE_BYTES, parse_dtype
+from .units import parse_dtype
 
 COLUMNS = [
     "hardware", "model", "devices", "dtype", "kv_dtype", "k_layout", "batch", "seq_len", "attended_len", "compression",
@@ -100,6 +100,35 @@ class Case:
     weights_location: str
     r: int | None
     k: int | None
+
+
+def _unique(items, key):
+    out = []
+    for x in items:
+        if key(x) not in [key(y) for y in out]:
+            out.append(x)
+    return out
+
+
+def resolve_hardware(value) -> list[HardwareProfile]:
+    """A profile, a list, or a comma list of names / YAML paths -> profiles (each once)."""
+    items = value if isinstance(value, (list, tuple)) else [value] if isinstance(value, HardwareProfile) else \
+        parse_names(value, "--gpu")
+    return _unique([load_hardware(h) for h in items], lambda p: p.name)
+
+
+def resolve_models(value) -> list[ModelSpec]:
+    """A spec, a list, or a comma list of built-in names / config.json paths -> specs (each once)."""
+    items = value if isinstance(value, (list, tuple)) else [value] if isinstance(value, ModelSpec) else \
+        parse_names(value, "--model")
+    return _unique([load_model_spec(m) for m in items], lambda m: m.name)
+
+
+def parse_compressions(value) -> list[float]:
+    comps = parse_axis(value, "--compression", integer=False)
+    if any(c < 1 for c in comps):
+        raise UserError(f"--compression must be at least 1 (1 = no compression), got {min(comps):g}")
+    return comps
 
 
 def _location_index(loc: str, names: tuple[str, ...], hw: HardwareProfile) -> int | None:
@@ -330,16 +359,11 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
     """The prediction as ordered columns: numpy arrays, and `Labels` (codes + categories) for the string columns
     (see the module docstring; `decoded()` turns those into strings). Arguments take one value or a list; strings
     take comma lists and, for numbers, ranges such as '1024:131072:x2'."""
-    hws = [load_hardware(h) for h in (hardware if isinstance(hardware, (list, tuple)) else
-                                      [hardware] if isinstance(hardware, HardwareProfile) else
-                                      parse_names(hardware, "--gpu"))]
-    models = [load_model_spec(x) for x in (model if isinstance(model, (list, tuple)) else
-                                           [model] if isinstance(model, ModelSpec) else parse_names(model, "--model"))]
+    hws = resolve_hardware(hardware)
+    models = resolve_models(model)
     seqs = parse_axis(seq_len, "--seq", minimum=1)
     batches = parse_axis(batch, "--batch", minimum=1)
-    comps = parse_axis(compression, "--compression", integer=False)
-    if any(c < 1 for c in comps):
-        raise UserError(f"--compression must be at least 1 (1 = no compression), got {min(comps):g}")
+    comps = parse_compressions(compression)
     strats = parse_strategies(strategies)
     dtypes = [parse_dtype(d) for d in parse_names(dtype, "--dtype")]
     kv_dtypes = [None] if kv_dtype is None else [parse_dtype(d, "kv dtype") for d in parse_names(kv_dtype, "--kv-dtype")]
@@ -368,8 +392,7 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
                                                  np.asarray(comps, dtype=np.float64), indexing="ij"))
     parts = []
     for hw, m, dt, kvd, dv, rr, kk in itertools.product(hws, models, dtypes, kv_dtypes, devs, rs, ks):
-        kvd = kvd or dt
-        prec = Precision(dt, kvd, DTYPE_BYTES[dt], DTYPE_BYTES[dt] if dt != "int4" else 2.0, DTYPE_BYTES[kvd])
+        prec = Precision.of(dt, kvd)
         case = Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk)
         parts.append(_evaluate_case(case, strats, Bg, Sg, Cg, local_window, page_size))
     if len(parts) == 1:
@@ -412,20 +435,14 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
 
     seqs = parse_axis(seq_len, "--seq", minimum=1)
     batches = parse_axis(batch, "--batch", minimum=1)
-    comps = parse_axis(compression, "--compression", integer=False)
+    comps = parse_compressions(compression)
     if len(seqs) != 1 or len(batches) != 1 or len(comps) != 1:
         raise UserError("the ledger takes one --seq, one --batch and one --compression")
-    if comps[0] < 1:
-        raise UserError(f"--compression must be at least 1 (1 = no compression), got {comps[0]:g}")
-    hws = [load_hardware(h) for h in (hardware if isinstance(hardware, (list, tuple)) else
-                                      [hardware] if isinstance(hardware, HardwareProfile) else
-                                      parse_names(hardware, "--gpu"))]
-    models = [load_model_spec(x) for x in (model if isinstance(model, (list, tuple)) else
-                                           [model] if isinstance(model, ModelSpec) else parse_names(model, "--model"))]
+    hws = resolve_hardware(hardware)
+    models = resolve_models(model)
     strats = parse_strategies(strategies)
     dt = parse_dtype(dtype)
-    kvd = parse_dtype(kv_dtype, "kv dtype") if kv_dtype else dt
-    prec = Precision(dt, kvd, DTYPE_BYTES[dt], DTYPE_BYTES[dt] if dt != "int4" else 2.0, DTYPE_BYTES[kvd])
+    prec = Precision.of(dt, parse_dtype(kv_dtype, "kv dtype") if kv_dtype else None)
     B = np.asarray(batches, dtype=np.int64)
     S = np.asarray(seqs, dtype=np.int64)
     C = np.asarray(comps, dtype=np.float64)

@@ -961,8 +961,7 @@ def _replay_one(st: _Setup, hw: HardwareProfile, k_layout, granularity, page_siz
     g = _geometry(st, hw, k_layout, granularity, page_size)
     parts, dense = _traffic(st, g)
     m = st.model
-    prec = Precision(st.dtype, st.kv_dtype, DTYPE_BYTES[st.dtype], DTYPE_BYTES[st.dtype] if st.dtype != "int4" else 2.0,
-                     DTYPE_BYTES[st.kv_dtype])
+    prec = Precision.of(st.dtype, st.kv_dtype)
     tp = Parallel.of(m, 1)
     G_bytes = g.G / 8
     e_bytes = g.e / 8

@@ -59,6 +59,15 @@ def _check_length(lm, length: int, new_tokens: int) -> None:
                         f"accepted: --length <= {limit - new_tokens - 64}")
 
 
+def _check_run(samples: int, length: int, depth, text) -> None:
+    """What evaluate and record both take: samples, context length, pass-key depth and a text file."""
+    _positive(samples, "samples")
+    _positive(length, "length", 64)
+    _check_depth(depth)
+    if text is not None and not Path(text).is_file():
+        raise UserError(f"--text {text!r} does not exist or is not a file")
+
+
 def _check_format(fmt: str) -> str:
     f = str(fmt).strip().lower()
     if f not in FORMATS:
@@ -126,12 +135,8 @@ def evaluate(model: str | None = None, tasks: str = "all", strategies: str = "al
     strategy_names = parse_strategies(strategies)
     ratios = parse_compression(compression)
     fmt = _check_format(fmt)
-    _positive(samples, "samples")
+    _check_run(samples, length, depth, text)
     _positive(batch_size, "batch-size")
-    _positive(length, "length", 64)
-    _check_depth(depth)
-    if text is not None and not Path(text).is_file():
-        raise UserError(f"--text {text!r} does not exist or is not a file")
     if output:
         _check_output(Path(output))
 
@@ -227,11 +232,7 @@ def record(model: str | None = None, task: str = "repetition", strategy: str = "
         raise UserError(f"--task takes one task, got {task!r} (accepted: {', '.join(T.TASKS)})")
     task_name = task_name[0]
     _positive(steps, "steps")
-    _positive(samples, "samples")
-    _positive(length, "length", 64)
-    _check_depth(depth)
-    if text is not None and not Path(text).is_file():
-        raise UserError(f"--text {text!r} does not exist or is not a file")
+    _check_run(samples, length, depth, text)
     out = Path(output)
     _check_output(out)
 

@@ -16,6 +16,7 @@ import subprocess
 import numpy as np
 import pytest
 
+import sparq_sim
 from sparq_sim import report
 from sparq_sim.cli import main
 
@@ -133,7 +134,7 @@ def test_microbench_prediction_is_attention_roofline():
                             seq_len=4096, n_heads=32, n_kv_heads=32, head_dim=128, dtype="float16", r=np.nan,
                             k=np.nan, time_s=1e-3)])
     t = report.predict_microbench_times(df)[0]
-    hw = report.load_hardware("a10g")
+    hw = sparq_sim.load_hardware("a10g")
     kv = 2 * 64 * 32 * 4096 * 128 * 2  # K and V of the whole batch, fp16
     t_mem = kv / hw.memory[0].achieved_Bps
     assert t_mem < t < t_mem * 1.2  # streaming K and V, plus a little activation traffic and launch overhead
@@ -166,7 +167,7 @@ def test_cli_writes_one_self_contained_file(tmp_path, inputs, capsys):
     # plotly.js inlined exactly once, every chart present, the header names the profile version and digest
     assert len(re.findall(r"\* plotly\.js v\d", text)) == 1
     assert text.count("class='sparq-chart'") == 9
-    prof = report.load_hardware("a100")
+    prof = sparq_sim.load_hardware("a100")
     assert prof.digest in text and "sparq-sim report --gpu a100" in text
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left nothing behind
 

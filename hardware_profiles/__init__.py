@@ -126,8 +126,21 @@ class HardwareProfile:
 _TOP = {"schema_version", "name", "aliases", "vendor", "kind", "description", "version", "memory", "host_link",
         "device_link", "compute", "cache", "access", "overheads", "calibration"}
 _CAL = {"source", "topk_per_element", "gather_efficiency", "stream_efficiency", "cache_bandwidth", "kernels", "rows",
-        "fitted_on"}
-_CAL_KERNEL = {"fixed", "device_fixed", "stream_efficiency", "gather_efficiency", "topk_per_element"}
+        "fitted_on", "ops"}
+_CAL_KERNEL = {"fixed", "device_fixed", "stream_efficiency", "gather_efficiency", "topk_per_element", "op_scale"}
+# The primitive ops of eager CPU kernels that `sparq-sim calibrate --device cpu` measures (calibration.ops), each with
+# the dimension of its figure: a bandwidth (bytes read per second) or a time per element. Each has a figure for data
+# in memory and one for data resident in the last-level cache.
+CPU_OPS = {
+    "matvec": "bandwidth",             # q K^T: one dot product per contiguous key row
+    "vecmat": "bandwidth",             # p V: each contiguous value row scaled and accumulated
+    "gather_rows": "time",             # torch.gather of whole rows (index expanded along the contiguous dim)
+    "gather_components": "time",       # torch.gather of components within each row (along the contiguous dim)
+    "topk_select": "time",             # torch.topk when k x 64 > n (nth_element), per input element
+    "topk_heap": "time",               # torch.topk when k x 64 <= n (partial sort), per input element
+    "softmax": "time",                 # softmax over score rows, per element
+    "elementwise": "time",             # a broadcasting binary op writing a fresh tensor, per output element
+}
 _TIER = {"name", "capacity", "bandwidth", "efficiency", "source"}
 _HOST = {"name", "bandwidth", "efficiency", "latency", "capacity", "source"}
 _DLINK = {"name", "bandwidth", "efficiency", "latency", "source"}
@@ -270,6 +283,13 @@ def parse_profile(data, where: str) -> HardwareProfile:
             calibration["stream_efficiency"] = c.fraction(cal["stream_efficiency"], "calibration.stream_efficiency")
         if "gather_efficiency" in cal:
             calibration["gather_efficiency"] = c.fraction(cal["gather_efficiency"], "calibration.gather_efficiency")
+        if cal.get("ops") is not None:
+            ops = c.mapping(cal["ops"], "calibration.ops", set(CPU_OPS), set(CPU_OPS))
+            calibration["ops"] = {}
+            for op, dim in CPU_OPS.items():
+                where = c.mapping(ops[op], f"calibration.ops.{op}", {"memory", "cache"}, {"memory", "cache"})
+                calibration["ops"][op] = {w: c.quantity(where[w], f"calibration.ops.{op}.{w}", dim)
+                                          for w in ("memory", "cache")}
         kernels = cal.get("kernels") or {}
         if not isinstance(kernels, dict):
             c.fail("calibration.kernels", "expected a mapping of kernel name to fitted values")
@@ -291,6 +311,13 @@ def parse_profile(data, where: str) -> HardwareProfile:
                     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 10):
                         c.fail(f"{f}.{eff}", f"expected a positive fraction of peak bandwidth, got {v!r}")
                     out[eff] = float(v)
+            if "op_scale" in kv:
+                sc = c.mapping(kv["op_scale"], f + ".op_scale", set(CPU_OPS) | {"op"}, set())
+                out["op_scale"] = {}
+                for op, v in sc.items():
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1e3):
+                        c.fail(f"{f}.op_scale.{op}", f"expected a positive factor on the measured cost, got {v!r}")
+                    out["op_scale"][op] = float(v)
             calibration["kernels"][str(kname)] = out
     return HardwareProfile(
         calibration=calibration,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..hardware_profiles import HardwareProfile
+from ..hardware_profiles import CPU_OPS, HardwareProfile
 from .errors import UserError, closest
 from .units import DTYPE_BYTES, parse_dtype, parse_quantity
 
@@ -54,6 +54,7 @@ class Implementation:
     parallel: str | None
     split_kv: bool
     source: str
+    eager_ops: bool = False
 
 
 @lru_cache(maxsize=1)
@@ -69,7 +70,7 @@ def _load() -> dict:
             score_bytes=d.get("score_bytes", "dtype"), k_layout=d.get("k_layout"), step1=d.get("step1"),
             gather_factor=float(d.get("gather_factor", 1)), topk=float(d.get("topk", 0)), kv_tier=d.get("kv_tier"),
             bound_passes=float(d.get("bound_passes", 0)), parallel=d.get("parallel"),
-            split_kv=bool(d.get("split_kv", False)), source=d["source"])
+            split_kv=bool(d.get("split_kv", False)), source=d["source"], eager_ops=d.get("ops") == "eager")
     return out
 
 
@@ -183,6 +184,99 @@ def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
             "topk_elements": topk, "working_set": working_set}
 
 
+def _topk(rows_, n, k):
+    """torch.topk on CPU runs a partial sort when k x 64 <= n and nth_element otherwise (ATen's SortingKernel):
+    two costs per input element, so each top-k is booked under the regime its (n, k) selects."""
+    heap = k * 64 <= n
+    amount = rows_ * n
+    return [("topk_heap", np.where(heap, amount, 0.0), np.zeros_like(amount)),
+            ("topk_select", np.where(heap, 0.0, amount), np.zeros_like(amount))]
+
+
+def eager_ops(impl: Implementation, rows: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The primitive ops one call of a lean eager kernel runs (sparq_ref/kernels.py, op by op): a list of
+    (primitive, amount, footprint bytes). Amounts are bytes read for matvec / vecmat and elements for the others
+    (calibration.ops says what each costs); the footprint decides whether the data it reads stays in the last-level
+    cache between uses. Ops on vectors of B x H x d elements are left to the per-op overhead."""
+    B = np.asarray(rows["batch"], dtype=np.float64)
+    S = np.asarray(rows["seq_len"], dtype=np.float64)
+    H = np.asarray(rows["n_heads"], dtype=np.float64)
+    Hkv = np.asarray(rows["n_kv_heads"], dtype=np.float64)
+    d = np.asarray(rows["head_dim"], dtype=np.float64)
+    e = np.asarray([DTYPE_BYTES[parse_dtype(x)] for x in rows["dtype"]], dtype=np.float64)
+    s = impl.strategy
+    k = np.asarray(rows["k"], dtype=np.float64) if s != "dense" else S
+    held = k if s in ("h2o", "lm-infinite") else S
+    ws = B * Hkv * held * d * e * (3 if (s == "sparq" and impl.k_layout == "twice") else 2)
+    scores = B * H * S          # score elements over the whole context (fp32 where the kernel upcasts)
+
+    def attend(n, copy: bool):
+        """q K^T over n keys, softmax, p V: over the cache itself, or over gathered copies of n rows."""
+        kv = B * Hkv * n * d * e
+        foot = kv if copy else ws
+        return [("matvec", kv, foot), ("softmax", B * H * n, B * H * n * 4), ("vecmat", kv, foot)]
+
+    if s in ("dense", "lm-infinite"):
+        return attend(held, copy=False)
+    if s == "h2o":   # attend over the cache, then scores += p.sum(2) and argmin over the statistics
+        return attend(k, copy=False) + [("elementwise", 2 * B * Hkv * k, B * Hkv * k * 4)]
+    if s == "flexgen":
+        kv = B * Hkv * S * d * e
+        v2 = B * Hkv * k * d * e
+        return ([("matvec", kv, ws), ("softmax", scores, scores * 4), ("elementwise", B * Hkv * S, scores * 4)]
+                + _topk(B * Hkv, S, k)
+                + [("gather_components", B * H * k, scores * 4), ("gather_rows", B * Hkv * k * d, ws),
+                   ("vecmat", v2, v2)])
+    if s == "quest":
+        P = np.asarray(rows.get("page_size", np.full(B.shape, 16)), dtype=np.float64)
+        pages = np.ceil(S / P)
+        n_pages = np.minimum(np.maximum(1.0, np.floor(k / P)), pages)
+        n = n_pages * P
+        bounds = B * H * pages * d
+        return ([("elementwise", 3 * bounds, bounds * 4)]     # q*kmin, q*kmax, maximum (then a sum over d)
+                + _topk(B * Hkv, pages, n_pages)
+                + [("gather_rows", 2 * B * Hkv * n * d, ws)] + attend(n, copy=True))
+    if s == "sparq":
+        r = np.asarray(rows["r"], dtype=np.float64)
+        step1 = B * Hkv * S * r * e
+        # K twice: r rows of the S-contiguous copy gathered, then q1 times the r x S copy (a vector-matrix product);
+        # K once: r components of every key row gathered, then the S x r copy times q1 (matrix-vector products)
+        step1_ops = ([("gather_rows", B * Hkv * r * S, ws), ("vecmat", step1, step1)] if impl.k_layout == "twice"
+                     else [("gather_components", B * Hkv * S * r, ws), ("matvec", step1, step1)])
+        return (_topk(B * Hkv, d, r) + step1_ops
+                + [("softmax", scores, scores * 4), ("elementwise", B * Hkv * S, scores * 4)]
+                + _topk(B * Hkv, S, k)
+                + [("gather_components", B * H * k, scores * 4), ("gather_rows", 2 * B * Hkv * k * d, ws)]
+                + attend(k, copy=True))
+    raise UserError(f"kernel {impl.name}: strategy {s!r} has no eager op model")
+
+
+def op_model(impl: Implementation, hw: HardwareProfile) -> bool:
+    """Eager kernels on a CPU whose profile measured the primitive ops (`sparq-sim calibrate --device cpu`) are
+    predicted op by op; everything else by the byte model above."""
+    return impl.eager_ops and not overlapped(hw) and bool((hw.calibration or {}).get("ops"))
+
+
+def cache_hit_fraction(footprint, hw: HardwareProfile) -> np.ndarray:
+    """The share of a data set read again and again that stays in the last-level cache: all of it up to
+    CACHE_RESIDENT_FRACTION of the cache (the rest holds everything else), then that capacity's share of it
+    (assumption: replacement keeps a random part of a set too large to fit, not none of it as strict LRU would)."""
+    usable = CACHE_RESIDENT_FRACTION * hw.cache_bytes
+    footprint = np.asarray(footprint, dtype=np.float64)
+    return np.where(footprint <= usable, 1.0, usable / np.maximum(footprint, 1.0))
+
+
+def op_times(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str, np.ndarray]:
+    """Seconds per primitive (and 'op': the per-op overhead of every op the kernel issues) at the measured costs."""
+    cal = hw.calibration["ops"]
+    out = {"op": np.full(len(np.asarray(rows["batch"])), impl.launches * hw.kernel_launch_s)}
+    for name, amount, footprint in eager_ops(impl, rows):
+        per = {w: (1.0 / v if CPU_OPS[name] == "bandwidth" else v) for w, v in cal[name].items()}
+        hit = cache_hit_fraction(footprint, hw)
+        out[name] = out.get(name, 0.0) + amount * (hit * per["cache"] + (1.0 - hit) * per["memory"])
+    return out
+
+
 CACHE_RESIDENT_FRACTION = 0.5  # assumption: a working set up to half the last-level cache stays resident between calls
 
 
@@ -240,6 +334,8 @@ def params_for(impl: Implementation, hw: HardwareProfile) -> dict[str, float]:
         p["inv_gather"] = 1.0 / (bw * cal["gather_efficiency"])
     if "topk_per_element_s" in cal:
         p["topk_s"] = cal["topk_per_element_s"]
+    if "op_scale" in cal:
+        p["op_scale"] = dict(cal["op_scale"])
     return p
 
 
@@ -251,7 +347,12 @@ def predict_kernel_times(kernels, rows: dict, hw: HardwareProfile, params: dict 
     for name in dict.fromkeys(kernels.tolist()):
         impl = get_implementation(name)
         sel = kernels == name
-        f = features(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, hw)
+        sub = {c: np.asarray(v)[sel] for c, v in rows.items()}
+        if op_model(impl, hw):
+            scale = ((params or {}).get(name) or params_for(impl, hw)).get("op_scale", {})
+            out[sel] = sum(t * scale.get(op, 1.0) for op, t in op_times(impl, sub, hw).items())
+            continue
+        f = features(impl, sub, hw)
         p = (params or {}).get(name) or params_for(impl, hw)
         dev = _device_time(p, f, _cache_speedup(f, hw))
         out[sel] = np.maximum(p["fixed_s"], dev) if overlapped(hw) else p["fixed_s"] + dev
@@ -283,6 +384,9 @@ def fit(kernels, rows: dict, measured_s, hw: HardwareProfile, prior_rows: float 
         impl = get_implementation(name)
         sel = kernels == name
         t = t_all[sel]
+        if op_model(impl, hw):
+            params[name] = _fit_op_scale(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, t, hw, prior_rows)
+            continue
         f = features(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, hw)
         p0 = prior_params(impl, hw)
         feat = {"fixed_s": np.ones_like(t), "inv_stream": f["stream_bytes"], "inv_unsplit": f["unsplit_stream_bytes"],
@@ -309,11 +413,25 @@ def fit(kernels, rows: dict, measured_s, hw: HardwareProfile, prior_rows: float 
     return params
 
 
+def _fit_op_scale(impl: Implementation, rows: dict, t: np.ndarray, hw: HardwareProfile, prior_rows: float) -> dict:
+    """Op model: one factor per primitive on its measured cost (1 = the micro-benchmark's figure), least squares on
+    relative error, pulled toward 1 with the weight of `prior_rows` rows so a primitive the rows cannot see keeps 1."""
+    times = {op: v for op, v in op_times(impl, rows, hw).items() if np.any(v > 0)}
+    cols = list(times)
+    M = np.stack([times[c] for c in cols], axis=1) / t[:, None]
+    x = np.linalg.solve(M.T @ M + prior_rows * np.eye(len(cols)), M.T @ np.ones(len(t)) + prior_rows)
+    x = np.clip(x, 0.05, 20.0)
+    return {"op_scale": {c: float(v) for c, v in zip(cols, x)}}
+
+
 def calibration_block(params: dict, hw: HardwareProfile, source: str, rows: int) -> dict:
     """The `calibration:` block of a profile YAML for fitted parameters (efficiencies relative to peak bandwidth)."""
     kernels = {}
     for name, p in params.items():
         impl = get_implementation(name)
+        if "op_scale" in p and "fixed_s" not in p:   # op model: factors on the micro-benchmarked costs
+            kernels[name] = {"op_scale": {op: round(v, 4) for op, v in p["op_scale"].items()}}
+            continue
         bw, _ = _bandwidth(impl, hw)
         kernels[name] = {"fixed": f"{p['fixed_s'] * 1e6:.4g} us", "device_fixed": f"{p['device_fixed_s'] * 1e6:.4g} us",
                          "stream_efficiency": round(1.0 / (bw * p["inv_stream"]), 4),

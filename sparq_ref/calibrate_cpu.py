@@ -7,6 +7,9 @@ Measures, with the same torch the kernels use (medians of repeats):
   vector                fp32 elementwise exp -> achieved vector FLOP/s
   per-op overhead       a torch op on a one-element tensor -> the fixed cost every eager op pays
   top-k                 torch.topk over rows of 4096..65536 scores -> seconds per element
+  primitive ops         the ops of the eager decode-attention kernels (q K^T, p V, row and component gathers, top-k
+                        in both of torch's regimes, softmax, broadcast products) on data in memory and in the cache
+                        -> calibration.ops, from which eager kernels on this CPU are predicted op by op
 The profile records achieved figures (efficiency 1.0, since they are what was reached), the gather efficiency and
 top-k cost in its calibration block, and names this command and the date as the source of every measured number.
 """
@@ -112,6 +115,7 @@ def run_microbenchmarks(quick: bool = False) -> dict:
 
     tiny = torch.ones(1)
     overhead_s = _median_time(lambda: [tiny.add(1.0) for _ in range(200)], repeats=9) / 200
+    ops = primitive_ops(cache, quick)
 
     topk = []
     for S in (4096, 16384, 65536):
@@ -123,8 +127,58 @@ def run_microbenchmarks(quick: bool = False) -> dict:
         "memory_bytes": _meminfo_bytes(), "cache_bytes": cache, "line_bytes": line,
         "stream_Bps": stream_Bps, "cache_Bps": cache_Bps, "matvec_Bps": matvec_Bps, "gather_Bps": gathers,
         "row_gather_Bps": row_gather_Bps, "matmul_flops": matmul, "vector_flops": vector_fp32,
-        "op_overhead_s": overhead_s, "topk_s_per_element": statistics.median(topk),
+        "op_overhead_s": overhead_s, "topk_s_per_element": statistics.median(topk), "ops": ops,
     }
+
+
+OP_D, OP_R = 128, 32   # head_dim and r of the primitive-op benchmarks (fp32, as `sparq-sim measure` runs by default)
+
+
+def primitive_ops(cache_bytes: float, quick: bool = False) -> dict:
+    """The primitive ops of the eager decode-attention kernels (simulator/implementations.py eager_ops), each timed
+    on data four times the last-level cache ('memory') and a quarter of it ('cache'), in the shapes decode attention
+    uses: [heads, S, d] caches, one query row per head. Returns {op: {'memory': figure, 'cache': figure}}: bytes read
+    per second for matvec / vecmat, seconds per element for the others (see hardware_profiles CPU_OPS)."""
+    import torch
+
+    from ..simulator.implementations import CACHE_RESIDENT_FRACTION
+
+    d, r = OP_D, OP_R
+    out = {op: {} for op in ("matvec", "vecmat", "gather_rows", "gather_components", "topk_select", "topk_heap",
+                             "softmax", "elementwise")}
+    memory_size = (2 if quick else 4) * cache_bytes
+    for where, size in (("memory", memory_size), ("cache", cache_bytes / 4)):
+        heads = 16
+        S = max(1024, int(size // (heads * d * 4)) // 1024 * 1024)
+        K = torch.randn(heads, S, d)
+        q = torch.randn(heads, 1, d)
+        p = torch.softmax(torch.randn(heads, 1, S), dim=-1)
+        out["matvec"][where] = K.numel() * 4 / _median_time(lambda: q @ K.transpose(-1, -2))
+        out["vecmat"][where] = K.numel() * 4 / _median_time(lambda: p @ K)
+        k = S // 16
+        rows = torch.randint(0, S, (heads, k, 1)).expand(heads, k, d)
+        out["gather_rows"][where] = _median_time(lambda: K.gather(1, rows)) / rows.numel()
+        comps = torch.randint(0, d, (heads, 1, r)).expand(heads, S, r)
+        out["gather_components"][where] = _median_time(lambda: K.gather(2, comps)) / comps.numel()
+        K = p = rows = comps = None
+        n = 4096                                      # score rows of a 4k context
+        scores = torch.randn(max(1, int(size // (n * 4))), n)
+        out["topk_select"][where] = _median_time(lambda: torch.topk(scores, 256, dim=-1, sorted=False)) / scores.numel()
+        out["topk_heap"][where] = _median_time(lambda: torch.topk(scores, n // 64, dim=-1, sorted=False)) / scores.numel()
+        out["softmax"][where] = _median_time(lambda: torch.softmax(scores, dim=-1)) / scores.numel()
+        scores = None
+        pages = max(1, int(size // (heads * d * 4)))  # Quest's bounds: a query row times every page's key bound
+        a, b = torch.randn(heads, 1, d), torch.randn(heads, pages, d)
+        out["elementwise"][where] = _median_time(lambda: a * b) / b.numel()
+    # the model books a data set larger than the cache's usable part as hitting in that share of it
+    # (simulator/implementations.py cache_hit_fraction); take the cache's share out of the 'memory' figures
+    hit = CACHE_RESIDENT_FRACTION * cache_bytes / memory_size
+    for op, figs in out.items():
+        bandwidth = op in ("matvec", "vecmat")
+        per = {w: (1.0 / v if bandwidth else v) for w, v in figs.items()}
+        mem = max((per["memory"] - hit * per["cache"]) / (1.0 - hit), per["cache"])
+        figs["memory"] = 1.0 / mem if bandwidth else mem
+    return out
 
 
 def profile_from_microbenchmarks(m: dict, name: str) -> dict:
@@ -163,7 +217,9 @@ def profile_from_microbenchmarks(m: dict, name: str) -> dict:
         "overheads": {"kernel_launch": f"{m['op_overhead_s'] * 1e6:.3f} us",
                       "source": f"per-op overhead of a torch op on a one-element tensor, {src}"},
         "calibration": {
-            "source": f"{src}; cache bandwidth: streaming read of a quarter of the last-level cache; gather "
+            "source": f"{src}; ops: the eager kernels' primitive ops on fp32 data four times ('memory') and a "
+                      f"quarter ('cache') of the last-level cache (sparq_ref/calibrate_cpu.py primitive_ops); "
+                      f"cache bandwidth: streaming read of a quarter of the last-level cache; gather "
                       f"efficiency = index_select of random 256-byte rows / streaming read (for reference: K^T "
                       f"matrix-vector products {m['matvec_Bps'] / 1e9:.2f} GB/s, torch.gather of K rows by an "
                       f"expanded index {m['row_gather_Bps'] / 1e9:.2f} GB/s; index_select of random rows: "
@@ -171,5 +227,7 @@ def profile_from_microbenchmarks(m: dict, name: str) -> dict:
             "gather_efficiency": round(gather_eff, 4),
             "cache_bandwidth": f"{m['cache_Bps'] / 1e9:.3f} GB/s",
             "topk_per_element": f"{m['topk_s_per_element'] * 1e9:.4f} ns",
+            "ops": {op: {w: (f"{v / 1e9:.4g} GB/s" if op in ("matvec", "vecmat") else f"{v * 1e9:.4g} ns")
+                         for w, v in figs.items()} for op, figs in m["ops"].items()},
         },
     }

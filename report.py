@@ -118,14 +118,25 @@ def _one(value, what: str, minimum: int) -> int | None:
     return int(vals[0])
 
 
-def _files(value) -> list[str]:
+def _files(value, what: str = "--trace") -> list[str]:
     if value is None:
         return []
     items = [value] if isinstance(value, (str, Path)) else list(value)
     out = []
     for item in items:
-        out += [s.strip() for s in str(item).split(",") if s.strip()]
+        names = [s.strip() for s in str(item).split(",") if s.strip()]
+        if not names:
+            raise UserError(f"{what} {str(item)!r} names no file; give a file path")
+        out += names
     return out
+
+
+def _file(value, what: str) -> str | None:
+    if value is None:
+        return None
+    if not str(value).strip():
+        raise UserError(f"{what} is empty; give a file path (or leave {what} out)")
+    return str(value)
 
 
 def _request(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k, local_window,
@@ -142,13 +153,12 @@ def _request(hardware, model, seq_len, batch, strategies, compression, dtype, kv
         strategies=parse_strategies(strategies),
         compressions=comps,
         dtypes=list(dict.fromkeys(parse_dtype(d) for d in parse_names(dtype, "--dtype"))),
-        kv_dtype=parse_dtype(kv_dtype, "kv dtype") if kv_dtype else None,
+        kv_dtype=parse_dtype(kv_dtype, "kv dtype") if kv_dtype is not None else None,
         devices=sorted(set(int(d) for d in parse_axis(devices, "--devices", minimum=1))),
         r=_one(r, "--r", 1), k=_one(k, "--k", 1), local_window=_one(local_window, "--local-window", 0),
         page_size=_one(page_size, "--page-size", 1),
         k_layout=k_layout, kv_location=str(kv_location), weights_location=str(weights_location),
-        traces=_files(trace), evaluation=str(evaluation) if evaluation else None,
-        measured=str(measured) if measured else None,
+        traces=_files(trace), evaluation=_file(evaluation, "--evaluation"), measured=_file(measured, "--measured"),
     )
     points = len(req.hardware) * len(req.models) * len(req.seqs) * len(req.batches) * len(req.compressions) * len(
         req.dtypes) * len(req.devices)
@@ -665,6 +675,9 @@ def _read_json(path: str, what: str):
         raise UserError(f"{what} {path!r} cannot be read: {e}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{what} {path!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting deeper than Python's stack
+        why = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split(";")[0].split())
+        raise UserError(f"{what} {path!r} cannot be parsed as JSON: {why}") from None
 
 
 def load_evaluation(path: str) -> list[dict]:
@@ -683,21 +696,41 @@ def load_evaluation(path: str) -> list[dict]:
         if missing:
             raise UserError(f"--evaluation {path!r}: rows[{i}] has no {missing[0]!r} (each row needs task, strategy, "
                             f"compression, score, transfer_ratio)")
+        for key, v in (("task", row.get("task")), ("strategy", row["strategy"])):
+            if v is None and key == "task":  # optional
+                continue
+            if not isinstance(v, str) or not v.strip() or not _utf8(v):
+                raise UserError(f"--evaluation {path!r}: rows[{i}].{key} must be a name (text), got {v!r}")
         score, ratio = row["score"], row["transfer_ratio"]
-        if score is None or ratio is None:
+        if score is None or ratio is None:  # a run without a result (evaluate writes NaN as null)
             continue
+        for key, v in (("score", score), ("transfer_ratio", ratio)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise UserError(f"--evaluation {path!r}: rows[{i}].{key} must be a number, got {v!r}")
         try:
             score, ratio = float(score), float(ratio)
-        except (TypeError, ValueError):
-            raise UserError(f"--evaluation {path!r}: rows[{i}]: score and transfer_ratio must be numbers, got "
-                            f"{row['score']!r}, {row['transfer_ratio']!r}") from None
-        if not (math.isfinite(score) and math.isfinite(ratio)) or ratio <= 0:
-            continue
-        out.append({**row, "task": str(row.get("task", "task")), "strategy": str(row["strategy"]), "score": score,
+        except OverflowError:
+            raise UserError(f"--evaluation {path!r}: rows[{i}]: score and transfer_ratio must be finite numbers, "
+                            f"got a number too large for a float") from None
+        if not math.isfinite(score):
+            raise UserError(f"--evaluation {path!r}: rows[{i}].score must be a finite number, got {score!r}")
+        if not (math.isfinite(ratio) and ratio > 0):
+            raise UserError(f"--evaluation {path!r}: rows[{i}].transfer_ratio must be a positive finite fraction "
+                            f"of dense, got {ratio!r}")
+        out.append({**row, "task": str(row.get("task") or "task"), "strategy": row["strategy"], "score": score,
                     "transfer_ratio": ratio})
     if not out:
         raise UserError(f"--evaluation {path!r}: no row with a score and a positive transfer_ratio")
     return out
+
+
+def _utf8(text: str) -> bool:
+    """False for text with lone surrogates (JSON '\\udc80'): it cannot be written into the UTF-8 HTML page."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _TASK_AXES = {  # task name -> y-axis title (higher is better unless said)

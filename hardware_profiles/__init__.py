@@ -206,12 +206,16 @@ def parse_profile(data, where: str) -> HardwareProfile:
     """Validate a parsed YAML document and build the profile; every error names `where` and the field."""
     c = _Checker(where)
     c.mapping(data, "", _TOP, _TOP - {"aliases", "description", "calibration"})
-    if data["schema_version"] != SCHEMA_VERSION:
-        c.fail("schema_version", f"expected {SCHEMA_VERSION}, got {data['schema_version']!r}")
+    sv = data["schema_version"]
+    if isinstance(sv, bool) or not isinstance(sv, int) or sv != SCHEMA_VERSION:
+        c.fail("schema_version", f"expected {SCHEMA_VERSION}, got {sv!r}")
     name = c.text(data["name"], "name")
+    if not name.isprintable() or any(ch.isspace() for ch in name):
+        c.fail("name", f"expected a name without blanks or control characters, got {name!r}")
     aliases = data.get("aliases") or []
-    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
-        c.fail("aliases", f"expected a list of names, got {aliases!r}")
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a and a.isprintable()
+                                                and not any(ch.isspace() for ch in a) for a in aliases):
+        c.fail("aliases", f"expected a list of names without blanks or control characters, got {aliases!r}")
     kind = data["kind"]
     if kind not in KINDS:
         c.fail("kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
@@ -356,8 +360,11 @@ def load_profile_file(path: str | os.PathLike) -> HardwareProfile:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"hardware file {str(p)!r} is not valid YAML{at}: "
-                        f"{getattr(e, 'problem', None) or e}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())   # one line, whatever the parser says
+        raise UserError(f"hardware file {str(p)!r} is not valid YAML{at}: {problem}") from None
+    except (ValueError, RecursionError) as e:   # a number too long to convert, nesting beyond the recursion limit
+        raise UserError(f"hardware file {str(p)!r} holds a value that cannot be read: "
+                        f"{' '.join(str(e).split())[:200]}") from None
     prof = parse_profile(data, str(p))
     return _with_origin(prof, str(p), hashlib.sha256(raw).hexdigest()[:12])
 

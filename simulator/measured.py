@@ -39,6 +39,24 @@ def dataset_path(name: str) -> Path:
     return p
 
 
+MAX_TIME_S = 1e6  # a timed decode step or kernel call of more than ~11 days is a unit mistake, not a measurement
+
+
+def _to_numbers(col):
+    """pd.to_numeric(errors='coerce'), but a cell such as a 400-digit integer (OverflowError in pandas) becomes inf."""
+    import pandas as pd
+
+    try:
+        return pd.to_numeric(col, errors="coerce")
+    except (OverflowError, ValueError):
+        def one(x):
+            try:
+                return float(x)
+            except (TypeError, ValueError, OverflowError):
+                return float("nan")
+        return col.map(one).astype(np.float64)
+
+
 def load_measurements(path):
     """Read and validate a measurement CSV; every problem is one line naming the file, the row and the column."""
     import pandas as pd
@@ -52,28 +70,49 @@ def load_measurements(path):
     if missing:
         raise UserError(f"measurement file {str(p)!r}: missing column(s) {', '.join(missing)} "
                         f"(the schema: {', '.join(SCHEMA)})")
+    twice = [c for c in SCHEMA if f"{c}.1" in df.columns]  # pandas renames a repeated header to NAME.1
+    if twice:
+        raise UserError(f"measurement file {str(p)!r}: column {twice[0]} appears more than once in the header")
     if len(df) == 0:
         raise UserError(f"measurement file {str(p)!r} has no rows")
+    for c in ("hardware", "kernel", "strategy", "dtype"):
+        bad = df[c].isna() | (df[c].astype(str).str.strip() == "")
+        if bad.any():
+            i = int(np.argmax(bad.to_numpy()))
+            raise UserError(f"measurement file {str(p)!r} row {i + 2}: column {c} is empty")
     for c in INT_COLUMNS + ["time_s"] + [c for c in ("r", "k", "time_stderr_s") if c in df.columns]:
-        v = pd.to_numeric(df[c], errors="coerce")
+        v = _to_numbers(df[c])
         bad = v.isna() & df[c].notna() if c in ("r", "k", "time_stderr_s") else v.isna()
         if bad.any():
             i = int(np.argmax(bad.to_numpy()))
             raise UserError(f"measurement file {str(p)!r} row {i + 2}: column {c} must be a number, got "
                             f"{df[c].iloc[i]!r}")
         df[c] = v
-    for c in INT_COLUMNS:
-        bad = (df[c] < 1) | (df[c] != np.floor(df[c])) | (df[c] > 1e9)
+    for c in INT_COLUMNS + [c for c in ("r", "k") if c in df.columns]:
+        given = df[c].notna() if c in ("r", "k") else True  # r and k are blank where the strategy has none
+        bad = given & ((df[c] < 1) | (df[c] != np.floor(df[c])) | (df[c] > 1e9))
         if bad.any():
             i = int(np.argmax(bad.to_numpy()))
             raise UserError(f"measurement file {str(p)!r} row {i + 2}: column {c} must be a positive whole "
-                            f"number, got {df[c].iloc[i]!r}")
-        df[c] = df[c].astype(np.int64)
-    bad = ~np.isfinite(df["time_s"]) | (df["time_s"] <= 0)
+                            f"number{' (or blank)' if c in ('r', 'k') else ''}, got {df[c].iloc[i]!r}")
+        if c in INT_COLUMNS:
+            df[c] = df[c].astype(np.int64)
+    bad = ~np.isfinite(df["time_s"]) | (df["time_s"] <= 0) | (df["time_s"] > MAX_TIME_S)
     if bad.any():
         i = int(np.argmax(bad.to_numpy()))
-        raise UserError(f"measurement file {str(p)!r} row {i + 2}: time_s must be positive and finite, got "
-                        f"{df['time_s'].iloc[i]!r}")
+        raise UserError(f"measurement file {str(p)!r} row {i + 2}: time_s must be positive, finite and at most "
+                        f"{MAX_TIME_S:g} s, got {df['time_s'].iloc[i]!r}")
+    if "time_stderr_s" in df.columns:
+        bad = df["time_stderr_s"].notna() & ~((df["time_stderr_s"] >= 0) & np.isfinite(df["time_stderr_s"]))
+        if bad.any():
+            i = int(np.argmax(bad.to_numpy()))
+            raise UserError(f"measurement file {str(p)!r} row {i + 2}: time_stderr_s must be finite and not "
+                            f"negative (or blank), got {df['time_stderr_s'].iloc[i]!r}")
+    bad = (df["n_heads"] % df["n_kv_heads"]) != 0
+    if bad.any():
+        i = int(np.argmax(bad.to_numpy()))
+        raise UserError(f"measurement file {str(p)!r} row {i + 2}: n_kv_heads {df['n_kv_heads'].iloc[i]} does not "
+                        f"divide n_heads {df['n_heads'].iloc[i]} (each KV head serves a whole group of query heads)")
     for i, (kern, strat, dt) in enumerate(zip(df["kernel"], df["strategy"], df["dtype"])):
         try:
             parse_dtype(dt)

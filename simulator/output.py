@@ -1,15 +1,19 @@
-"""Rendering of result columns (dict of numpy arrays) as a table, JSON or CSV, and atomic file writes.
+"""Rendering of result columns (dict of numpy arrays) as a table, JSON or CSV, Parquet, and atomic file writes.
 
-No pandas here: `sparq-sim predict` renders straight from the arrays so that it starts fast.
+No pandas here: `sparq-sim predict` renders straight from the arrays so that it starts fast (pyarrow is imported only
+to write Parquet). Large results stream: `write_parquet` writes chunks of columns as row groups, `csv_chunks` and
+`json_chunks` render them piece by piece, and `open_atomic` puts the file in place only once it is complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,16 +22,19 @@ import numpy as np
 from .errors import UserError
 
 FORMATS = ("table", "json", "csv")
+STREAM_FORMATS = FORMATS + ("parquet",)  # `predict`: formats that stream a large sweep (table excepted)
 
 
-def resolve_format(fmt: str | None, output: str | None) -> str:
-    """--format, or the --output file's suffix (.json, .csv), or table."""
+def resolve_format(fmt: str | None, output: str | None, formats: tuple[str, ...] = FORMATS) -> str:
+    """--format, or the --output file's suffix (.json, .csv; .parquet where `formats` has it), or table."""
+    if output is not None and not str(output).strip():
+        raise UserError("--output is empty; give a file name (or leave --output out to write to standard output)")
     if fmt is None:
         suffix = Path(output).suffix.lower().lstrip(".") if output else ""
-        return suffix if suffix in ("json", "csv") else "table"
+        return suffix if suffix in formats and suffix != "table" else "table"
     f = fmt.strip().lower()
-    if f not in FORMATS:
-        raise UserError(f"unknown --format {fmt!r}; accepted: {', '.join(FORMATS)}")
+    if f not in formats:
+        raise UserError(f"unknown --format {fmt!r}; accepted: {', '.join(formats)}")
     return f
 
 
@@ -73,27 +80,75 @@ def to_json(obj) -> str:
     return json.dumps(_clean(obj), indent=1, allow_nan=False, default=_py) + "\n"
 
 
-def to_csv(cols: dict[str, np.ndarray]) -> str:
+def to_csv(cols: dict[str, np.ndarray], header: bool = True) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     names = list(cols)
-    w.writerow(names)
+    if header:
+        w.writerow(names)
     w.writerows(zip(*[cols[c].tolist() for c in names]))
     return buf.getvalue()
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write the whole file or nothing: a temporary file in the same folder, then rename over the target."""
+# --- streaming: chunks of columns in, text pieces or Parquet row groups out -------------------------------------------
+
+TEXT_CHUNK_ROWS = 16_384  # rows rendered at a time by csv_chunks / json_chunks (Python objects: keep it small)
+
+
+def _split(chunks, rows: int):
+    """Re-cut a stream of column dicts into pieces of at most `rows` rows (same order)."""
+    for cols in chunks:
+        n = len(next(iter(cols.values()))) if cols else 0
+        if n <= rows:
+            yield cols
+            continue
+        for lo in range(0, n, rows):
+            yield {c: v[lo:lo + rows] for c, v in cols.items()}
+
+
+def csv_chunks(chunks):
+    """CSV text piece by piece: the header, then the rows of each chunk (string columns already decoded). Joined,
+    the pieces are `to_csv` of the concatenated chunks."""
+    first = True
+    for cols in _split(chunks, TEXT_CHUNK_ROWS):
+        yield to_csv(cols, header=first)
+        first = False
+
+
+def json_chunks(chunks):
+    """JSON text piece by piece: a list of records, exactly `to_json(records(all rows))` once joined."""
+    yield "["
+    sep = "\n"
+    empty = True
+    for cols in _split(chunks, TEXT_CHUNK_ROWS):
+        parts = []
+        for rec in records(cols):
+            body = json.dumps(_clean(rec), indent=1, allow_nan=False, default=_py)
+            parts.append(sep + " " + body.replace("\n", "\n "))
+            sep = ",\n"
+        if parts:
+            empty = False
+            yield "".join(parts)
+    yield "]\n" if empty else "\n]\n"
+
+
+@contextlib.contextmanager
+def open_atomic(path: str):
+    """Yield the name of a temporary file beside `path`; rename it onto `path` when the block completes, remove it
+    when the block raises (KeyboardInterrupt included): the target ends up complete or as it was."""
     p = Path(path)
     if p.is_dir():
         raise UserError(f"--output {path!r} is a directory, expected a file name")
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise UserError(f"--output {path!r}: folder {str(folder)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise UserError(f"--output {path!r} cannot be written: {e.strerror or e}") from None
+    os.close(fd)
+    try:
+        yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written file follows the umask like any other
@@ -104,6 +159,88 @@ def write_atomic(path: str, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write the whole file or nothing: a temporary file in the same folder, then rename over the target."""
+    write_text_atomic(path, [text])
+
+
+def write_text_atomic(path: str, pieces) -> None:
+    """Write text pieces (an iterable, consumed as it is written) to `path`, atomically."""
+    with open_atomic(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            for piece in pieces:
+                f.write(piece)
+
+
+def write_text(output: str | None, pieces) -> None:
+    """Text pieces to the file `output` (atomically) or, without one, to standard output as they come."""
+    if output:
+        write_text_atomic(output, pieces)
+        return
+    for piece in pieces:
+        sys.stdout.write(piece)
+
+
+def _arrow_table(cols: dict):
+    """Columns -> a pyarrow Table: numeric and boolean columns keep their numpy dtype, string columns (`Labels`, or
+    arrays of str) become Arrow strings (Parquet dictionary-encodes them on disk)."""
+    import pyarrow as pa
+
+    arrays = []
+    for v in cols.values():
+        if hasattr(v, "codes") and hasattr(v, "categories"):  # predict.Labels, without importing it
+            arrays.append(pa.array(list(v.categories), type=pa.string()).take(pa.array(v.codes)))
+        elif v.dtype.kind in "OUS":
+            arrays.append(pa.array(v, type=pa.string()))
+        else:
+            arrays.append(pa.array(v))
+    return pa.Table.from_arrays(arrays, names=list(cols))
+
+
+def write_parquet(path: str, chunks, row_group_rows: int | None = None, metadata: dict | None = None) -> int:
+    """Stream column dicts (`chunks`, an iterable of dicts with the same columns) into the Parquet file `path`, one
+    row group per chunk (small chunks are merged up to `row_group_rows`), through a temporary file that replaces
+    `path` only when every chunk is written. Memory holds one or two chunks, whatever the number of rows. Returns
+    the number of rows written. `metadata`: string key-value pairs for the file's footer."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise UserError(f"Parquet output needs pyarrow ({e}); install it with `pip install pyarrow`, or write CSV "
+                        f"(-f csv)") from None
+    rows = 0
+    with open_atomic(path) as tmp:
+        writer = None
+        pending: list = []
+        pending_rows = 0
+        try:
+            def flush():
+                nonlocal pending, pending_rows
+                if pending:
+                    t = pending[0] if len(pending) == 1 else pa.concat_tables(pending)
+                    writer.write_table(t, row_group_size=max(t.num_rows, 1))
+                    pending, pending_rows = [], 0
+
+            for cols in chunks:
+                t = _arrow_table(cols)
+                if writer is None:
+                    schema = t.schema.with_metadata({str(k): str(v) for k, v in (metadata or {}).items()})
+                    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                t = t.cast(writer.schema) if t.schema != writer.schema else t
+                pending.append(t)
+                pending_rows += t.num_rows
+                rows += t.num_rows
+                if row_group_rows is None or pending_rows >= row_group_rows:
+                    flush()
+            if writer is None:
+                raise UserError("nothing to write: the sweep has no rows")
+            flush()
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
 
 
 # --- table -----------------------------------------------------------------------------------------------------------

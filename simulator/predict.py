@@ -2,7 +2,9 @@
 
 One call evaluates a whole sweep: the categorical axes (hardware, model, dtypes, devices, placement, r/k overrides)
 loop in Python, the numeric ones (batch x seq_len x compression) are numpy arrays. Results are columns of numpy arrays
-(`predict_columns`, what the CLI renders without importing pandas) or a pandas DataFrame (`predict`).
+(`predict_columns`, what the CLI renders without importing pandas) or a pandas DataFrame (`predict`). A sweep too large
+to hold at once is evaluated chunk by chunk: `sweep(...)` checks the arguments, `.chunks()` yields the same rows in the
+same order ~128k at a time (what `sparq-sim predict` streams to Parquet, CSV and JSON).
 
 Columns (one row per hardware, model, devices, dtype, kv_dtype, batch, seq_len, compression, strategy):
     hardware, model, devices, dtype, kv_dtype, k_layout, batch, seq_len, attended_len, compression, strategy,
@@ -353,12 +355,70 @@ def _evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, pag
     return {c: out[c] for c in COLUMNS}
 
 
-def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
-                    dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
-                    k_layout="twice", kv_location="auto", weights_location="auto") -> dict[str, np.ndarray]:
-    """The prediction as ordered columns: numpy arrays, and `Labels` (codes + categories) for the string columns
-    (see the module docstring; `decoded()` turns those into strings). Arguments take one value or a list; strings
-    take comma lists and, for numbers, ranges such as '1024:131072:x2'."""
+DEFAULT_CHUNK_ROWS = 131_072  # rows per chunk when a sweep is streamed (`Sweep.chunks`): ~45 MB of columns,
+#                              ~300 MB peak for the whole command
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: the categorical cases and the numeric axes, not evaluated yet.
+
+    Rows are ordered case by case (hardware, model, dtype, kv_dtype, devices, r, k: outer to inner), then grid point by
+    grid point (batch, seq_len, compression: outer to inner), then strategy. `chunks()` evaluates it piece by piece in
+    that order; `columns()` all at once (what `predict_columns` returns)."""
+    cases: tuple
+    strategies: tuple
+    batches: np.ndarray
+    seqs: np.ndarray
+    comps: np.ndarray
+    local_window: int | None
+    page_size: int | None
+
+    @property
+    def points(self) -> int:
+        """Grid points (batch x seq_len x compression) per case."""
+        return len(self.batches) * len(self.seqs) * len(self.comps)
+
+    @property
+    def rows(self) -> int:
+        return len(self.cases) * self.points * len(self.strategies)
+
+    def _grid(self, lo: int, hi: int):
+        """Batch, seq_len and compression of the flat grid points lo .. hi - 1 (meshgrid 'ij' order, raveled)."""
+        idx = np.arange(lo, hi, dtype=np.int64)
+        nsc = len(self.seqs) * len(self.comps)
+        return (self.batches[idx // nsc], self.seqs[(idx // len(self.comps)) % len(self.seqs)],
+                self.comps[idx % len(self.comps)])
+
+    def chunks(self, chunk_rows: int | None = None):
+        """Yield the prediction as column dicts (like `predict_columns`) of at most about `chunk_rows` rows each
+        (default DEFAULT_CHUNK_ROWS; 0: one chunk per case, however large). The grid is split between grid points, so
+        every chunk holds whole grid points (all strategies) of one case; concatenated, the chunks are exactly
+        `columns()`: same rows, order and values."""
+        chunk_rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else int(chunk_rows)
+        per = self.points if chunk_rows <= 0 else max(1, chunk_rows // len(self.strategies))
+        for case in self.cases:
+            for lo in range(0, self.points, per):
+                B, S, C = self._grid(lo, min(lo + per, self.points))
+                yield _evaluate_case(case, list(self.strategies), B, S, C, self.local_window, self.page_size)
+
+    def columns(self) -> dict:
+        parts = list(self.chunks(0))
+        if len(parts) == 1:
+            return parts[0]
+        return concat_columns(parts)
+
+
+def concat_columns(parts: list[dict]) -> dict:
+    """Concatenate column dicts (chunks of one sweep) in order."""
+    return {c: (Labels.concat([p[c] for p in parts]) if isinstance(parts[0][c], Labels)
+                else np.concatenate([p[c] for p in parts])) for c in parts[0]}
+
+
+def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
+          dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
+          k_layout="twice", kv_location="auto", weights_location="auto") -> Sweep:
+    """Parse and check the arguments of `predict_columns` (same meaning) into a `Sweep`, evaluating nothing."""
     hws = resolve_hardware(hardware)
     models = resolve_models(model)
     seqs = parse_axis(seq_len, "--seq", minimum=1)
@@ -386,19 +446,23 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
         for rr in rs:
             if rr is not None and rr > m.head_dim:
                 raise UserError(f"--r {rr} exceeds head_dim {m.head_dim} of {m.name}; accepted: 1 <= r <= head_dim")
-
-    Bg, Sg, Cg = (a.ravel() for a in np.meshgrid(np.asarray(batches, dtype=np.int64),
-                                                 np.asarray(seqs, dtype=np.int64),
-                                                 np.asarray(comps, dtype=np.float64), indexing="ij"))
-    parts = []
+    cases = []
     for hw, m, dt, kvd, dv, rr, kk in itertools.product(hws, models, dtypes, kv_dtypes, devs, rs, ks):
         prec = Precision.of(dt, kvd)
-        case = Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk)
-        parts.append(_evaluate_case(case, strats, Bg, Sg, Cg, local_window, page_size))
-    if len(parts) == 1:
-        return parts[0]
-    return {c: (Labels.concat([p[c] for p in parts]) if isinstance(parts[0][c], Labels)
-                else np.concatenate([p[c] for p in parts])) for c in COLUMNS}
+        cases.append(Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk))
+    return Sweep(tuple(cases), tuple(strats), np.asarray(batches, dtype=np.int64), np.asarray(seqs, dtype=np.int64),
+                 np.asarray(comps, dtype=np.float64), local_window, page_size)
+
+
+def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
+                    dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
+                    k_layout="twice", kv_location="auto", weights_location="auto") -> dict[str, np.ndarray]:
+    """The prediction as ordered columns: numpy arrays, and `Labels` (codes + categories) for the string columns
+    (see the module docstring; `decoded()` turns those into strings). Arguments take one value or a list; strings
+    take comma lists and, for numbers, ranges such as '1024:131072:x2'. For sweeps too large to hold, use
+    `sweep(...).chunks()` (the same rows, a chunk at a time)."""
+    return sweep(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
+                 local_window, page_size, k_layout, kv_location, weights_location).columns()
 
 
 def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
@@ -442,7 +506,9 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
     models = resolve_models(model)
     strats = parse_strategies(strategies)
     dt = parse_dtype(dtype)
-    prec = Precision.of(dt, parse_dtype(kv_dtype, "kv dtype") if kv_dtype else None)
+    prec = Precision.of(dt, parse_dtype(kv_dtype, "kv dtype") if kv_dtype is not None else None)
+    if k_layout not in ("twice", "once"):
+        raise UserError(f"--k-layout must be twice or once, got {k_layout!r}")
     B = np.asarray(batches, dtype=np.int64)
     S = np.asarray(seqs, dtype=np.int64)
     C = np.asarray(comps, dtype=np.float64)

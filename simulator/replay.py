@@ -3,8 +3,10 @@
 The formulas of `strategies.traffic_components` count elements; memory moves sectors (32 B on NVIDIA, 64 B on AMD and
 CPUs), cache lines and pages. `replay` takes traces written by `sparq-sim record` (see `sparq_sim.traces`) and counts,
 for every trace row (one decode step, layer, sequence and KV head), the bytes of every memory transaction the fetched
-index sets need, then times them with the same roofline as `predict`. Pure numpy (+ pyarrow to read the trace), one
-vectorised pass over the flattened index lists: no Python loop per row (the optional cache model loops per kernel).
+index sets need, then times them with the same roofline as `predict`. Pure numpy (+ pyarrow to read the trace),
+vectorised over the flattened index lists: no Python loop per row (the optional cache model loops per kernel). A trace
+is read in pieces and replayed in batches of whole (step, layer) groups (`BATCH_EVENTS` events or so), so memory stays
+bounded however large the trace; the results do not depend on the batches (sums follow the rows' order exactly).
 
 The memory model, one line per assumption (e = bytes per KV element, d = head_dim, R = d e bytes per row, G = access
 granularity in bytes, N = --page-size):
@@ -71,6 +73,7 @@ Bytes and times are totals over what the row covers (a run: all steps; a layer: 
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -182,8 +185,8 @@ def _list_column(table, name):
     return values, off
 
 
-def _sorted_sets(values, off, what, where, keys):
-    """Make every row's list sorted; a value listed twice in one row is an error."""
+def _sorted_sets(values, off, what, where, keys, row0=0):
+    """Make every row's list sorted; a value listed twice in one row is an error (rows numbered from `row0`)."""
     if len(values) < 2:
         return values
     d = np.diff(values)
@@ -200,19 +203,20 @@ def _sorted_sets(values, off, what, where, keys):
     if dup.any():
         j = int(np.argmax(dup))
         i = int(parent[j])
-        raise UserError(f"{where}: row {i} (step {keys[0][i]}, layer {keys[1][i]}, kv_head {keys[2][i]}): {what} "
-                        f"{int(values[j])} is listed twice")
+        raise UserError(f"{where}: row {row0 + i} (step {keys[0][i]}, layer {keys[1][i]}, kv_head {keys[2][i]}): "
+                        f"{what} {int(values[j])} is listed twice")
     return values
 
 
-def _flatten(trace, where) -> _Flat:
-    t = trace.table
+def _flatten(trace, where, row0: int = 0) -> _Flat:
+    """A trace (or a table of consecutive trace rows, the first being row `row0` of the file) -> _Flat."""
+    t = getattr(trace, "table", trace)
     num = {c: np.asarray(t[c].to_numpy(), dtype=np.int64) for c in ("step", "layer", "kv_head", "batch", "seq_len")}
     pos, pos_off = _list_column(t, "positions")
     comp, comp_off = _list_column(t, "components")
     keys = (num["step"], num["layer"], num["kv_head"])
-    pos = _sorted_sets(pos, pos_off, "position", where, keys)
-    comp = _sorted_sets(comp, comp_off, "component", where, keys)
+    pos = _sorted_sets(pos, pos_off, "position", where, keys, row0)
+    comp = _sorted_sets(comp, comp_off, "component", where, keys, row0)
     n = len(num["step"])
     events = int(len(pos) + len(comp))
     npos = np.diff(pos_off).astype(np.float64)
@@ -242,7 +246,7 @@ def _flatten(trace, where) -> _Flat:
     first = np.flatnonzero(new_group)
     if np.any(seq != seq[first][gid]):
         i = int(order[int(np.argmax(seq != seq[first][gid]))])
-        raise UserError(f"{where}: row {i}: rows of one (step, layer, batch, kv_head) disagree on seq_len")
+        raise UserError(f"{where}: row {row0 + i}: rows of one (step, layer, batch, kv_head) disagree on seq_len")
     members = np.bincount(gid, minlength=ng)
 
     def union(values, off):
@@ -605,12 +609,14 @@ class _Lines:
 
     TENSORS = ("k", "v", "kt", "vmean", "stats", "minmax")
 
-    def __init__(self, g: _Geom, f: _Flat, quest_page: int):
+    def __init__(self, g: _Geom, f, quest_page: int):
+        """f: the whole trace (_Flat) or its dimensions (_Dims)."""
+        dims = f if isinstance(f, _Dims) else _Dims.of_flat(f)
         self.g = g
-        self.L = int(f.layer.max()) + 1
-        self.B = int(f.batch.max()) + 1
-        self.H = int(f.kv_head.max()) + 1
-        S_cap = int(f.seq_len.max())
+        self.L = dims.L1
+        self.B = dims.NB
+        self.H = dims.H
+        S_cap = dims.seq_len_max
         self.col = _cdiv(S_cap * g.e, g.G)                   # sectors per column of K's S-contiguous copy
         self.kt_page = _cdiv(g.d * g.N * g.e, g.G) if g.N else 0
         rows_all, _ = _all_rows(g, np.int64(S_cap))
@@ -777,14 +783,13 @@ class _Setup:
     dtype: str
     quest_page: int
     reallocate: bool
-    flat: _Flat
+    flat: _Flat | None = None   # the whole trace (`_trace_setup`); replay itself walks it batch by batch
 
 
-def _trace_setup(trace, model, dtype, kv_dtype) -> _Setup:
+def _meta_setup(meta: dict, where: str, name: str, model, dtype, kv_dtype) -> _Setup:
+    """Strategy, dtypes, model and parameters from a trace's metadata (and the overrides)."""
     from .models import ModelSpec, load_model_spec, spec_from_config
 
-    meta = trace.metadata
-    where = f"trace {str(trace.path)!r}" if trace.path is not None else "trace"
     strategy = get_strategy(meta.get("strategy")).name
     params = meta.get("params") or {}
     dtypes = meta.get("dtypes") or {}
@@ -819,17 +824,35 @@ def _trace_setup(trace, model, dtype, kv_dtype) -> _Setup:
     except (TypeError, ValueError):
         comp = 1.0
     qp = params.get("page_size") or DEFAULT_PAGE_SIZE
-    flat = _flatten(trace, where)
-    if flat.n and int(flat.comp.max(initial=-1)) >= head_dim:
-        raise UserError(f"{where}: component {int(flat.comp.max())} is outside [0, head_dim = {head_dim})")
-    if flat.n and int(flat.kv_head.max()) >= spec.n_kv_heads:
-        raise UserError(f"{where}: kv_head {int(flat.kv_head.max())} is outside [0, {spec.n_kv_heads}) KV heads of "
+    return _Setup(name, strategy, comp, spec, kvd, dt, int(qp), bool(params.get("reallocate", True)))
+
+
+def _check_ranges(st: _Setup, where: str, comp_max: int, kv_head_max: int, layer_max: int) -> None:
+    spec = st.model
+    if comp_max >= spec.head_dim:
+        raise UserError(f"{where}: component {comp_max} is outside [0, head_dim = {spec.head_dim})")
+    if kv_head_max >= spec.n_kv_heads:
+        raise UserError(f"{where}: kv_head {kv_head_max} is outside [0, {spec.n_kv_heads}) KV heads of "
                         f"{spec.name}")
-    if flat.n and int(flat.layer.max()) >= spec.n_layers:
-        raise UserError(f"{where}: layer {int(flat.layer.max())} is outside [0, {spec.n_layers}) layers of "
+    if layer_max >= spec.n_layers:
+        raise UserError(f"{where}: layer {layer_max} is outside [0, {spec.n_layers}) layers of "
                         f"{spec.name}")
+
+
+def _check_flat(st: _Setup, flat: _Flat, where: str) -> None:
+    if flat.n:
+        _check_ranges(st, where, int(flat.comp.max(initial=-1)), int(flat.kv_head.max()), int(flat.layer.max()))
+
+
+def _trace_setup(trace, model, dtype, kv_dtype) -> _Setup:
+    """Setup and the whole flattened trace of a Trace held in memory."""
+    where = f"trace {str(trace.path)!r}" if trace.path is not None else "trace"
     name = str(trace.path) if trace.path is not None else "<trace>"
-    return _Setup(name, strategy, comp, spec, kvd, dt, int(qp), bool(params.get("reallocate", True)), flat)
+    st = _meta_setup(trace.metadata, where, name, model, dtype, kv_dtype)
+    flat = _flatten(trace, where)
+    _check_flat(st, flat, where)
+    st.flat = flat
+    return st
 
 
 def _geometry(st: _Setup, hw: HardwareProfile, k_layout, granularity, page_size) -> _Geom:
@@ -846,9 +869,10 @@ def _geometry(st: _Setup, hw: HardwareProfile, k_layout, granularity, page_size)
     return _Geom(st.model.head_dim, int(round(e_bytes * 8)), int(round(G_bits)), int(page_size or 0), k_layout)
 
 
-def _traffic(st: _Setup, g: _Geom):
-    """Per trace row: the strategy's and dense's traffic, with Quest's first layers dense."""
-    f = st.flat
+def _traffic(st: _Setup, g: _Geom, f: _Flat | None = None):
+    """Per trace row (of `f`, default the whole trace): the strategy's and dense's traffic, with Quest's first layers
+    dense."""
+    f = st.flat if f is None else f
     idx = np.arange(f.n)
     if st.strategy == "quest":
         dmask = f.layer < QUEST_DENSE_LAYERS
@@ -861,48 +885,299 @@ def _traffic(st: _Setup, g: _Geom):
     return parts, dense
 
 
-def _simulate_cache(st: _Setup, g: _Geom, hw, parts, ops_fill, dense: bool):
-    """LRU over the trace's lines: per trace row, the bytes of each read component served on chip."""
-    f = st.flat
-    lines = _Lines(g, f, st.quest_page)
-    capacity = int(hw.cache_bytes * 8 // g.G)
-    sl_key = f.step * (int(f.layer.max()) + 1) + f.layer
-    bounds = np.flatnonzero(np.r_[True, sl_key[1:] != sl_key[:-1], True])
-    n_sl = len(bounds) - 1
-    max_comps = max(len(p.sectors) for _, _, p in parts)
-    lru = _LRU(capacity, lines.n_lines, n_sl * (max_comps + 3) + 4 * (int(f.step.max()) + 2))
-    hits = {}
-    row_class = np.zeros(f.n, dtype=np.int64)
-    for ci, (_, rows, _) in enumerate(parts):
-        row_class[rows] = ci
-    fill_step, fill_before, fill_after = ops_fill
-    G_bytes = g.G / 8
-    prev_step = None
-    for i in range(n_sl):
-        rows = np.arange(bounds[i], bounds[i + 1])
-        step = int(f.step[rows[0]])
-        if step != prev_step:
-            if prev_step is not None:
-                lru.fill(int(fill_step[1] // G_bytes))   # final norm, lm_head of the previous step
-            lru.fill(int(fill_step[0] // G_bytes))       # embedding
-            prev_step = step
-        strategy, _, part = parts[row_class[rows[0]]]
-        if dense:
-            strategy = "dense"
-            names = ["kv_append", "k_all", "v_all"]
-            kinds = {"kv_append": KV_WRITE, "k_all": KV_READ, "v_all": KV_READ}
+# ---------------------------------------------------------------------------------------------------------------------
+# a trace, batch by batch: what replay knows of the whole trace first (its key columns), then runs of whole units
+
+BATCH_EVENTS = 1 << 22   # fetched-index events flattened at a time (a batch grows to hold one whole unit, see _Dims)
+KEY_COLUMNS = ("step", "layer", "kv_head", "batch", "seq_len")
+
+
+@dataclass(frozen=True)
+class _Dims:
+    """What replay must know of a whole trace before it walks it batch by batch; read from the key columns alone."""
+    rows: int            # trace rows (before the GQA union)
+    L1: int              # largest layer + 1
+    NB: int              # largest batch index + 1
+    H: int               # largest kv_head + 1
+    seq_len_max: int
+    step_max: int
+    n_sl: int            # distinct (step, layer)
+    n_steps: int         # distinct steps, layers, sequences, KV heads
+    n_layers: int
+    n_batches: int
+    n_kv_heads: int
+    unit: str = "sl"     # batches hold whole units, in file order: 'sl' when every (step, layer) group is contiguous
+    #                      and the groups come in order in the file, 'step' when only the steps do, 'all' otherwise
+    #                      (then the whole trace is one batch, as unsorted rows must be sorted first)
+
+    @staticmethod
+    def of_flat(f: _Flat) -> "_Dims":
+        if f.n == 0:
+            return _Dims(0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0)
+        L1 = int(f.layer.max()) + 1
+        return _Dims(f.n, L1, int(f.batch.max()) + 1, int(f.kv_head.max()) + 1, int(f.seq_len.max()),
+                     int(f.step.max()), len(np.unique(f.step * L1 + f.layer)), len(np.unique(f.step)),
+                     len(np.unique(f.layer)), len(np.unique(f.batch)), len(np.unique(f.kv_head)))
+
+
+def _key_arrays(table) -> dict:
+    return {c: np.asarray(table[c].fill_null(0).to_numpy(), dtype=np.int64) for c in KEY_COLUMNS}
+
+
+def _scan_keys(tables) -> _Dims:
+    """Pass 1, over the key columns only (tables of consecutive rows): sizes, distinct values and the file's order."""
+    rows = 0
+    mx = {c: -1 for c in KEY_COLUMNS}
+    distinct = {c: np.zeros(0, dtype=np.int64) for c in ("step", "layer", "batch", "kv_head")}
+    sl_all = np.zeros(0, dtype=np.int64)
+    sl_sorted = step_sorted = True
+    last_sl = last_step = None
+    for t in tables:
+        if t.num_rows == 0:
+            continue
+        k = _key_arrays(t)
+        rows += t.num_rows
+        for c in KEY_COLUMNS:
+            mx[c] = max(mx[c], int(k[c].max()))
+        for c in distinct:
+            distinct[c] = np.union1d(distinct[c], k[c])
+        sl = (k["step"] << 32) + k["layer"]
+        sl_all = np.union1d(sl_all, sl)
+        if sl_sorted:
+            sl_sorted = bool(np.all(sl[1:] >= sl[:-1])) and (last_sl is None or int(sl[0]) >= last_sl)
+        if step_sorted:
+            st_ = k["step"]
+            step_sorted = bool(np.all(st_[1:] >= st_[:-1])) and (last_step is None or int(st_[0]) >= last_step)
+        last_sl, last_step = int(sl[-1]), int(k["step"][-1])
+    if rows == 0:
+        return _Dims(0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0)
+    return _Dims(rows, mx["layer"] + 1, mx["batch"] + 1, mx["kv_head"] + 1, mx["seq_len"], mx["step"], len(sl_all),
+                 len(distinct["step"]), len(distinct["layer"]), len(distinct["batch"]), len(distinct["kv_head"]),
+                 "sl" if sl_sorted else "step" if step_sorted else "all")
+
+
+def _list_events(table) -> int:
+    import pyarrow.compute as pc
+
+    n = 0
+    for c in ("positions", "components"):
+        v = pc.sum(pc.list_value_length(table[c])).as_py()
+        n += int(v or 0)
+    return n
+
+
+class _Source:
+    """The rows of one trace, read a piece at a time: a Parquet file (checked piece by piece with the trace reader's
+    `validate_table`, row numbers counted from the top of the file) or a `Trace` already in memory."""
+
+    def __init__(self, item):
+        from ..traces import Trace
+
+        if isinstance(item, Trace):
+            self.pf, self.table, self.metadata, self.path = None, item.table, item.metadata, item.path
         else:
-            names = _op_order(strategy, list(part.sectors))
-            kinds = part.kinds
-        lru.fill(int(fill_before // G_bytes))
-        for name in names:
-            ids, seg = lines.component(name, f, rows, strategy, st.quest_page, baseline=dense)
-            h = lru.access(ids)
-            if kinds[name] in (KV_READ, META_READ):
-                got = np.bincount(seg[h], minlength=len(rows)) * G_bytes
-                hits.setdefault(name, np.zeros(f.n))[rows] += got
-        lru.fill(int(fill_after[i] // G_bytes))
-    return hits
+            self._open(item)
+        self.where = f"trace {str(self.path)!r}" if self.path is not None else "trace"
+        self.name = str(self.path) if self.path is not None else "<trace>"
+
+    def _open(self, path):
+        from ..traces.format import open_trace, validate_table
+
+        self.pf, schema, self.metadata, self.path = open_trace(path)   # read_trace's header checks, no rows read
+        self.table = None
+        validate_table(schema.empty_table(), self.metadata, self.path)  # columns, types, metadata, strategy
+
+    def _unreadable(self, e) -> UserError:
+        from ..traces.format import unreadable
+
+        return unreadable(self.path, e)
+
+    def events_per_row(self) -> float:
+        if self.pf is None:
+            return _list_events(self.table) / max(self.table.num_rows, 1)
+        try:
+            md = self.pf.metadata
+            if md.num_row_groups == 0:
+                return 1.0
+            rg = md.row_group(0)
+            ev = sum(rg.column(j).num_values for j in range(rg.num_columns)
+                     if rg.column(j).path_in_schema.split(".")[0] in ("positions", "components"))
+            return max(1.0, ev / max(rg.num_rows, 1))
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - damaged footer statistics (UnicodeDecodeError, ArrowInvalid, ...)
+            raise self._unreadable(e) from None
+
+    def pieces(self, rows: int, columns=None):
+        """Tables of at most `rows` consecutive rows, in file order."""
+        import pyarrow as pa
+
+        if self.pf is None:
+            t = self.table if columns is None else self.table.select(list(columns))
+            for b in t.to_batches(max_chunksize=rows):
+                yield pa.Table.from_batches([b])
+            return
+        it = self.pf.iter_batches(batch_size=rows, columns=list(columns) if columns else None)
+        while True:
+            try:
+                b = next(it)
+            except StopIteration:
+                return
+            except MemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a damaged file raises ArrowInvalid, OSError, ... (as read_trace)
+                raise self._unreadable(e) from None
+            yield pa.Table.from_batches([b])
+
+    def _validate(self, table, row0: int) -> None:
+        import re
+
+        from ..traces import validate_table
+
+        if self.pf is None:  # a Trace object: validated when it was read (or built by the caller)
+            return
+        try:
+            validate_table(table, self.metadata, self.path)
+        except UserError as e:
+            if not row0:
+                raise
+            msg = str(e)
+            head = msg[:len(self.where)] if msg.startswith(self.where) else ""
+            tail = re.sub(r"\brow (\d+)", lambda m: f"row {int(m.group(1)) + row0}", msg[len(head):], count=1)
+            raise UserError(head + tail) from None
+
+    def flats(self, st: _Setup, dims: _Dims, batch_events: int = BATCH_EVENTS):
+        """The trace as _Flat batches: consecutive runs of whole units (see _Dims) of about `batch_events` events,
+        each checked, flattened and sorted; in order, the batches are exactly the whole trace's _Flat cut between
+        units."""
+        import pyarrow as pa
+
+        read_rows = int(min(65_536, max(16, batch_events / 4 / self.events_per_row())))
+        pending, pend_rows, pend_events, cut, last_key, row0 = [], 0, 0, 0, None, 0
+
+        def unit_key(t):
+            if dims.unit == "all":
+                return np.zeros(t.num_rows, dtype=np.int64)
+            k = np.asarray(t["step"].fill_null(0).to_numpy(), dtype=np.int64)
+            if dims.unit == "sl":
+                k = (k << 32) + np.asarray(t["layer"].fill_null(0).to_numpy(), dtype=np.int64)
+            return k
+
+        def flat(table, start):
+            self._validate(table, start)
+            f = _flatten(table, self.where, start)
+            _check_flat(st, f, self.where)
+            return f
+
+        for t in self.pieces(read_rows):
+            n = t.num_rows
+            if n == 0:
+                continue
+            key = unit_key(t)
+            inner = np.flatnonzero(key[1:] != key[:-1])
+            if len(inner):
+                cut = pend_rows + int(inner[-1]) + 1
+            elif last_key is not None and int(key[0]) != last_key:
+                cut = pend_rows
+            last_key = int(key[-1])
+            pending.append(t)
+            pend_rows += n
+            pend_events += _list_events(t)
+            if pend_events >= batch_events and cut > 0:
+                table = pa.concat_tables(pending)
+                yield flat(table.slice(0, cut), row0)
+                rest = table.slice(cut)
+                row0 += cut
+                pending, pend_rows, pend_events, cut = [rest], rest.num_rows, _list_events(rest), 0
+        if pend_rows:
+            yield flat(pa.concat_tables(pending), row0)
+        if self.pf is not None and row0 + pend_rows != self.pf.metadata.num_rows:   # a damaged column chunk
+            raise self._unreadable(ValueError(f"read {row0 + pend_rows} rows where the footer promises "
+                                              f"{self.pf.metadata.num_rows}"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# sums over batches
+
+
+class _KeySums:
+    """Per-key sums of row values that arrive batch by batch, equal bit for bit to one `np.bincount` over all the rows
+    in order: each key's total so far comes first, then the new rows in order, as bincount adds them."""
+
+    def __init__(self, cols):
+        self.cols = list(cols)
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.sums = {c: np.zeros(0) for c in self.cols}
+        self.seq_max = np.zeros(0, dtype=np.int64)
+
+    def add(self, key_rows, values: dict, seq_len=None):
+        keys = np.union1d(self.keys, key_rows)
+        old = np.searchsorted(keys, self.keys)
+        new = np.searchsorted(keys, key_rows)
+        idx = np.concatenate([old, new])
+        for c in self.cols:
+            w = np.concatenate([self.sums[c], np.asarray(values[c], dtype=np.float64)])
+            self.sums[c] = np.bincount(idx, weights=w, minlength=len(keys))
+        if seq_len is not None:
+            m = np.zeros(len(keys), dtype=np.int64)
+            m[old] = self.seq_max
+            np.maximum.at(m, new, seq_len)
+            self.seq_max = m
+        self.keys = keys
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the on-chip cache across batches
+
+
+class _CacheModel:
+    """LRU over the trace's lines (see the module docstring), fed (step, layer) group by group, batch after batch:
+    per trace row of a batch, the bytes of each read component served on chip."""
+
+    def __init__(self, st: _Setup, g: _Geom, hw, dims: _Dims, fills, dense: bool):
+        self.st, self.g, self.dims, self.dense = st, g, dims, dense
+        self.lines = _Lines(g, dims, st.quest_page)
+        capacity = int(hw.cache_bytes * 8 // g.G)
+        max_comps = max(len(v) for v in OP_OF.values())   # phases per (step, layer): fills + one per component
+        self.lru = _LRU(capacity, self.lines.n_lines, dims.n_sl * (max_comps + 3) + 4 * (dims.step_max + 2))
+        self.fill_step, self.fill_before = fills
+        self.prev_step = None
+
+    def run(self, f: _Flat, parts, fill_after):
+        st, g, lines, lru = self.st, self.g, self.lines, self.lru
+        hits = {}
+        sl_key = f.step * self.dims.L1 + f.layer
+        bounds = np.flatnonzero(np.r_[True, sl_key[1:] != sl_key[:-1], True])
+        n_sl = len(bounds) - 1
+        row_class = np.zeros(f.n, dtype=np.int64)
+        for ci, (_, rows, _) in enumerate(parts):
+            row_class[rows] = ci
+        G_bytes = g.G / 8
+        for i in range(n_sl):
+            rows = np.arange(bounds[i], bounds[i + 1])
+            step = int(f.step[rows[0]])
+            if step != self.prev_step:
+                if self.prev_step is not None:
+                    lru.fill(int(self.fill_step[1] // G_bytes))   # final norm, lm_head of the previous step
+                lru.fill(int(self.fill_step[0] // G_bytes))       # embedding
+                self.prev_step = step
+            strategy, _, part = parts[row_class[rows[0]]]
+            if self.dense:
+                strategy = "dense"
+                names = ["kv_append", "k_all", "v_all"]
+                kinds = {"kv_append": KV_WRITE, "k_all": KV_READ, "v_all": KV_READ}
+            else:
+                names = _op_order(strategy, list(part.sectors))
+                kinds = part.kinds
+            lru.fill(int(self.fill_before // G_bytes))
+            for name in names:
+                ids, seg = lines.component(name, f, rows, strategy, st.quest_page, baseline=self.dense)
+                h = lru.access(ids)
+                if kinds[name] in (KV_READ, META_READ):
+                    got = np.bincount(seg[h], minlength=len(rows)) * G_bytes
+                    hits.setdefault(name, np.zeros(f.n))[rows] += got
+            lru.fill(int(fill_after[i] // G_bytes))
+        return hits
 
 
 def _op_order(strategy, names):
@@ -910,14 +1185,17 @@ def _op_order(strategy, names):
     return [n for n in order if n in names]
 
 
-def _unit_ops(st: _Setup, hw, strategy, f: _Flat, rows, mem_bytes: dict, kinds: dict, prec, tp):
+def _unit_ops(st: _Setup, hw, strategy, f: _Flat, rows, mem_bytes: dict, kinds: dict, prec, tp, L1=None, NB=None):
     """Ledger attention operators of `strategy` for the given trace rows, with the replayed bytes, summed per
-    (step, layer). Returns (keys of the (step, layer) groups, list of Op with per-group arrays)."""
+    (step, layer). Returns (keys of the (step, layer) groups: step * L1 + layer, list of Op with per-group arrays).
+    L1, NB: more than the largest layer and batch index of the trace (default: of `f`)."""
     from .ledger import Op, attention_decode_ops
 
     m = st.model
+    L1 = int(f.layer.max()) + 1 if L1 is None else L1
+    NB = int(f.batch.max()) + 1 if NB is None else NB
     # one unit per (step, layer, batch): KV heads summed
-    ukey = (f.step[rows] * (int(f.layer.max()) + 1) + f.layer[rows]) * (int(f.batch.max()) + 1) + f.batch[rows]
+    ukey = (f.step[rows] * L1 + f.layer[rows]) * NB + f.batch[rows]
     uniq, uinv = np.unique(ukey, return_inverse=True)
     nu = len(uniq)
     heads = np.bincount(uinv, minlength=nu)
@@ -938,7 +1216,7 @@ def _unit_ops(st: _Setup, hw, strategy, f: _Flat, rows, mem_bytes: dict, kinds: 
         fld = FIELD_OF_KIND[kinds[name]]
         setattr(op, fld, getattr(op, fld) + np.bincount(uinv, weights=b, minlength=nu))
     # (step, layer) groups
-    sl = uniq // (int(f.batch.max()) + 1)
+    sl = uniq // NB
     gk, ginv = np.unique(sl, return_inverse=True)
     out = []
     for op in ops:
@@ -950,71 +1228,82 @@ def _unit_ops(st: _Setup, hw, strategy, f: _Flat, rows, mem_bytes: dict, kinds: 
     return gk, out
 
 
-def _replay_one(st: _Setup, hw: HardwareProfile, k_layout, granularity, page_size, cache, kv_location, levels):
-    from .ledger import Parallel, Precision, block_ops, head_ops
-    from .predict import predict_columns
-    from .roofline import Placement, tier_table, time_op
+SUM_COLS = ["bytes_touched", "bytes_formula", *(f"{p}_bytes" for p in PARTS), "bytes_on_chip", "bytes_dense",
+            "bytes_dense_formula", "pages_touched", "k_copy_write_bytes"]
 
-    f = st.flat
-    if f.n == 0:
-        raise UserError(f"trace {st.trace_name!r} has no rows")
-    g = _geometry(st, hw, k_layout, granularity, page_size)
-    parts, dense = _traffic(st, g)
-    m = st.model
-    prec = Precision.of(st.dtype, st.kv_dtype)
-    tp = Parallel.of(m, 1)
-    G_bytes = g.G / 8
-    e_bytes = g.e / 8
-    L1 = int(f.layer.max()) + 1
-    n_batch = int(f.batch.max()) + 1
 
-    # placement and the rest of the step, from predict (same model, batch, longest context)
-    def placed(strategy):
-        kw = dict(hardware=hw, model=m, seq_len=int(f.seq_len.max()), batch=n_batch, strategies=[strategy],
-                  compression=max(st.compression, 1.0) if strategy != "dense" else 1.0, dtype=st.dtype,
-                  kv_dtype=st.kv_dtype, k_layout=k_layout, kv_location=kv_location,
-                  page_size=st.quest_page if strategy == "quest" else None)
-        cols = predict_columns(**kw)
-        return (float(cols["time_s"][0] - cols["attention_time_s"][0]), cols["kv_location"].decode()[0])
+class _Replayer:
+    """One trace on one device: fed the trace's batches in order (`add`), summarised at the end (`finish`).
 
-    rest_s, kv_tier = placed(st.strategy)
-    dense_rest_s, dense_tier = placed("dense")
-    names, peak, achieved, _ = tier_table(hw)
+    Rows are counted batch by batch; sums per step and per layer follow the rows' order exactly (`_KeySums`); the
+    attention time of each (step, layer) is timed within its batch (a batch holds whole (step, layer) groups); the run's
+    totals add the steps' sums. Memory: the batch, plus a few numbers per step and per (step, layer) (and, at level
+    'row', the output rows; with --cache, the cache model's state)."""
 
-    def placement(tier):
-        return Placement(names, peak, achieved, 0, names.index(tier), 0)
+    def __init__(self, st: _Setup, dims: _Dims, hw: HardwareProfile, k_layout, granularity, page_size, cache,
+                 kv_location, levels):
+        from .ledger import Parallel, Precision, block_ops, head_ops
+        from .predict import predict_columns
+        from .roofline import tier_table
 
-    # per row: sectors -> bytes
-    touched = {p: np.zeros(f.n) for p in PARTS}
-    formula = np.zeros(f.n)
-    pages = np.zeros(f.n)
-    for _, rows, part in parts:
-        for name, s in part.sectors.items():
-            touched[PART_OF[name]][rows] += s * G_bytes
-            formula[rows] += part.elements[name] * e_bytes
-        pages[rows] += part.pages
-    dense_touched = sum(s for s in dense.sectors.values()) * G_bytes
-    dense_formula = sum(e for e in dense.elements.values()) * e_bytes
-    copy_write = np.zeros(f.n)
-    if st.strategy == "sparq" and k_layout == "twice":
-        for s, rows, _ in parts:
-            if s == "sparq":
-                copy_write[rows] = _copy_write(g, f.seq_len[rows]) * G_bytes
+        self.st, self.dims, self.hw, self.levels = st, dims, hw, levels
+        self.k_layout, self.page_size, self.cache = k_layout, page_size, cache
+        g = self.g = _geometry(st, hw, k_layout, granularity, page_size)
+        m = st.model
+        self.prec = prec = Precision.of(st.dtype, st.kv_dtype)
+        self.tp = tp = Parallel.of(m, 1)
+        self.G_bytes = g.G / 8
+        self.e_bytes = g.e / 8
+        n_batch = dims.NB
 
-    # attention operators per (step, layer) without KV bytes first (their activations feed the cache model)
-    def timed(strategy_parts, hits, tier):
+        # placement and the rest of the step, from predict (same model, batch, longest context)
+        def placed(strategy):
+            kw = dict(hardware=hw, model=m, seq_len=int(dims.seq_len_max), batch=n_batch, strategies=[strategy],
+                      compression=max(st.compression, 1.0) if strategy != "dense" else 1.0, dtype=st.dtype,
+                      kv_dtype=st.kv_dtype, k_layout=k_layout, kv_location=kv_location,
+                      page_size=st.quest_page if strategy == "quest" else None)
+            cols = predict_columns(**kw)
+            return (float(cols["time_s"][0] - cols["attention_time_s"][0]), cols["kv_location"].decode()[0])
+
+        self.rest_s, self.kv_tier = placed(st.strategy)
+        self.dense_rest_s, self.dense_tier = placed("dense")
+        self.names, self.peak, self.achieved, _ = tier_table(hw)
+        if cache:
+            before, after = block_ops("decode", m, tp, np.float64(n_batch), prec)
+            per_layer = lambda ops: sum(float(np.sum(op.bytes_total())) for op in ops if op.layers == m.n_layers)  # noqa: E731
+            emb = sum(float(np.sum(op.bytes_total())) for op in before if op.layers != m.n_layers)
+            head = sum(float(np.sum(op.bytes_total())) for op in head_ops("decode", m, tp, np.float64(n_batch), prec))
+            self.after_bytes = per_layer(after)
+            fills = ((emb, head), per_layer(before))
+            self.cache_model = _CacheModel(st, g, hw, dims, fills, dense=False)
+            self.dense_cache_model = _CacheModel(st, g, hw, dims, fills, dense=True)
+        self.sl_keys, self.att, self.datt, self.row_parts = [], [], [], []
+        self.step_sums = _KeySums(SUM_COLS)
+        self.layer_sums = _KeySums(SUM_COLS)
+        self.n_rows = self.events = self.seq_len_max = 0
+
+    def _placement(self, tier):
+        from .roofline import Placement
+
+        return Placement(self.names, self.peak, self.achieved, 0, self.names.index(tier), 0)
+
+    def _timed(self, f, strategy_parts, hits, tier):
+        """Attention operators per (step, layer) of the batch: time and activation bytes, keyed step * L1 + layer."""
+        from .roofline import time_op
+
         sl_time = {}
         act = {}
         for strategy, rows, part in strategy_parts:
             mem = {}
             for name, s in part.sectors.items():
-                b = np.asarray(s, dtype=np.float64) * G_bytes
+                b = np.asarray(s, dtype=np.float64) * self.G_bytes
                 if name in hits:
                     b = b - hits[name][rows]
                 mem[name] = b
-            keys, ops = _unit_ops(st, hw, strategy, f, rows, mem, part.kinds, prec, tp)
-            pl = placement(tier)
-            t = sum(time_op(op, hw, pl, prec, 1).time_s for op in ops)
+            keys, ops = _unit_ops(self.st, self.hw, strategy, f, rows, mem, part.kinds, self.prec, self.tp,
+                                  self.dims.L1, self.dims.NB)
+            pl = self._placement(tier)
+            t = sum(time_op(op, self.hw, pl, self.prec, 1).time_s for op in ops)
             a = sum(op.act_read + op.act_write for op in ops)
             for k_, tv, av in zip(keys.tolist(), np.broadcast_to(t, keys.shape).tolist(),
                                   np.broadcast_to(a, keys.shape).tolist()):
@@ -1022,95 +1311,142 @@ def _replay_one(st: _Setup, hw: HardwareProfile, k_layout, granularity, page_siz
                 act[k_] = act.get(k_, 0.0) + av
         return sl_time, act
 
-    sl_key = f.step * L1 + f.layer
-    hits, dense_hits = {}, {}
-    if cache:
-        before, after = block_ops("decode", m, tp, np.float64(n_batch), prec)
-        per_layer = lambda ops: sum(float(np.sum(op.bytes_total())) for op in ops if op.layers == m.n_layers)  # noqa: E731
-        emb = sum(float(np.sum(op.bytes_total())) for op in before if op.layers != m.n_layers)
-        head = sum(float(np.sum(op.bytes_total())) for op in head_ops("decode", m, tp, np.float64(n_batch), prec))
-        _, act = timed(parts, {}, kv_tier)
-        _, dact = timed([("dense", np.arange(f.n), dense)], {}, dense_tier)
+    def add(self, f: _Flat) -> None:
+        """One batch: whole (step, layer) groups, sorted, after every earlier batch's groups."""
+        st, g = self.st, self.g
+        G_bytes, e_bytes = self.G_bytes, self.e_bytes
+        parts, dense = _traffic(st, g, f)
+        dense_parts = [("dense", np.arange(f.n), dense)]
+
+        # per row: sectors -> bytes
+        touched = {p: np.zeros(f.n) for p in PARTS}
+        formula = np.zeros(f.n)
+        pages = np.zeros(f.n)
+        for _, rows, part in parts:
+            for name, s in part.sectors.items():
+                touched[PART_OF[name]][rows] += s * G_bytes
+                formula[rows] += part.elements[name] * e_bytes
+            pages[rows] += part.pages
+        dense_touched = sum(s for s in dense.sectors.values()) * G_bytes
+        dense_formula = sum(e for e in dense.elements.values()) * e_bytes
+        copy_write = np.zeros(f.n)
+        if st.strategy == "sparq" and self.k_layout == "twice":
+            for s, rows, _ in parts:
+                if s == "sparq":
+                    copy_write[rows] = _copy_write(g, f.seq_len[rows]) * G_bytes
+
+        # attention operators per (step, layer) without KV bytes first (their activations feed the cache model)
+        sl_key = f.step * self.dims.L1 + f.layer
         sl_unique = np.unique(sl_key)
-        fill_after = np.array([per_layer(after) + act.get(k_, 0.0) for k_ in sl_unique.tolist()])
-        dfill_after = np.array([per_layer(after) + dact.get(k_, 0.0) for k_ in sl_unique.tolist()])
-        hits = _simulate_cache(st, g, hw, parts, ((emb, head), per_layer(before), fill_after), dense=False)
-        dense_hits = _simulate_cache(st, g, hw, [("dense", np.arange(f.n), dense)],
-                                     ((emb, head), per_layer(before), dfill_after), dense=True)
-    sl_time, _ = timed(parts, hits, kv_tier)
-    dsl_time, _ = timed([("dense", np.arange(f.n), dense)], dense_hits, dense_tier)
-    on_chip = sum(hits.values()) if hits else np.zeros(f.n)
+        hits, dense_hits = {}, {}
+        if self.cache:
+            _, act = self._timed(f, parts, {}, self.kv_tier)
+            _, dact = self._timed(f, dense_parts, {}, self.dense_tier)
+            fill_after = np.array([self.after_bytes + act.get(k_, 0.0) for k_ in sl_unique.tolist()])
+            dfill_after = np.array([self.after_bytes + dact.get(k_, 0.0) for k_ in sl_unique.tolist()])
+            hits = self.cache_model.run(f, parts, fill_after)
+            dense_hits = self.dense_cache_model.run(f, dense_parts, dfill_after)
+        sl_time, _ = self._timed(f, parts, hits, self.kv_tier)
+        dsl_time, _ = self._timed(f, dense_parts, dense_hits, self.dense_tier)
+        on_chip = sum(hits.values()) if hits else np.zeros(f.n)
 
-    # per-row frame and summaries
-    bytes_touched = sum(touched.values())
-    row_cols = {
-        "step": f.step, "layer": f.layer, "batch": f.batch, "kv_head": f.kv_head, "seq_len": f.seq_len,
-        "n_positions": f.n_pos, "n_components": f.n_comp, "members": f.members,
-        "bytes_touched": bytes_touched, "bytes_formula": formula,
-        **{f"{p}_bytes": touched[p] for p in PARTS},
-        "bytes_on_chip": on_chip, "bytes_dense": dense_touched, "bytes_dense_formula": dense_formula,
-        "pages_touched": pages, "k_copy_write_bytes": copy_write,
-    }
-    sl_unique = np.unique(sl_key)
-    att = np.array([sl_time[k_] for k_ in sl_unique.tolist()])
-    datt = np.array([dsl_time[k_] for k_ in sl_unique.tolist()])
-    steps_u = sl_unique // L1
-    layers_u = sl_unique % L1
-    ident = {"trace": st.trace_name, "hardware": hw.name, "model": m.name, "strategy": st.strategy,
-             "compression": st.compression, "k_layout": k_layout, "granularity_bytes": G_bytes,
-             "page_size": int(page_size or 0), "cache": bool(cache), "kv_dtype": st.kv_dtype, "kv_tier": kv_tier}
-    out = {}
-    sum_cols = ["bytes_touched", "bytes_formula", *(f"{p}_bytes" for p in PARTS), "bytes_on_chip", "bytes_dense",
-                "bytes_dense_formula", "pages_touched", "k_copy_write_bytes"]
+        bytes_touched = sum(touched.values())
+        row_cols = {
+            "step": f.step, "layer": f.layer, "batch": f.batch, "kv_head": f.kv_head, "seq_len": f.seq_len,
+            "n_positions": f.n_pos, "n_components": f.n_comp, "members": f.members,
+            "bytes_touched": bytes_touched, "bytes_formula": formula,
+            **{f"{p}_bytes": touched[p] for p in PARTS},
+            "bytes_on_chip": on_chip, "bytes_dense": dense_touched, "bytes_dense_formula": dense_formula,
+            "pages_touched": pages, "k_copy_write_bytes": copy_write,
+        }
+        self.sl_keys.append(sl_unique)
+        self.att.append(np.array([sl_time[k_] for k_ in sl_unique.tolist()]))
+        self.datt.append(np.array([dsl_time[k_] for k_ in sl_unique.tolist()]))
+        if "row" in self.levels:
+            d = dict(row_cols)
+            d["ratio"] = d["bytes_touched"] / d["bytes_formula"]
+            d["bytes_memory"] = d["bytes_touched"] - d["bytes_on_chip"]
+            d["transfer_ratio"] = d["bytes_touched"] / d["bytes_dense"]
+            self.row_parts.append(d)
+        if "step" in self.levels or "run" in self.levels:
+            self.step_sums.add(f.step, row_cols, f.seq_len)
+        if "layer" in self.levels:
+            self.layer_sums.add(f.layer, row_cols)
+        self.n_rows += f.n
+        self.events += f.events
+        self.seq_len_max = max(self.seq_len_max, int(f.seq_len.max()))
 
-    def finish(d):
-        d["ratio"] = d["bytes_touched"] / d["bytes_formula"]
-        d["bytes_memory"] = d["bytes_touched"] - d["bytes_on_chip"]
-        d["transfer_ratio"] = d["bytes_touched"] / d["bytes_dense"]
-        d["speedup_vs_dense"] = d["dense_time_s"] / d["time_s"]
-        d["attention_speedup_vs_dense"] = d["dense_attention_time_s"] / d["attention_time_s"]
-        return d
+    def finish(self) -> dict:
+        st, dims, m = self.st, self.dims, self.st.model
+        L1 = dims.L1
+        rest_s, dense_rest_s = self.rest_s, self.dense_rest_s
+        sl_unique = np.concatenate(self.sl_keys)
+        att = np.concatenate(self.att)
+        datt = np.concatenate(self.datt)
+        steps_u = sl_unique // L1
+        layers_u = sl_unique % L1
+        ident = {"trace": st.trace_name, "hardware": self.hw.name, "model": m.name, "strategy": st.strategy,
+                 "compression": st.compression, "k_layout": self.k_layout, "granularity_bytes": self.G_bytes,
+                 "page_size": int(self.page_size or 0), "cache": bool(self.cache), "kv_dtype": st.kv_dtype,
+                 "kv_tier": self.kv_tier}
+        out = {}
 
-    if "row" in levels:
-        d = dict(row_cols)
-        d["ratio"] = d["bytes_touched"] / d["bytes_formula"]
-        d["bytes_memory"] = d["bytes_touched"] - d["bytes_on_chip"]
-        d["transfer_ratio"] = d["bytes_touched"] / d["bytes_dense"]
-        out["row"] = (ident, d)
-    for level, key_rows, key_sl in (("step", f.step, steps_u), ("layer", f.layer, layers_u)):
-        if level not in levels:
-            continue
-        ku, inv = np.unique(key_rows, return_inverse=True)
-        d = {level: ku}
-        for c in sum_cols:
-            d[c] = np.bincount(inv, weights=row_cols[c], minlength=len(ku))
-        kinv = np.searchsorted(ku, key_sl)
-        d["attention_time_s"] = np.bincount(kinv, weights=att, minlength=len(ku))
-        d["dense_attention_time_s"] = np.bincount(kinv, weights=datt, minlength=len(ku))
-        if level == "step":
-            d["seq_len_max"] = np.zeros(len(ku), dtype=np.int64)
-            np.maximum.at(d["seq_len_max"], inv, f.seq_len)
-            d["time_s"] = d["attention_time_s"] + rest_s
-            d["dense_time_s"] = d["dense_attention_time_s"] + dense_rest_s
-        else:  # a layer's share of the rest of the step: 1 / n_layers of it, in every step it ran
-            n_steps = np.bincount(kinv, minlength=len(ku))
-            d["time_s"] = d["attention_time_s"] + n_steps * rest_s / m.n_layers
-            d["dense_time_s"] = d["dense_attention_time_s"] + n_steps * dense_rest_s / m.n_layers
-        out[level] = (ident, finish(d))
-    if "run" in levels:
-        n_steps = len(np.unique(f.step))
-        d = {c: np.array([float(np.sum(row_cols[c]))]) for c in sum_cols}
-        d["attention_time_s"] = np.array([float(att.sum())])
-        d["dense_attention_time_s"] = np.array([float(datt.sum())])
-        d["time_s"] = d["attention_time_s"] + n_steps * rest_s
-        d["dense_time_s"] = d["dense_attention_time_s"] + n_steps * dense_rest_s
-        d["mean_attention_time_s"] = d["attention_time_s"] / n_steps
-        d["mean_step_time_s"] = d["time_s"] / n_steps
-        d.update(steps=np.array([n_steps]), layers=np.array([len(np.unique(f.layer))]),
-                 batch=np.array([len(np.unique(f.batch))]), kv_heads=np.array([len(np.unique(f.kv_head))]),
-                 rows=np.array([f.n]), events=np.array([f.events]), seq_len_max=np.array([int(f.seq_len.max())]))
-        out["run"] = (ident, finish(d))
-    return out
+        def finish(d):
+            d["ratio"] = d["bytes_touched"] / d["bytes_formula"]
+            d["bytes_memory"] = d["bytes_touched"] - d["bytes_on_chip"]
+            d["transfer_ratio"] = d["bytes_touched"] / d["bytes_dense"]
+            d["speedup_vs_dense"] = d["dense_time_s"] / d["time_s"]
+            d["attention_speedup_vs_dense"] = d["dense_attention_time_s"] / d["attention_time_s"]
+            return d
+
+        if "row" in self.levels:
+            parts = self.row_parts
+            out["row"] = (ident, {c: np.concatenate([np.asarray(p[c]) for p in parts]) for c in parts[0]})
+        for level, acc, key_sl in (("step", self.step_sums, steps_u), ("layer", self.layer_sums, layers_u)):
+            if level not in self.levels:
+                continue
+            ku = acc.keys
+            d = {level: ku}
+            for c in SUM_COLS:
+                d[c] = acc.sums[c]
+            kinv = np.searchsorted(ku, key_sl)
+            d["attention_time_s"] = np.bincount(kinv, weights=att, minlength=len(ku))
+            d["dense_attention_time_s"] = np.bincount(kinv, weights=datt, minlength=len(ku))
+            if level == "step":
+                d["seq_len_max"] = acc.seq_max
+                d["time_s"] = d["attention_time_s"] + rest_s
+                d["dense_time_s"] = d["dense_attention_time_s"] + dense_rest_s
+            else:  # a layer's share of the rest of the step: 1 / n_layers of it, in every step it ran
+                n_steps = np.bincount(kinv, minlength=len(ku))
+                d["time_s"] = d["attention_time_s"] + n_steps * rest_s / m.n_layers
+                d["dense_time_s"] = d["dense_attention_time_s"] + n_steps * dense_rest_s / m.n_layers
+            out[level] = (ident, finish(d))
+        if "run" in self.levels:
+            n_steps = len(self.step_sums.keys)
+            # the run's totals: the steps' sums (each exact over its rows in order), added up
+            d = {c: np.array([float(np.sum(self.step_sums.sums[c]))]) for c in SUM_COLS}
+            d["attention_time_s"] = np.array([float(att.sum())])
+            d["dense_attention_time_s"] = np.array([float(datt.sum())])
+            d["time_s"] = d["attention_time_s"] + n_steps * rest_s
+            d["dense_time_s"] = d["dense_attention_time_s"] + n_steps * dense_rest_s
+            d["mean_attention_time_s"] = d["attention_time_s"] / n_steps
+            d["mean_step_time_s"] = d["time_s"] / n_steps
+            d.update(steps=np.array([n_steps]), layers=np.array([dims.n_layers]),
+                     batch=np.array([dims.n_batches]), kv_heads=np.array([dims.n_kv_heads]),
+                     rows=np.array([self.n_rows]), events=np.array([self.events]),
+                     seq_len_max=np.array([self.seq_len_max]))
+            out["run"] = (ident, finish(d))
+        return out
+
+
+def _replay_one(st: _Setup, hw: HardwareProfile, k_layout, granularity, page_size, cache, kv_location, levels):
+    """The whole trace held in `st.flat` (from `_trace_setup`) on one device, in one batch."""
+    f = st.flat
+    if f.n == 0:
+        raise UserError(f"trace {st.trace_name!r} has no rows")
+    rp = _Replayer(st, _Dims.of_flat(f), hw, k_layout, granularity, page_size, cache, kv_location, levels)
+    rp.add(f)
+    return rp.finish()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1149,7 +1485,7 @@ def _hardware_list(hardware) -> list[HardwareProfile]:
 
 def replay(traces, hardware="a100", k_layout: str = "twice", granularity=None, page_size: int | None = None,
            cache: bool = False, level: str = "run", *, model=None, dtype: str | None = None,
-           kv_dtype: str | None = None, kv_location: str = "auto"):
+           kv_dtype: str | None = None, kv_location: str = "auto", batch_events: int = BATCH_EVENTS):
     """Replay recorded traces on hardware profiles: bytes touched against the formula, time and speedup vs dense.
 
     traces: trace file path(s) (a list, or a comma list) or `sparq_sim.traces.Trace` objects. hardware: profile
@@ -1159,11 +1495,18 @@ def replay(traces, hardware="a100", k_layout: str = "twice", granularity=None, p
     as an LRU across steps and layers. level: 'run', 'step', 'layer' or 'row' (see the module docstring for the model
     and the columns). model, dtype, kv_dtype: override the trace metadata (e.g. kv_dtype='bf16' for a trace recorded
     in fp32). kv_location: as in `predict` (auto, a tier name or host). Returns a pandas DataFrame.
+
+    Memory stays bounded whatever the trace's size: a file is read in pieces (the key columns first, then the rows)
+    and replayed in batches of about `batch_events` fetched-index events, each holding whole (step, layer) groups;
+    the results do not depend on `batch_events`. This needs the file's rows grouped by (step, layer) in order, as
+    `sparq-sim record` writes them (failing that, by step; failing that, the whole trace is one batch). At level
+    'row' the output itself has one row per trace row, and --cache keeps its LRU state (8 bytes per line of the
+    address space the trace spans, plus a bit per line referenced).
     """
     import pandas as pd
 
     try:
-        from ..traces import Trace, read_trace
+        importlib.import_module("..traces", __package__)
     except ImportError as e:  # pyarrow is not part of the core install
         raise UserError(f"replay reads Parquet traces and needs pyarrow ({e}); install it with `pip install "
                         f"pyarrow` (or `pip install 'sparq-sim[ref]'`)") from None
@@ -1188,11 +1531,21 @@ def replay(traces, hardware="a100", k_layout: str = "twice", granularity=None, p
     hws = _hardware_list(hardware)
     frames = []
     for item in _traces_arg(traces):
-        trace = item if isinstance(item, Trace) else read_trace(item)
-        st = _trace_setup(trace, model, dtype, kv_dtype)
-        for hw in hws:
-            part = _replay_one(st, hw, k_layout, granularity, page_size, cache, kv_location, (level,))
-            ident, cols = part[level]
+        src = _Source(item)
+        st = _meta_setup(src.metadata, src.where, src.name, model, dtype, kv_dtype)
+        dims = _scan_keys(src.pieces(65_536, KEY_COLUMNS))
+        if dims.rows == 0:
+            raise UserError(f"trace {st.trace_name!r} has no rows")
+        _check_ranges(st, src.where, -1, dims.H - 1, dims.L1 - 1)
+        replayers = None
+        for f in src.flats(st, dims, batch_events):
+            if replayers is None:  # after the first batch is checked: the devices' setup uses the trace's sizes
+                replayers = [_Replayer(st, dims, hw, k_layout, granularity, page_size, cache, kv_location, (level,))
+                             for hw in hws]
+            for rp in replayers:
+                rp.add(f)
+        for rp in replayers:
+            ident, cols = rp.finish()[level]
             n = len(next(iter(cols.values())))
             df = pd.DataFrame({**{k: [v] * n for k, v in ident.items()}, **cols})
             frames.append(df)

@@ -2,13 +2,15 @@
 #   make predict   creates .venv with the core install and runs `sparq-sim predict --gpu a100 --seq 4096`
 #   make test      creates .venv with everything (reference part + test tools) and runs the whole test suite
 # .ci/run runs `make test`.
+# Also: make test-fast (the suite without tests marked slow), make golden (regenerate tests/golden; review the diff),
+#       make bench (benchmarks/run: every benchmark script, one table of figures against their targets).
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: predict test install-core install-all golden bench clean
+.PHONY: predict test test-fast install-core install-all golden bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,14 +38,20 @@ $(VENV)/.browser: | $(PY)
 		apt-get install -y -qq chromium >/dev/null) || [ -z "$$CI" ]
 	touch $@
 
+# CI runs everything, slow tests included (model loads, chromium, long hypothesis runs)
 test: $(VENV)/.all $(VENV)/.browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
+
+# during development: the suite without the tests marked @pytest.mark.slow
+test-fast: $(VENV)/.all
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m "not slow"
 
 golden: $(VENV)/.core
 	$(PY) tests/golden/regenerate.py
 
-bench: $(VENV)/.all
-	$(PY) benchmarks/predict_speed.py
+# every benchmark script, one table; BENCH_ARGS="--quick" or "--only replay_speed" or "--markdown"
+bench: $(VENV)/.all $(VENV)/.browser
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) benchmarks/run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,9 +1,10 @@
 """Prediction speed: rows evaluated per second by a large sweep, and the cold start of `sparq-sim predict`.
 
 Targets (issue 2): at least 1,000,000 (config x strategy) rows/s on one core; `sparq-sim predict --gpu a100
---seq 4096` under 0.5 s of whole-process wall time. Prints medians of several runs (this machine is shared and noisy).
+--seq 4096` under 0.5 s of whole-process wall time. Prints medians of several runs (this machine is shared and noisy),
+then the figures for `benchmarks/run` (common.emit).
 
-    python benchmarks/predict_speed.py [--repeats 5]
+    python benchmarks/predict_speed.py [--repeats 5] [--quick]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
+from common import emit, figure  # noqa: E402
 from sparq_sim.simulator.predict import predict_columns  # noqa: E402
 
 SWEEPS = {
@@ -55,17 +57,25 @@ def bench_cold_start(repeats):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=None, help="runs per figure (default 5; 2 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (the sweeps keep their sizes)")
     args = ap.parse_args(argv)
+    repeats = args.repeats or (2 if args.quick else 5)
+    figures = []
     print(f"{'benchmark':62s} {'figure':>40s} {'target':>16s}")
     for name, kwargs in SWEEPS.items():
-        rows, t = bench_sweep(kwargs, args.repeats)
+        rows, t = bench_sweep(kwargs, repeats)
         rate = rows / t
         print(f"{'predict sweep: ' + name:58s} {rate / 1e6:9.2f} M rows/s ({rows} rows, {t:.2f} s) "
               f"{'>= 1.00 M rows/s':>16s} {'ok' if rate >= 1e6 else 'MISSED'}")
-    med, lo, hi = bench_cold_start(args.repeats)
+        figures.append(figure(f"predict sweep, {name}", f"rows/s (median of {repeats})", rate / 1e6, "M rows/s",
+                              ">= 1 M rows/s", lambda v: v >= 1.0))
+    med, lo, hi = bench_cold_start(repeats)
     print(f"{'cold start: sparq-sim predict --gpu a100 --seq 4096':58s} {med:9.3f} s (min {lo:.3f}, max {hi:.3f}) "
           f"{'< 0.5 s':>16s} {'ok' if med < 0.5 else 'MISSED'}")
+    figures.append(figure("cold start, `sparq-sim predict --gpu a100 --seq 4096`",
+                          f"whole-process wall time (median of {repeats})", med, "s", "< 0.5 s", lambda v: v < 0.5))
+    emit(figures)
 
 
 if __name__ == "__main__":

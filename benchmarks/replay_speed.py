@@ -5,9 +5,9 @@ Target (issue 4): at least 10 million events/s. Builds a synthetic SparQ trace o
 times `sparq_sim.replay` on the trace held in memory (K twice and K once, at the profile's 32-byte granularity, with
 and without 16-position pages) and, once, reading the file as well. Prints the median of several runs (this machine
 is shared and noisy). The cache model (--cache) is timed separately on a smaller trace: it walks the lines kernel by
-kernel and is not held to the target.
+kernel and is not held to the target. Ends with the figures for `benchmarks/run` (common.emit).
 
-    python benchmarks/replay_speed.py [--repeats 5] [--steps 60]
+    python benchmarks/replay_speed.py [--repeats 5] [--steps 60] [--quick]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 import sparq_sim  # noqa: E402
+from common import emit, figure  # noqa: E402
 from sparq_sim.simulator.models import load_model_spec  # noqa: E402
 from sparq_sim.traces import read_trace, write_trace  # noqa: E402
 
@@ -75,9 +76,14 @@ def median_time(fn, repeats):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=60, help="decode steps of the synthetic trace (60: ~32M events)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per figure (default 5; 2 with --quick)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="decode steps of the synthetic trace (default 60: ~32M events; 10 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="a 6x smaller trace and fewer repeats")
     args = ap.parse_args(argv)
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.steps = args.steps or (10 if args.quick else 60)
+    figures = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sparq.parquet"
         t = time.perf_counter()
@@ -96,12 +102,21 @@ def main(argv=None):
         for name, kw in cases:
             med, best = median_time(lambda: sparq_sim.replay(trace, "h100", **kw), args.repeats)
             rates.append(events / med)
+            if name == "K twice, 32 B":
+                figures.append(figure(f"replay in memory, {name} ({events / 1e6:.0f} M events)",
+                                      f"events/s (median of {args.repeats})", events / med / 1e6, "M events/s",
+                                      ">= 10 M events/s", lambda v: v >= 10))
             print(f"replay in memory, {name:40s} median {med:6.3f} s (best {best:.3f})  "
                   f"{events / med / 1e6:7.1f} M events/s")
         med, _ = median_time(lambda: sparq_sim.replay(path, "h100"), max(1, args.repeats // 2))
         print(f"read + replay from the file, K twice, 32 B            median {med:6.3f} s          "
               f"{events / med / 1e6:7.1f} M events/s")
         print(f"slowest in-memory case: {min(rates) / 1e6:.1f} M events/s (target >= 10)")
+        figures.append(figure(f"replay in memory, slowest of {len(cases)} layouts/granularities/pages",
+                              f"events/s (median of {args.repeats})", min(rates) / 1e6, "M events/s",
+                              ">= 10 M events/s", lambda v: v >= 10))
+        figures.append(figure("read + replay from the Parquet file, K twice, 32 B", "events/s", events / med / 1e6,
+                              "M events/s", ""))
 
         small = Path(tmp) / "small.parquet"
         ev_small = synthetic_sparq(small, S=4096, steps=8)
@@ -109,6 +124,9 @@ def main(argv=None):
         med, _ = median_time(lambda: sparq_sim.replay(tr, "h100", k_layout="once", cache=True), 1)
         print(f"--cache (LRU, strategy and dense baseline), K once, S = 4096, 8 steps: {med:.2f} s for "
               f"{ev_small / 1e6:.2f} M events")
+        figures.append(figure(f"replay --cache (LRU), K once, S = 4096, 8 steps ({ev_small / 1e6:.2f} M events)",
+                              "wall time", med, "s", ""))
+    emit(figures)
     return 0
 
 

@@ -4,9 +4,9 @@ Targets (issue 6): renders in under 2 s and stays under 10 MB. Prints the median
   - the render in a warm process (`sparq_sim.report.write_report`: predict, operator ledger, figures, HTML, write),
   - the whole command `sparq-sim report -o FILE ...` in a fresh process (imports of pandas and plotly included),
 the time headless chromium takes to parse the page and draw every chart (when chromium is installed), and the size of
-the file.
+the file; then the figures for `benchmarks/run` (common.emit).
 
-    python benchmarks/report_speed.py [--repeats 5]
+    python benchmarks/report_speed.py [--repeats 5] [--quick]
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import time
 
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
+
+from common import emit, figure  # noqa: E402
 
 SELECTION = dict(hardware="a100,h100,h200", seq_len="1k,2k,3k,4k,6k,8k,12k,16k,24k,32k,64k,128k", batch="1,8,64",
                  strategies="all")
@@ -56,8 +58,10 @@ def browser_draw_ms(page: str, tmp: str) -> float | None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=None, help="runs per figure (default 5; 2 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (the report keeps its size)")
     args = ap.parse_args(argv)
+    args.repeats = args.repeats or (2 if args.quick else 5)
 
     from sparq_sim import report
 
@@ -97,6 +101,19 @@ def main(argv=None):
         print(f"{'page parsed and every chart drawn (headless chromium)':52s} {'(no chromium)':>12s}")
     print(f"{'file size':52s} {size / 1e6:9.2f} MB {'< 10 MB':>10s}")
     print("command: sparq-sim report -o report.html " + " ".join(CLI_ARGS))
+
+    what = f"report, {n_dev} devices x {n_seq} seq x {n_strat} strategies x {len(rep.request.batches)} batch sizes"
+    med = f"median of {args.repeats}"
+    drawn = statistics.median(draws) / 1e3 if all(d is not None for d in draws) else None
+    emit([
+        figure(what, f"render in a warm process ({med})", statistics.median(warm), "s", "< 2 s", lambda v: v < 2),
+        figure(what, f"whole command `sparq-sim report`, fresh process ({med})", statistics.median(cold), "s",
+               "< 2 s", lambda v: v < 2),
+        figure(what, "drawn in headless chromium" + (f" (median of {len(draws)})" if drawn is not None
+                                                       else " (no chromium here)"),
+               drawn, "s", "< 2 s", lambda v: v < 2),
+        figure(what, "file size", size / 1e6, "MB", "< 10 MB", lambda v: v < 10),
+    ])
 
 
 if __name__ == "__main__":

@@ -436,6 +436,7 @@ def _allreduce_upper_bound(hw_name, model, B, act_bytes, N):
     return mem + comp + link + hw.kernel_launch_s
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(cfg=configs(placement=False), s=st.integers(1, 1 << 16), b=st.integers(1, 128), data=st.data())
 def test_tensor_parallel_splits_weights_and_bounds_speedup(cfg, s, b, data):

@@ -6,7 +6,7 @@
 - A brute-force model (Python sets of sector addresses, written from the module docstring) agrees with the vectorised
   counts, and so does the line enumeration the cache model uses; the LRU agrees with an OrderedDict LRU.
 - Hypothesis invariants: touched >= formula at any granularity, with equality at one element; coarser granularity
-  (a multiple) never touches less.
+  (a multiple) never touches less; the same on multi-step traces with unshared GQA sets and real profiles' sizes.
 - The CLI: table, JSON and CSV; bad traces and bad options give one line and exit status 2.
 """
 
@@ -305,6 +305,7 @@ def tiny_cases(draw):
     return strategy, d, e, G, N, S, pos, comp, layout
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(tiny_cases())
 def test_counts_match_brute_force_and_cache_lines(case):
@@ -340,6 +341,7 @@ def test_counts_match_brute_force_and_cache_lines(case):
                 assert np.bincount(seg, minlength=len(idx)).tolist() == list(sectors), name
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(tiny_cases(), st.sampled_from([2, 3, 4]))
 def test_formula_bounds_and_monotone_granularity(case, mult):
@@ -358,6 +360,61 @@ def test_formula_bounds_and_monotone_granularity(case, mult):
             assert (r.bytes_touched >= r.bytes_formula).all()
             assert (r.bytes_touched.to_numpy() >= prev).all()
             prev = r.bytes_touched.to_numpy()
+
+
+@st.composite
+def gqa_traces(draw):
+    """Several steps, layers and KV heads; per (step, layer, KV head) one shared index set or 2-3 unshared ones (a
+    GQA run that did not share its sets), random sizes."""
+    strategy = draw(st.sampled_from(STRATEGY_NAMES))
+    d = draw(st.sampled_from([8, 16, 64]))
+    kv = draw(st.sampled_from(["int8", "fp16", "fp32"]))
+    members = draw(st.sampled_from([1, 1, 2, 3]))
+    S0 = draw(st.integers(1, 70))
+    rows = []
+    for step in range(draw(st.integers(1, 2))):
+        S = S0 + step
+        for layer in range(3):
+            for h in range(2):
+                for _ in range(members):
+                    if strategy == "dense" or (strategy == "quest" and layer < 2):
+                        pos = list(range(S))
+                    else:
+                        pos = sorted(draw(st.sets(st.integers(0, S - 1), min_size=1, max_size=S)))
+                    comp = sorted(draw(st.sets(st.integers(0, d - 1), min_size=1, max_size=d))) \
+                        if strategy == "sparq" else []
+                    rows.append(dict(step=step, layer=layer, kv_head=h, seq_len=S, positions=pos, components=comp))
+    spec = ModelSpec(head_dim=d, **{**TINY, "n_layers": 3, "n_heads": 6, "n_kv_heads": 2})
+    return strategy, kv, members, spec, rows
+
+
+@pytest.mark.slow
+@SETTINGS
+@given(gqa_traces(), st.sampled_from(["twice", "once"]), st.sampled_from(["a100", "mi300x", "ipu"]),
+       st.sampled_from([None, 4, 16]))
+def test_touched_bounds_formula_with_gqa_groups_and_profile_granularity(case, layout, hw, page):
+    """Replay invariants on multi-step, multi-head traces and real profiles' transaction sizes: bytes touched >= the
+    formula's at the profile's granularity and at any coarser one, with or without pages, shared or unshared GQA
+    sets; equality at one-element granularity ('element', or G = the element's size without pages) when the group
+    shares its set, and never less than the formula when it does not."""
+    strategy, kv, members, spec, rows = case   # times in fp16: every profile here computes in it (not all in int8)
+    e = {"int8": 1, "fp16": 2, "fp32": 4}[kv]
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = read_trace(make_trace(Path(tmp) / "t.parquet", rows, strategy=strategy, kv=kv, model=spec))
+        for G in ("element", e):
+            exact = sparq_sim.replay(trace, hw, dtype="fp16", granularity=G, k_layout=layout, level="row")
+            if members == 1:
+                assert (exact.bytes_touched == exact.bytes_formula).all(), (G, exact.to_dict("records"))
+            else:
+                assert (exact.bytes_touched >= exact.bytes_formula).all()
+        profile = sparq_sim.replay(trace, hw, dtype="fp16", k_layout=layout, page_size=page, level="row")
+        assert (profile.bytes_touched >= profile.bytes_formula).all()
+        G0 = float(profile.granularity_bytes.iloc[0])
+        coarse = sparq_sim.replay(trace, hw, dtype="fp16", granularity=2 * G0, k_layout=layout, page_size=page,
+                                  level="row")
+        assert (coarse.bytes_touched >= profile.bytes_touched).all()
+        run = sparq_sim.replay(trace, hw, dtype="fp16", k_layout=layout, page_size=page).iloc[0]
+        assert run.ratio >= 1 and run.bytes_touched == profile.bytes_touched.sum()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -265,6 +265,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
+@pytest.mark.slow
 def test_report_loads_in_headless_chromium(tmp_path, inputs):
     browser = chromium_binary()
     if browser is None:

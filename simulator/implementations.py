@@ -153,6 +153,9 @@ def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
         # Step 1 sweeps every position in address order (prefetch- and coalescing-friendly): streamed, not gathered.
         # An eager gather also writes its r x S copy and reads it back (gather_factor counts those passes).
         step1 = B * Hkv * S * r * e
+        rows2 = 2 * B * Hkv * k * d * e
+        # touched per call: K twice: r of the copy's rows; K once: every line of K; the k rows of K and V; the copies
+        ws = 2 * (step1 + rows2) if impl.k_layout == "twice" else B * Hkv * S * d * e + step1 + 2 * rows2
         if impl.step1 == "stream":
             stream = stream + step1
         elif impl.step1 == "gather":
@@ -196,8 +199,11 @@ def _topk(rows_, n, k):
 def eager_ops(impl: Implementation, rows: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The primitive ops one call of a lean eager kernel runs (sparq_ref/kernels.py, op by op): a list of
     (primitive, amount, footprint bytes). Amounts are bytes read for matvec / vecmat and elements for the others
-    (calibration.ops says what each costs); the footprint decides whether the data it reads stays in the last-level
-    cache between uses. Ops on vectors of B x H x d elements are left to the per-op overhead."""
+    (calibration.ops says what each costs). The footprint decides how much of the data an op reads is still in the
+    last-level cache when it is read again (cache_hit_fraction): for reads of the cache, the bytes one call touches
+    (all of K and V for the dense kernels; the rows and copies it gathers for the sparse ones, which read the same
+    positions call after call when timed on the same inputs); for reads of a fresh copy, the copy. Ops on vectors
+    of B x H x d elements are left to the per-op overhead."""
     B = np.asarray(rows["batch"], dtype=np.float64)
     S = np.asarray(rows["seq_len"], dtype=np.float64)
     H = np.asarray(rows["n_heads"], dtype=np.float64)
@@ -223,6 +229,7 @@ def eager_ops(impl: Implementation, rows: dict) -> list[tuple[str, np.ndarray, n
     if s == "flexgen":
         kv = B * Hkv * S * d * e
         v2 = B * Hkv * k * d * e
+        ws = kv + 2 * v2            # touched per call: all of K, k rows of V and their copy
         return ([("matvec", kv, ws), ("softmax", scores, scores * 4), ("elementwise", B * Hkv * S, scores * 4)]
                 + _topk(B * Hkv, S, k)
                 + [("gather_components", B * H * k, scores * 4), ("gather_rows", B * Hkv * k * d, ws),
@@ -233,12 +240,16 @@ def eager_ops(impl: Implementation, rows: dict) -> list[tuple[str, np.ndarray, n
         n_pages = np.minimum(np.maximum(1.0, np.floor(k / P)), pages)
         n = n_pages * P
         bounds = B * H * pages * d
+        ws = 4 * B * Hkv * n * d * e        # touched per call: n rows of K and V, and their copies
         return ([("elementwise", 3 * bounds, bounds * 4)]     # q*kmin, q*kmax, maximum (then a sum over d)
                 + _topk(B * Hkv, pages, n_pages)
                 + [("gather_rows", 2 * B * Hkv * n * d, ws)] + attend(n, copy=True))
     if s == "sparq":
         r = np.asarray(rows["r"], dtype=np.float64)
         step1 = B * Hkv * S * r * e
+        rows2 = 2 * B * Hkv * k * d * e
+        # touched per call: K twice: r of the copy's rows; K once: every line of K; the k rows of K and V; the copies
+        ws = 2 * (step1 + rows2) if impl.k_layout == "twice" else B * Hkv * S * d * e + step1 + 2 * rows2
         # K twice: r rows of the S-contiguous copy gathered, then q1 times the r x S copy (a vector-matrix product);
         # K once: r components of every key row gathered, then the S x r copy times q1 (matrix-vector products)
         step1_ops = ([("gather_rows", B * Hkv * r * S, ws), ("vecmat", step1, step1)] if impl.k_layout == "twice"

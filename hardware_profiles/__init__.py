@@ -135,7 +135,7 @@ CPU_OPS = {
     "matvec": "bandwidth",             # q K^T: one dot product per contiguous key row
     "vecmat": "bandwidth",             # p V: each contiguous value row scaled and accumulated
     "gather_rows": "time",             # torch.gather of whole rows (index expanded along the contiguous dim)
-    "gather_components": "time",       # torch.gather of components within each row (along the contiguous dim)
+    "gather_components": "time",       # torch.gather of components within each row, per element of the lines touched
     "topk_select": "time",             # torch.topk when k x 64 > n (nth_element), per input element
     "topk_heap": "time",               # torch.topk when k x 64 <= n (partial sort), per input element
     "softmax": "time",                 # softmax over score rows, per element

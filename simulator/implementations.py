@@ -196,10 +196,21 @@ def _topk(rows_, n, k):
             ("topk_select", np.where(heap, 0.0, amount), np.zeros_like(amount))]
 
 
-def eager_ops(impl: Implementation, rows: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def line_elements(n_rows, row_len, picked, elem_bytes, line_bytes):
+    """Elements in the cache lines touched when `picked` distinct components of each of `n_rows` contiguous rows of
+    `row_len` elements are gathered: a gather along a row moves whole lines, so this is what it costs."""
+    n_rows, row_len, picked, elem_bytes = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in
+                                                                (n_rows, row_len, picked, elem_bytes)))
+    per_row = np.asarray([sectors_touched(p, n, e, line_bytes) for p, n, e in
+                          zip(picked.ravel(), row_len.ravel(), elem_bytes.ravel())]).reshape(n_rows.shape)
+    return n_rows * np.minimum(per_row * line_bytes / elem_bytes, row_len)
+
+
+def eager_ops(impl: Implementation, rows: dict, line_bytes: float = 64) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The primitive ops one call of a lean eager kernel runs (sparq_ref/kernels.py, op by op): a list of
-    (primitive, amount, footprint bytes). Amounts are bytes read for matvec / vecmat and elements for the others
-    (calibration.ops says what each costs). The footprint decides how much of the data an op reads is still in the
+    (primitive, amount, footprint bytes). Amounts are bytes read for matvec / vecmat, elements in the cache lines
+    touched for gather_components (a gather within rows moves whole lines of `line_bytes`), and elements for the
+    others (calibration.ops says what each costs). The footprint decides how much of the data an op reads is still in the
     last-level cache when it is read again (cache_hit_fraction): for reads of the cache, the bytes one call touches
     (all of K and V for the dense kernels; the rows and copies it gathers for the sparse ones, which read the same
     positions call after call when timed on the same inputs); for reads of a fresh copy, the copy. Ops on vectors
@@ -232,7 +243,8 @@ def eager_ops(impl: Implementation, rows: dict) -> list[tuple[str, np.ndarray, n
         ws = kv + 2 * v2            # touched per call: all of K, k rows of V and their copy
         return ([("matvec", kv, ws), ("softmax", scores, scores * 4), ("elementwise", B * Hkv * S, scores * 4)]
                 + _topk(B * Hkv, S, k)
-                + [("gather_components", B * H * k, scores * 4), ("gather_rows", B * Hkv * k * d, ws),
+                + [("gather_components", line_elements(B * H, S, k, 4.0, line_bytes), scores * 4),
+                   ("gather_rows", B * Hkv * k * d, ws),
                    ("vecmat", v2, v2)])
     if s == "quest":
         P = np.asarray(rows.get("page_size", np.full(B.shape, 16)), dtype=np.float64)
@@ -253,11 +265,13 @@ def eager_ops(impl: Implementation, rows: dict) -> list[tuple[str, np.ndarray, n
         # K twice: r rows of the S-contiguous copy gathered, then q1 times the r x S copy (a vector-matrix product);
         # K once: r components of every key row gathered, then the S x r copy times q1 (matrix-vector products)
         step1_ops = ([("gather_rows", B * Hkv * r * S, ws), ("vecmat", step1, step1)] if impl.k_layout == "twice"
-                     else [("gather_components", B * Hkv * S * r, ws), ("matvec", step1, step1)])
+                     else [("gather_components", line_elements(B * Hkv * S, d, r, e, line_bytes), ws),
+                           ("matvec", step1, step1)])
         return (_topk(B * Hkv, d, r) + step1_ops
                 + [("softmax", scores, scores * 4), ("elementwise", B * Hkv * S, scores * 4)]
                 + _topk(B * Hkv, S, k)
-                + [("gather_components", B * H * k, scores * 4), ("gather_rows", 2 * B * Hkv * k * d, ws)]
+                + [("gather_components", line_elements(B * H, S, k, 4.0, line_bytes), scores * 4),
+                   ("gather_rows", 2 * B * Hkv * k * d, ws)]
                 + attend(k, copy=True))
     raise UserError(f"kernel {impl.name}: strategy {s!r} has no eager op model")
 
@@ -281,7 +295,7 @@ def op_times(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
     """Seconds per primitive (and 'op': the per-op overhead of every op the kernel issues) at the measured costs."""
     cal = hw.calibration["ops"]
     out = {"op": np.full(len(np.asarray(rows["batch"])), impl.launches * hw.kernel_launch_s)}
-    for name, amount, footprint in eager_ops(impl, rows):
+    for name, amount, footprint in eager_ops(impl, rows, hw.granularity_bytes):
         per = {w: (1.0 / v if CPU_OPS[name] == "bandwidth" else v) for w, v in cal[name].items()}
         hit = cache_hit_fraction(footprint, hw)
         out[name] = out.get(name, 0.0) + amount * (hit * per["cache"] + (1.0 - hit) * per["memory"])

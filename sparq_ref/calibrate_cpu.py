@@ -115,7 +115,7 @@ def run_microbenchmarks(quick: bool = False) -> dict:
 
     tiny = torch.ones(1)
     overhead_s = _median_time(lambda: [tiny.add(1.0) for _ in range(200)], repeats=9) / 200
-    ops = primitive_ops(cache, quick)
+    ops = primitive_ops(cache, quick, line)
 
     topk = []
     for S in (4096, 16384, 65536):
@@ -134,14 +134,18 @@ def run_microbenchmarks(quick: bool = False) -> dict:
 OP_D, OP_R = 128, 32   # head_dim and r of the primitive-op benchmarks (fp32, as `sparq-sim measure` runs by default)
 
 
-def primitive_ops(cache_bytes: float, quick: bool = False) -> dict:
+def primitive_ops(cache_bytes: float, quick: bool = False, line_bytes: int = 64) -> dict:
     """The primitive ops of the eager decode-attention kernels (simulator/implementations.py eager_ops), each timed
     on data four times the last-level cache ('memory') and a quarter of it ('cache'), in the shapes decode attention
     uses: [heads, S, d] caches, one query row per head. Returns {op: {'memory': figure, 'cache': figure}}: bytes read
-    per second for matvec / vecmat, seconds per element for the others (see hardware_profiles CPU_OPS)."""
+    per second for matvec / vecmat, seconds per element for the others (see hardware_profiles CPU_OPS).
+
+    Each op writes into a buffer allocated once: the kernels, called again and again, reuse their memory (no page
+    faults per call, measured), while a fresh output of tens of MB comes from a new mapping whose first touch faults
+    every page in, which would be timed as part of the op."""
     import torch
 
-    from ..simulator.implementations import CACHE_RESIDENT_FRACTION
+    from ..simulator.implementations import CACHE_RESIDENT_FRACTION, line_elements
 
     d, r = OP_D, OP_R
     out = {op: {} for op in ("matvec", "vecmat", "gather_rows", "gather_components", "topk_select", "topk_heap",
@@ -153,23 +157,33 @@ def primitive_ops(cache_bytes: float, quick: bool = False) -> dict:
         K = torch.randn(heads, S, d)
         q = torch.randn(heads, 1, d)
         p = torch.softmax(torch.randn(heads, 1, S), dim=-1)
-        out["matvec"][where] = K.numel() * 4 / _median_time(lambda: q @ K.transpose(-1, -2))
-        out["vecmat"][where] = K.numel() * 4 / _median_time(lambda: p @ K)
+        qk, pv = torch.empty(heads, 1, S), torch.empty(heads, 1, d)
+        out["matvec"][where] = K.numel() * 4 / _median_time(lambda: torch.bmm(q, K.transpose(-1, -2), out=qk))
+        out["vecmat"][where] = K.numel() * 4 / _median_time(lambda: torch.bmm(p, K, out=pv))
         k = S // 16
         rows = torch.randint(0, S, (heads, k, 1)).expand(heads, k, d)
-        out["gather_rows"][where] = _median_time(lambda: K.gather(1, rows)) / rows.numel()
-        comps = torch.randint(0, d, (heads, 1, r)).expand(heads, S, r)
-        out["gather_components"][where] = _median_time(lambda: K.gather(2, comps)) / comps.numel()
-        K = p = rows = comps = None
+        buf = torch.empty(rows.shape)
+        out["gather_rows"][where] = _median_time(lambda: torch.gather(K, 1, rows, out=buf)) / rows.numel()
+        # r distinct components of every row (as top-r picks them): per element of the cache lines they fall in
+        comps = torch.argsort(torch.rand(heads, 1, d), dim=-1)[..., :r].expand(heads, S, r)
+        lines = line_elements(heads * S, d, r, 4.0, line_bytes)
+        buf = torch.empty(comps.shape)
+        out["gather_components"][where] = _median_time(lambda: torch.gather(K, 2, comps, out=buf)) / float(lines)
+        K = p = rows = comps = buf = None
         n = 4096                                      # score rows of a 4k context
         scores = torch.randn(max(1, int(size // (n * 4))), n)
-        out["topk_select"][where] = _median_time(lambda: torch.topk(scores, 256, dim=-1, sorted=False)) / scores.numel()
-        out["topk_heap"][where] = _median_time(lambda: torch.topk(scores, n // 64, dim=-1, sorted=False)) / scores.numel()
-        out["softmax"][where] = _median_time(lambda: torch.softmax(scores, dim=-1)) / scores.numel()
-        scores = None
+        for op, kk in (("topk_select", 256), ("topk_heap", n // 64)):
+            vals, idx = torch.empty(scores.shape[0], kk), torch.empty(scores.shape[0], kk, dtype=torch.long)
+            out[op][where] = _median_time(lambda: torch.topk(scores, kk, dim=-1, sorted=False, out=(vals, idx))) \
+                / scores.numel()
+        buf = torch.empty(scores.shape)
+        out["softmax"][where] = _median_time(lambda: torch._softmax(scores, -1, False, out=buf)) / scores.numel()
+        scores = buf = vals = idx = None
         pages = max(1, int(size // (heads * d * 4)))  # Quest's bounds: a query row times every page's key bound
         a, b = torch.randn(heads, 1, d), torch.randn(heads, pages, d)
-        out["elementwise"][where] = _median_time(lambda: a * b) / b.numel()
+        buf = torch.empty(b.shape)
+        out["elementwise"][where] = _median_time(lambda: torch.mul(a, b, out=buf)) / b.numel()
+        a = b = buf = None
     # the model books a data set larger than the cache's usable part as hitting in that share of it
     # (simulator/implementations.py cache_hit_fraction); take the cache's share out of the 'memory' figures
     hit = CACHE_RESIDENT_FRACTION * cache_bytes / memory_size

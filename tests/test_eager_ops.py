@@ -39,9 +39,15 @@ def _profiled(kernel, B, S, H, Hkv, d, r, k):
         shapes, conc = e.input_shapes, getattr(e, "concrete_inputs", None) or []
         if e.name == "aten::gather":
             n = math.prod(shapes[2])
-            if n > small:
-                last = conc[1] in (-1, len(shapes[0]) - 1)
-                got["gather_components" if last else "gather_rows"] += n
+            last = conc[1] in (-1, len(shapes[0]) - 1)
+            if last and math.prod(shapes[0]) > small or not last and n > small:
+                if last:   # m distinct components of each row of n fp32: elements of the 64-byte lines they hit
+                    row, m = shapes[0][-1], shapes[2][-1]
+                    lines, per = math.ceil(row * 4 / 64), 16
+                    hit = lines * (1 - math.comb(row - row // lines, m) / math.comb(row, m))
+                    got["gather_components"] += n // m * min(hit * per, row)
+                else:
+                    got["gather_rows"] += n
         elif e.name == "aten::bmm":
             n = max(math.prod(shapes[0]), math.prod(shapes[1]))
             if n > small:
@@ -65,7 +71,11 @@ def _modelled(kernel, B, S, H, Hkv, d, r, k):
     for name, amount, _ in eager_ops(get_implementation(kernel), rows):
         key = "matmul_bytes" if name in ("matvec", "vecmat") else name
         n = float(np.asarray(amount)[0])
-        if n / (4 if key == "matmul_bytes" else 1) > B * H * d or key.startswith("topk") or key == "softmax":
+        if key == "gather_components" and name == "gather_components":
+            keep = True   # every gather within rows larger than one query vector (the profiled side's rule)
+        else:
+            keep = n / (4 if key == "matmul_bytes" else 1) > B * H * d or key.startswith("topk") or key == "softmax"
+        if keep:
             out[key] += n
     return {key: v for key, v in out.items() if v > 0}
 
@@ -78,7 +88,7 @@ def test_op_list_matches_what_the_kernel_runs(kernel, case):
     # updates the profiler books under other names; they are compared for Quest only
     if not kernel.startswith("quest"):
         model.pop("elementwise", None)
-    assert got == pytest.approx(model, rel=1e-12), (got, model)
+    assert got == pytest.approx(model, rel=1e-9), (got, model)
 
 
 def test_op_time_by_hand(tmp_path):

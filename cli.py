@@ -397,7 +397,14 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
     data["name"] = name or f"{hw.name}-calibrated"
     data["aliases"] = []
     data["description"] = f"{data.get('description', '')} (calibrated)".strip()
-    data["calibration"] = block
+    # the fitted kernels join the machine-wide figures a `calibrate --device cpu` profile measured (ops, cache and
+    # gather figures), which the fits were made on top of; earlier kernel fits are replaced
+    before = data.get("calibration") or {}
+    merged = {key: v for key, v in before.items() if key not in ("source", "rows", "fitted_on", "kernels")}
+    merged.update(block)
+    if merged.keys() - block.keys() and before.get("source"):
+        merged["source"] = f"{block['source']}; machine figures: {before['source']}"
+    data["calibration"] = merged
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
     parse_profile(yaml.safe_load(text), output)  # what we write must load
     write_atomic(output, text)

@@ -151,3 +151,48 @@ def test_op_figures_are_all_required(tmp_path):
     p.write_text(yaml.safe_dump(data))
     with pytest.raises(UserError, match="calibration.ops"):
         load_hardware(str(p))
+
+
+def _round_profile(tmp_path) -> Path:
+    data = yaml.safe_load(Path(load_hardware("epyc-7763").path).read_text())
+    data.update(name="round", aliases=[], kind="cpu")
+    ops = {op: {"memory": "2 ns", "cache": "1 ns"} for op in
+           ("gather_rows", "gather_components", "topk_select", "topk_heap", "softmax", "elementwise")}
+    ops["matvec"] = {"memory": "10 GB/s", "cache": "40 GB/s"}
+    ops["vecmat"] = {"memory": "20 GB/s", "cache": "80 GB/s"}
+    data["calibration"] = {"source": "test figures", "ops": ops, "gather_efficiency": 0.25}
+    p = tmp_path / "round.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_calibrate_from_measurements_keeps_the_op_figures_and_fits_factors(tmp_path):
+    """Rows 1.3x slower than the op model says: `calibrate MEASURED.csv` on an op-calibrated profile keeps
+    calibration.ops (and the other machine figures) and fits factors that bring the error to ~0."""
+    import pandas as pd
+
+    from sparq_sim.cli import main
+
+    prof = _round_profile(tmp_path)
+    hw = load_hardware(str(prof))
+    rows = []
+    for kernel in ("attn-torch", "sparq-attn-torch", "sparq-attn-torch-oneK"):
+        for B in (1, 2, 4):
+            for S in (1024, 2048, 4096, 8192):
+                for r, k in ((16, 64), (32, 256)):
+                    rows.append(dict(hardware="round", kernel=kernel, strategy=get_implementation(kernel).strategy,
+                                     k_layout="", batch=B, seq_len=S, n_heads=8, n_kv_heads=8, head_dim=128,
+                                     dtype="float32", r=r, k=k, time_s=0.0, time_stderr_s=0.0))
+    df = pd.DataFrame(rows)
+    cols = {c: df[c].to_numpy() for c in ("batch", "seq_len", "n_heads", "n_kv_heads", "head_dim", "dtype", "r", "k")}
+    df["time_s"] = 1.3 * predict_kernel_times(df["kernel"].to_numpy(), cols, hw)
+    measured = tmp_path / "m.csv"
+    df.to_csv(measured, index=False)
+    out = tmp_path / "fitted.yaml"
+    assert main(["calibrate", str(measured), "--hardware-file", str(prof), "-o", str(out)]) == 0
+    fitted = load_hardware(str(out))
+    assert fitted.calibration["ops"] == hw.calibration["ops"]
+    assert fitted.calibration["gather_efficiency"] == 0.25
+    assert set(fitted.calibration["kernels"]) == set(df["kernel"])
+    again = predict_kernel_times(df["kernel"].to_numpy(), cols, fitted)
+    assert np.max(np.abs(again / df["time_s"].to_numpy() - 1)) < 0.05

@@ -21,18 +21,7 @@ from pathlib import Path
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
-try:
-    from common import emit, figure  # noqa: E402
-except ImportError:  # run from elsewhere without benchmarks/ on the path: print the same lines
-    import json
-
-    def figure(benchmark, figure, value, unit, target="", ok=None):
-        ok = (None if value is None else bool(ok(value))) if callable(ok) else ok
-        return dict(benchmark=benchmark, figure=figure, value=value, unit=unit, target=target, ok=ok)
-
-    def emit(figures):
-        for f in figures:
-            print("FIGURE " + json.dumps(f), flush=True)
+from common import emit, figure  # noqa: E402  (benchmarks/, the folder of this script)
 
 GIB = 1024 ** 3
 STRATEGIES = "dense,sparq,h2o,lm-infinite,quest"

@@ -111,15 +111,16 @@ def sectors_touched(r, head_dim, elem_bytes, granularity):
     return n * (1.0 - miss)
 
 
+def _shape(rows: dict):
+    """Batch, context, query heads, KV heads, head_dim and bytes per element of measurement rows, as float arrays."""
+    return (*(np.asarray(rows[c], dtype=np.float64) for c in ("batch", "seq_len", "n_heads", "n_kv_heads", "head_dim")),
+            np.asarray([DTYPE_BYTES[parse_dtype(x)] for x in rows["dtype"]], dtype=np.float64))
+
+
 def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str, np.ndarray]:
     """Bytes and elements per call for measurement rows (dict of arrays: batch, seq_len, n_heads, n_kv_heads,
     head_dim, dtype, r, k; page_size optional, default 16)."""
-    B = np.asarray(rows["batch"], dtype=np.float64)
-    S = np.asarray(rows["seq_len"], dtype=np.float64)
-    H = np.asarray(rows["n_heads"], dtype=np.float64)
-    Hkv = np.asarray(rows["n_kv_heads"], dtype=np.float64)
-    d = np.asarray(rows["head_dim"], dtype=np.float64)
-    e = np.asarray([DTYPE_BYTES[parse_dtype(x)] for x in rows["dtype"]], dtype=np.float64)
+    B, S, H, Hkv, d, e = _shape(rows)
     k = np.asarray(rows["k"], dtype=np.float64) if impl.strategy != "dense" else S
     sb = e if impl.score_bytes == "dtype" else float(impl.score_bytes)
     zero = np.zeros_like(B)
@@ -153,9 +154,6 @@ def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
         # Step 1 sweeps every position in address order (prefetch- and coalescing-friendly): streamed, not gathered.
         # An eager gather also writes its r x S copy and reads it back (gather_factor counts those passes).
         step1 = B * Hkv * S * r * e
-        rows2 = 2 * B * Hkv * k * d * e
-        # touched per call: K twice: r of the copy's rows; K once: every line of K; the k rows of K and V; the copies
-        ws = 2 * (step1 + rows2) if impl.k_layout == "twice" else B * Hkv * S * d * e + step1 + 2 * rows2
         if impl.step1 == "stream":
             stream = stream + step1
         elif impl.step1 == "gather":
@@ -215,12 +213,7 @@ def eager_ops(impl: Implementation, rows: dict, line_bytes: float = 64) -> list[
     (all of K and V for the dense kernels; the rows and copies it gathers for the sparse ones, which read the same
     positions call after call when timed on the same inputs); for reads of a fresh copy, the copy. Ops on vectors
     of B x H x d elements are left to the per-op overhead."""
-    B = np.asarray(rows["batch"], dtype=np.float64)
-    S = np.asarray(rows["seq_len"], dtype=np.float64)
-    H = np.asarray(rows["n_heads"], dtype=np.float64)
-    Hkv = np.asarray(rows["n_kv_heads"], dtype=np.float64)
-    d = np.asarray(rows["head_dim"], dtype=np.float64)
-    e = np.asarray([DTYPE_BYTES[parse_dtype(x)] for x in rows["dtype"]], dtype=np.float64)
+    B, S, H, Hkv, d, e = _shape(rows)
     s = impl.strategy
     k = np.asarray(rows["k"], dtype=np.float64) if s != "dense" else S
     held = k if s in ("h2o", "lm-infinite") else S

@@ -126,7 +126,7 @@ class HardwareProfile:
 _TOP = {"schema_version", "name", "aliases", "vendor", "kind", "description", "version", "memory", "host_link",
         "device_link", "compute", "cache", "access", "overheads", "calibration"}
 _CAL = {"source", "topk_per_element", "gather_efficiency", "stream_efficiency", "cache_bandwidth", "kernels", "rows",
-        "fitted_on", "ops"}
+        "fitted_on", "ops", "cache_usable", "cache_falloff"}
 _CAL_KERNEL = {"fixed", "device_fixed", "stream_efficiency", "gather_efficiency", "topk_per_element", "op_scale"}
 # The primitive ops of eager CPU kernels that `sparq-sim calibrate --device cpu` measures (calibration.ops), each with
 # the dimension of its figure: a bandwidth (bytes read per second) or a time per element. Each has a figure for data
@@ -281,6 +281,13 @@ def parse_profile(data, where: str) -> HardwareProfile:
         if "topk_per_element" in cal:
             calibration["topk_per_element_s"] = c.quantity(cal["topk_per_element"], "calibration.topk_per_element",
                                                            "time", positive=False)
+        if "cache_usable" in cal:
+            calibration["cache_usable_bytes"] = c.quantity(cal["cache_usable"], "calibration.cache_usable", "bytes")
+        if "cache_falloff" in cal:
+            v = cal["cache_falloff"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 16):
+                c.fail("calibration.cache_falloff", f"expected an exponent between 0 and 16, got {v!r}")
+            calibration["cache_falloff"] = float(v)
         if "cache_bandwidth" in cal:
             calibration["cache_Bps"] = c.quantity(cal["cache_bandwidth"], "calibration.cache_bandwidth", "bandwidth")
         if "stream_efficiency" in cal:

@@ -276,12 +276,16 @@ def op_model(impl: Implementation, hw: HardwareProfile) -> bool:
 
 
 def cache_hit_fraction(footprint, hw: HardwareProfile) -> np.ndarray:
-    """The share of a data set read again and again that stays in the last-level cache: all of it up to
-    CACHE_RESIDENT_FRACTION of the cache (the rest holds everything else), then that capacity's share of it
-    (assumption: replacement keeps a random part of a set too large to fit, not none of it as strict LRU would)."""
-    usable = CACHE_RESIDENT_FRACTION * hw.cache_bytes
+    """The share of a data set of F bytes read again and again that is still in the last-level cache when read:
+    1 up to the usable capacity U, then (U / F)^p. A profile written by `calibrate --device cpu` measured U and p
+    (calibration.cache_usable, cache_falloff: q K^T timed on sets from an eighth of the cache to four times it);
+    without them, U is CACHE_RESIDENT_FRACTION of the cache and p = 1 (assumption: the rest of the cache holds
+    everything else, and replacement keeps a random part of a set too large to fit)."""
+    cal = hw.calibration or {}
+    usable = cal.get("cache_usable_bytes") or CACHE_RESIDENT_FRACTION * hw.cache_bytes
+    falloff = cal.get("cache_falloff", 1.0)
     footprint = np.asarray(footprint, dtype=np.float64)
-    return np.where(footprint <= usable, 1.0, usable / np.maximum(footprint, 1.0))
+    return np.where(footprint <= usable, 1.0, (usable / np.maximum(footprint, 1.0)) ** falloff)
 
 
 def op_times(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str, np.ndarray]:

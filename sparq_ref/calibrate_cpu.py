@@ -141,6 +141,33 @@ def run_microbenchmarks(quick: bool = False) -> dict:
     }
 
 
+def cache_curve(cache_bytes: float, memory_size: float) -> tuple[float, float]:
+    """The usable cache U and fall-off p of the hit model (simulator/implementations.py cache_hit_fraction: 1 up to
+    U, then (U / F)^p), from q K^T per-byte times t(F) on sets of F bytes: the hit share at F is
+    (t_memory - t(F)) / (t_memory - t_cache); U and p are the grid point that fits those shares best."""
+    import numpy as np
+    import torch
+
+    sizes = np.array([1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 1, 3 / 2, 2]) * cache_bytes
+    sizes = np.append(sizes, memory_size)
+    per_byte = []
+    for F in sizes:
+        S = max(64, int(F // (16 * OP_D * 4)))
+        K, q, o = torch.randn(16, S, OP_D), torch.randn(16, 1, OP_D), torch.empty(16, 1, S)
+        per_byte.append(_median_time(lambda: torch.bmm(q, K.transpose(-1, -2), out=o), repeats=9) / (K.numel() * 4))
+    per_byte = np.array(per_byte)
+    fast, slow = per_byte[:2].min(), per_byte[-1]
+    hit = np.clip((slow - per_byte) / max(slow - fast, 1e-30), 0.0, 1.0)
+    best = (np.inf, 0.5 * cache_bytes, 1.0)
+    for U in np.linspace(cache_bytes / 16, cache_bytes, 61):
+        for p in np.arange(0.5, 6.01, 0.25):
+            model = np.where(sizes <= U, 1.0, (U / sizes) ** p)
+            err = float(np.sum((model - hit) ** 2))
+            if err < best[0]:
+                best = (err, float(U), float(p))
+    return best[1], best[2]
+
+
 OP_D, OP_R = 128, 32   # head_dim and r of the primitive-op benchmarks (fp32, as `sparq-sim measure` runs by default)
 
 
@@ -155,7 +182,7 @@ def primitive_ops(cache_bytes: float, quick: bool = False, line_bytes: int = 64)
     every page in, which would be timed as part of the op."""
     import torch
 
-    from ..simulator.implementations import CACHE_RESIDENT_FRACTION, line_elements
+    from ..simulator.implementations import line_elements
 
     d, r = OP_D, OP_R
     out = {op: {} for op in ("matvec", "vecmat", "gather_rows", "gather_components", "topk_select", "topk_heap",
@@ -194,10 +221,14 @@ def primitive_ops(cache_bytes: float, quick: bool = False, line_bytes: int = 64)
         buf = torch.empty(b.shape)
         out["elementwise"][where] = _median_time(lambda: torch.mul(a, b, out=buf)) / b.numel()
         a = b = buf = None
-    # the model books a data set larger than the cache's usable part as hitting in that share of it
-    # (simulator/implementations.py cache_hit_fraction); take the cache's share out of the 'memory' figures
-    hit = CACHE_RESIDENT_FRACTION * cache_bytes / memory_size
+    # how much of a re-read set the cache keeps: q K^T from an eighth of the cache to the memory size
+    usable, falloff = cache_curve(cache_bytes, memory_size)
+    out["cache_usable"], out["cache_falloff"] = usable, falloff
+    # the 'memory' sets still hit in the cache by that share; take it out of the 'memory' figures
+    hit = min(1.0, (usable / memory_size) ** falloff)
     for op, figs in out.items():
+        if op.startswith("cache_"):
+            continue
         bandwidth = op in ("matvec", "vecmat")
         per = {w: (1.0 / v if bandwidth else v) for w, v in figs.items()}
         mem = max((per["memory"] - hit * per["cache"]) / (1.0 - hit), per["cache"])
@@ -244,7 +275,9 @@ def profile_from_microbenchmarks(m: dict, name: str) -> dict:
                       "source": f"per-op overhead of a torch op on a one-element tensor, {src}"},
         "calibration": {
             "source": f"{src}; ops: the eager kernels' primitive ops on fp32 data four times ('memory') and a "
-                      f"quarter ('cache') of the last-level cache (sparq_ref/calibrate_cpu.py primitive_ops); "
+                      f"quarter ('cache') of the last-level cache (sparq_ref/calibrate_cpu.py primitive_ops); cache_usable and "
+                      f"cache_falloff: the hit model fitted to q K^T times on sets from an eighth of the cache to "
+                      f"four times it (cache_curve); "
                       f"cache bandwidth: streaming read of a quarter of the last-level cache; gather "
                       f"efficiency = index_select of random 256-byte rows / streaming read (for reference: K^T "
                       f"matrix-vector products {m['matvec_Bps'] / 1e9:.2f} GB/s, torch.gather of K rows by an "
@@ -253,7 +286,9 @@ def profile_from_microbenchmarks(m: dict, name: str) -> dict:
             "gather_efficiency": round(gather_eff, 4),
             "cache_bandwidth": f"{m['cache_Bps'] / 1e9:.3f} GB/s",
             "topk_per_element": f"{m['topk_s_per_element'] * 1e9:.4f} ns",
+            "cache_usable": f"{m['ops']['cache_usable'] / 1024**2:.2f} MiB",
+            "cache_falloff": round(m["ops"]["cache_falloff"], 3),
             "ops": {op: {w: (f"{v / 1e9:.4g} GB/s" if op in ("matvec", "vecmat") else f"{v * 1e9:.4g} ns")
-                         for w, v in figs.items()} for op, figs in m["ops"].items()},
+                         for w, v in figs.items()} for op, figs in m["ops"].items() if not op.startswith("cache_")},
         },
     }

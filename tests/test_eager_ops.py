@@ -196,3 +196,26 @@ def test_calibrate_from_measurements_keeps_the_op_figures_and_fits_factors(tmp_p
     assert set(fitted.calibration["kernels"]) == set(df["kernel"])
     again = predict_kernel_times(df["kernel"].to_numpy(), cols, fitted)
     assert np.max(np.abs(again / df["time_s"].to_numpy() - 1)) < 0.05
+
+
+def test_cache_hit_model_by_hand(tmp_path):
+    """1 up to the usable capacity, then (U / F)^p; without measured figures, half the cache and p = 1."""
+    from sparq_sim.simulator.implementations import cache_hit_fraction
+    from sparq_sim.simulator.errors import UserError
+
+    data = yaml.safe_load(_round_profile(tmp_path).read_text())
+    data["cache"]["size"] = "32 MiB"
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(data))
+    mib = 1024 ** 2
+    assert cache_hit_fraction([8 * mib, 16 * mib, 64 * mib], load_hardware(str(plain))) == pytest.approx([1, 1, 0.25])
+    data["calibration"].update(cache_usable="8 MiB", cache_falloff=2)
+    measured = tmp_path / "measured.yaml"
+    measured.write_text(yaml.safe_dump(data))
+    hw = load_hardware(str(measured))
+    assert cache_hit_fraction([4 * mib, 8 * mib, 16 * mib, 32 * mib], hw) == pytest.approx([1, 1, 0.25, 1 / 16])
+    for bad in (0, True, "steep", 100):
+        data["calibration"]["cache_falloff"] = bad
+        measured.write_text(yaml.safe_dump(data))
+        with pytest.raises(UserError, match="cache_falloff"):
+            load_hardware(str(measured))

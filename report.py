@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .hardware_profiles import HardwareProfile
-from .simulator.errors import UserError
+from .simulator.errors import UserError, read_json
 from .simulator.ledger import Parallel, Precision, attention_decode_ops
 from .simulator.models import DEFAULT_MODEL, ModelSpec
 from .simulator.predict import (Case, _evaluate_case, decoded, parse_compressions, predict_columns, resolve_hardware,
@@ -669,15 +669,7 @@ def _read_json(path: str, what: str):
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} {path!r} does not exist" if not p.exists() else f"{what} {path!r} is not a file")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{what} {path!r} cannot be read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{what} {path!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
-    except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting deeper than Python's stack
-        why = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split(";")[0].split())
-        raise UserError(f"{what} {path!r} cannot be parsed as JSON: {why}") from None
+    return read_json(p, what)
 
 
 def load_evaluation(path: str) -> list[dict]:

@@ -7,12 +7,11 @@ gated (SwiGLU/GeGLU: three matrices) or plain (two), and tied embeddings share t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .errors import UserError, closest
+from .errors import UserError, closest, read_json
 
 
 @dataclass(frozen=True)
@@ -226,15 +225,7 @@ def load_config_file(path: str | Path) -> ModelSpec:
         p = p / "config.json"
     if not p.exists():
         raise UserError(f"model config {str(p)!r} does not exist")
-    try:
-        cfg = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"model config {str(p)!r} cannot be read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"model config {str(p)!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
-    except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting deeper than Python's stack
-        why = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split(";")[0].split())
-        raise UserError(f"model config {str(p)!r} cannot be parsed as JSON: {why}") from None
+    cfg = read_json(p, "model config")
     name = p.parent.name or p.stem
     return spec_from_config(cfg, name, str(p))
 

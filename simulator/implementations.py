@@ -208,11 +208,11 @@ def eager_ops(impl: Implementation, rows: dict, line_bytes: float = 64) -> list[
     """The primitive ops one call of a lean eager kernel runs (sparq_ref/kernels.py, op by op): a list of
     (primitive, amount, footprint bytes). Amounts are bytes read for matvec / vecmat, elements in the cache lines
     touched for gather_components (a gather within rows moves whole lines of `line_bytes`), and elements for the
-    others (calibration.ops says what each costs). The footprint decides how much of the data an op reads is still in the
-    last-level cache when it is read again (cache_hit_fraction): for reads of the cache, the bytes one call touches
-    (all of K and V for the dense kernels; the rows and copies it gathers for the sparse ones, which read the same
-    positions call after call when timed on the same inputs); for reads of a fresh copy, the copy. Ops on vectors
-    of B x H x d elements are left to the per-op overhead."""
+    others (calibration.ops says what each costs). The footprint decides how much of the data an op reads is still
+    in the last-level cache when it is read again (cache_hit_fraction): for reads of the cache, the bytes one call
+    touches (all of K and V for the dense kernels; the rows and copies it gathers for the sparse ones, which read
+    the same positions call after call when timed on the same inputs); for reads of a fresh copy, the copy. Ops on
+    vectors of B x H x d elements are left to the per-op overhead."""
     B, S, H, Hkv, d, e = _shape(rows)
     s = impl.strategy
     k = np.asarray(rows["k"], dtype=np.float64) if s != "dense" else S

@@ -275,7 +275,8 @@ def profile_from_microbenchmarks(m: dict, name: str) -> dict:
                       "source": f"per-op overhead of a torch op on a one-element tensor, {src}"},
         "calibration": {
             "source": f"{src}; ops: the eager kernels' primitive ops on fp32 data four times ('memory') and a "
-                      f"quarter ('cache') of the last-level cache (sparq_ref/calibrate_cpu.py primitive_ops); cache_usable and "
+                      f"quarter ('cache') of the last-level cache (sparq_ref/calibrate_cpu.py primitive_ops); "
+                      f"cache_usable and "
                       f"cache_falloff: the hit model fitted to q K^T times on sets from an eighth of the cache to "
                       f"four times it (cache_curve); "
                       f"cache bandwidth: streaming read of a quarter of the last-level cache; gather "

@@ -582,14 +582,19 @@ def _ranges(lo, hi):
     return np.arange(off[-1], dtype=np.int64) - off[:-1][seg] + lo[seg], seg
 
 
+def _distinct_runs(ids, seg):
+    """Drop each (id, segment) pair equal to the one before it: sorted sectors made distinct per segment."""
+    keep = np.ones(len(ids), dtype=bool)
+    keep[1:] = (ids[1:] != ids[:-1]) | (seg[1:] != seg[:-1])
+    return ids[keep], seg[keep]
+
+
 def _pattern_lines(comp, coff, elem_bits, G):
     """Per segment: the sorted distinct sectors of the elements [c elem_bits, (c + 1) elem_bits), c in comp."""
     start = comp * elem_bits
     ids, s2 = _ranges(start // G, (start + elem_bits - 1) // G + 1)
     seg = np.repeat(np.arange(len(coff) - 1), np.diff(coff))[s2]
-    keep = np.ones(len(ids), dtype=bool)
-    keep[1:] = (ids[1:] != ids[:-1]) | (seg[1:] != seg[:-1])
-    ids, seg = ids[keep], seg[keep]
+    ids, seg = _distinct_runs(ids, seg)
     off = np.zeros(len(coff), dtype=np.int64)
     np.cumsum(np.bincount(seg, minlength=len(coff) - 1), out=off[1:])
     return ids, off
@@ -670,9 +675,7 @@ class _Lines:
             ids, s2 = _ranges(lo, hi)
             seg = seg[s2]
             if g.R % g.G:
-                keep = np.ones(len(ids), dtype=bool)
-                keep[1:] = (ids[1:] != ids[:-1]) | (seg[1:] != seg[:-1])
-                ids, seg = ids[keep], seg[keep]
+                ids, seg = _distinct_runs(ids, seg)
         return self.region(t, f, rows)[seg] + ids, seg
 
     def columns(self, f, rows):
@@ -722,9 +725,7 @@ class _Lines:
         start, el_seg = start[order], el_seg[order]
         ids, s2 = _ranges(start // g.G, (start + g.e - 1) // g.G + 1)
         seg = el_seg[s2]
-        keep = np.ones(len(ids), dtype=bool)
-        keep[1:] = (ids[1:] != ids[:-1]) | (seg[1:] != seg[:-1])
-        ids, seg = ids[keep], seg[keep]
+        ids, seg = _distinct_runs(ids, seg)
         return self.region(t, f, rows)[seg] + ids, seg
 
     def append(self, f, rows):

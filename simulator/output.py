@@ -132,27 +132,67 @@ def json_chunks(chunks):
     yield "]\n" if empty else "\n]\n"
 
 
+def umask_mode(path) -> None:
+    """mkstemp makes 0600 files: give the result the mode a plain open() would (0666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def fsync_file(path) -> None:
+    """Flush a written file to the disk, so that a rename cannot outlive its content after a crash."""
+    try:
+        fd = os.open(path, os.O_RDWR)  # Windows fsyncs only handles open for writing
+    except OSError:
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder) -> None:
+    """Make a rename in `folder` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def open_atomic(path: str):
+def open_atomic(path: str, what: str = "--output", durable: bool = False):
     """Yield the name of a temporary file beside `path`; rename it onto `path` when the block completes, remove it
-    when the block raises (KeyboardInterrupt included): the target ends up complete or as it was."""
+    when the block raises (KeyboardInterrupt included): the target ends up complete or as it was. `durable` also
+    fsyncs the file before the rename and the folder after it, and holds a Ctrl-C until the rename is done."""
+    from .interrupt import deferred
+
     p = Path(path)
     if p.is_dir():
-        raise UserError(f"--output {path!r} is a directory, expected a file name")
+        raise UserError(f"{what} {str(path)!r} is a directory, expected a file name")
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
-        raise UserError(f"--output {path!r}: folder {str(folder)!r} does not exist")
+        raise UserError(f"{what} {str(path)!r}: folder {str(folder)!r} does not exist")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise UserError(f"--output {path!r} cannot be written: {e.strerror or e}") from None
+        raise UserError(f"{what} {str(path)!r} cannot be written: {e.strerror or e}") from None
     os.close(fd)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written file follows the umask like any other
-        os.replace(tmp, p)
+        umask_mode(tmp)
+        if durable:
+            fsync_file(tmp)
+            with deferred():
+                os.replace(tmp, p)
+            fsync_dir(folder)
+        else:
+            os.replace(tmp, p)
     except BaseException:
         try:
             os.unlink(tmp)

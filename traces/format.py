@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from ..simulator.errors import UserError, input_file
 from ..simulator.interrupt import checkpoint, deferred
+from ..simulator.output import fsync_dir, fsync_file, umask_mode
 from ..simulator.strategies import STRATEGIES
 
 SCHEMA_VERSION = 1
@@ -147,7 +148,7 @@ class TraceWriter:
             self._writer.add_key_value_metadata(
                 {METADATA_KEY.decode(): json.dumps(self.metadata, default=_json_default)})
             self._writer.close()
-            _umask_mode(self._tmp)
+            umask_mode(self._tmp)
             fsync_file(self._tmp)
             checkpoint("write")
             with deferred():  # the rename and `committed` together: a Ctrl-C waits for both
@@ -180,39 +181,6 @@ class TraceWriter:
         else:
             self.abort()
         return False
-
-
-def _umask_mode(path: Path) -> None:
-    """mkstemp makes 0600 files: give the result the mode a plain open() would (0666 less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a written file to the disk, so that a rename cannot outlive its content after a crash."""
-    try:
-        fd = os.open(path, os.O_RDWR)  # Windows fsyncs only handles open for writing
-    except OSError:
-        fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _json_default(o):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -21,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..simulator.errors import UserError
-from ..simulator.interrupt import deferred
-from .format import SCHEMA, fsync_dir
+from ..simulator.output import open_atomic
+from .format import SCHEMA
 
 PARTIAL_KEY = b"sparq_sim.partial"
 PARTIAL_VERSION = 1
@@ -39,25 +38,13 @@ def config_hash(config: Mapping) -> str:
 
 def write_partial(path: Path, table: pa.Table, info: Mapping) -> None:
     """Replace `path` with `table` and `info`, atomically and durably (temporary file, fsync, rename, fsync folder)."""
-    folder = path.parent if str(path.parent) else Path(".")
     info = {"partial_version": PARTIAL_VERSION, **info}
     table = table.cast(SCHEMA).replace_schema_metadata({PARTIAL_KEY: json.dumps(info)})
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        with deferred():
-            os.replace(tmp, path)
-            tmp = None
-        fsync_dir(folder)
+        with open_atomic(str(path), what="partial recording", durable=True) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
     except OSError as e:
         raise UserError(f"partial recording {str(path)!r} cannot be written: {e.strerror or e}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def partial_info(path: Path) -> dict:

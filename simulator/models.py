@@ -127,6 +127,25 @@ BUILTIN: dict[str, ModelSpec] = {m.name: m for m in [
               linear_bias=True, max_position=2048, source="EleutherAI/pythia-6.9b config.json (GPT-NeoX)"),
     _llama("smollm2-135m", 30, 576, 9, 3, 1536, 49152, 8192,
            "HuggingFaceTB/SmolLM2-135M config.json (GQA g=3, tied embeddings)", tied_embeddings=True),
+    _llama("codellama-34b", 48, 8192, 64, 8, 22016, 32000, 16384,
+           "codellama/CodeLlama-34b-hf config.json (GQA g=8, rope_theta 1e6, untied lm_head)"),
+    ModelSpec("opt-6.7b", 32, 4096, 32, 32, 128, 16384, 50272, gated_mlp=False, tied_embeddings=True,
+              norm="layernorm", linear_bias=True, max_position=2048,
+              source="facebook/opt-6.7b config.json (ReLU MLP, tied embeddings; the learned positional embedding, "
+                     "2050 x d_model, is left out)"),
+    ModelSpec("opt-13b", 40, 5120, 40, 40, 128, 20480, 50272, gated_mlp=False, tied_embeddings=True,
+              norm="layernorm", linear_bias=True, max_position=2048,
+              source="facebook/opt-13b config.json (ReLU MLP, tied embeddings; the learned positional embedding, "
+                     "2050 x d_model, is left out)"),
+    ModelSpec("opt-30b", 48, 7168, 56, 56, 128, 28672, 50272, gated_mlp=False, tied_embeddings=True,
+              norm="layernorm", linear_bias=True, max_position=2048,
+              source="facebook/opt-30b config.json (ReLU MLP, tied embeddings; the learned positional embedding, "
+                     "2050 x d_model, is left out)"),
+    ModelSpec("opt-175b", 96, 12288, 96, 96, 128, 49152, 50272, gated_mlp=False, tied_embeddings=True,
+              norm="layernorm", linear_bias=True, max_position=2048,
+              source="OPT paper (Zhang et al. 2022, arXiv 2205.01068) Table 1: 96 layers, 96 heads, d_model 12288 "
+                     "(no public facebook/opt-175b config.json); d_ff = 4 x d_model, vocab 50272 and max_position 2048 "
+                     "as in the other facebook/opt-* configs; the learned positional embedding is left out"),
 ]}
 DEFAULT_MODEL = "llama2-7b"
 

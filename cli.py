@@ -304,11 +304,17 @@ def _measured_hardware(df, gpu: Optional[str], hardware_file: Optional[str]):
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim validate --dataset sparq-paper-a10g\n\n"
+             "  sparq-sim validate --all                    # every shipped dataset: uncalibrated and held out\n\n"
+             "  sparq-sim validate --dataset quest-rtx6000ada --leave-one-out\n\n"
              "  sparq-sim validate --dataset sparq-paper-a10g --holdout batch:1,4\n\n"
              "  sparq-sim validate measured.csv --hardware-file calibrated.yaml -f json")
 def validate(measured: Optional[str] = typer.Argument(None, help="CSV in the measurement schema."),
-             dataset: Optional[str] = typer.Option(None, "--dataset", help="A shipped dataset: sparq-paper-a10g, "
-                                                   "sparq-paper-epyc."),
+             dataset: Optional[str] = typer.Option(None, "--dataset", help="A shipped dataset (`sparq-sim validate "
+                                                   "--all` lists them)."),
+             all_: bool = typer.Option(False, "--all", help="Every shipped dataset: one row each, the error with the "
+                                       "shipped defaults and with defaults fitted on every other dataset."),
+             leave_one_out: bool = typer.Option(False, "--leave-one-out", help="With --dataset: predict with "
+                                                "defaults fitted on every other shipped dataset (held out)."),
              gpu: Optional[str] = typer.Option(None, "--hardware", "--gpu", help="Profile to predict with "
                                                "(default: from the file's hardware column)."),
              hardware_file: Optional[str] = HW_FILE,
@@ -316,36 +322,81 @@ def validate(measured: Optional[str] = typer.Argument(None, help="CSV in the mea
                                                    "of the rows, judge the rest: COLUMN:VALUES (batch:1,4) or a "
                                                    "fraction (0.5)."),
              format: Optional[str] = FMT, output: Optional[str] = OUT):
-    """Predict every measured row; per-row error, MAPE per kernel, measured vs predicted speedup over dense."""
+    """Predict every measured row at its level (kernel, decode step, whole generation); per-row error, MAPE per
+    kernel, measured vs predicted speedup over dense."""
     from .simulator.measured import validate as run_validate
     from .simulator.output import records, resolve_format, to_csv, to_json
 
     fmt = resolve_format(format, output)
     _given(holdout, "--holdout", "COLUMN:VALUES (batch:1,4) or a fraction (0.5)")
+    if all_:
+        if measured or dataset or holdout or leave_one_out or gpu or hardware_file:
+            raise UserError("--all judges every shipped dataset with its own profiles; give it alone (with -f, -o)")
+        return _validate_all(fmt, output)
+    if leave_one_out and not dataset:
+        raise UserError("--leave-one-out needs --dataset NAME (a shipped dataset, held out of the fit)")
     df = _measurements(measured, dataset)
     hw = _measured_hardware(df, gpu, hardware_file)
-    rows, summary = run_validate(df, hw, holdout)
+    defaults = None
+    if leave_one_out:
+        from .simulator.fidelity import fit_all
+        from .simulator.measured import dataset_names
+        defaults = fit_all([n for n in dataset_names() if n != dataset])
+    rows, summary = run_validate(df, hw, holdout, defaults=defaults)
     cols = {c: rows[c].to_numpy() for c in rows.columns}
     if fmt == "json":
         text = to_json({"summary": summary, "rows": records(cols)})
     elif fmt == "csv":
         text = to_csv(cols)
     else:
-        lines = [f"validation on {hw.name} ({'holdout ' + holdout if holdout else 'uncalibrated priors' if not hw.calibration else 'calibrated profile'}); "
-                 f"errors on {summary['overall']['rows']} {'held-out ' if holdout else ''}rows; speedup vs "
-                 f"{summary['baseline_kernel'] or '-'}",
+        how = ("holdout " + holdout if holdout else "held out: defaults fitted on every other dataset" if leave_one_out
+               else "calibrated profile" if hw.calibration else "uncalibrated: shipped defaults")
+        lines = [f"validation on {hw.name} ({how}); errors on {summary['overall']['rows']} "
+                 f"{'held-out ' if holdout else ''}rows; speedup vs {summary['baseline_kernel'] or '-'}",
                  f"{'kernel':28s} {'rows':>5s} {'MAPE':>7s} {'worst':>8s} {'geomean':>8s} {'speedup err':>11s}"]
-        for name, part in [("all", summary["overall"])] + [(f"  {k}", v) for k, v in summary["by_strategy"].items()] \
-                + list(summary["by_kernel"].items()):
+        parts = [("all", summary["overall"])]
+        if len(summary["by_level"]) > 1:
+            parts += [(f"  level {k}", v) for k, v in summary["by_level"].items()]
+        parts += [(f"  {k}", v) for k, v in summary["by_strategy"].items()] + list(summary["by_kernel"].items())
+        for name, part in parts:
             se = part.get("speedup_mape")
             lines.append(f"{name:28s} {part['rows']:5d} {part['mape'] * 100:6.1f}% {part['worst_rel_err'] * 100:+7.1f}% "
                          f"{part['geomean_ratio']:8.3f} {'' if se is None else f'{se * 100:10.1f}%':>11s}")
+        if summary.get("skipped_rows"):
+            lines.append(f"({summary['skipped_rows']} rows not judged: see their skip column)")
+        text = "\n".join(lines) + "\n"
+    _emit(text, output)
+
+
+def _validate_all(fmt: str, output: Optional[str]):
+    from .simulator.fidelity import validate_all
+    from .simulator.output import to_csv, to_json
+
+    rows = validate_all()
+    keys = ["dataset", "level", "rows", "mape_uncalibrated", "mape_leave_one_out", "speedup_mape"]
+    if fmt == "json":
+        text = to_json({"rows": rows})
+    elif fmt == "csv":
+        import numpy as np
+        text = to_csv({k: np.asarray([np.nan if r[k] is None else r[k] for r in rows], dtype=object)
+                       for k in keys + ["skipped", "speedup_mape_uncalibrated"]})
+    else:
+        pct = (lambda v: "-" if v is None else f"{v * 100:.1f}%")  # noqa: E731
+        lines = ["every shipped dataset at its level: error with the shipped defaults (uncalibrated) and with defaults "
+                 "fitted on every other dataset (held out)",
+                 f"{'dataset':20s} {'level':15s} {'rows':>5s} {'uncalibrated':>12s} {'held out':>9s} "
+                 f"{'speedup err (held out)':>22s}"]
+        for r in rows:
+            lines.append(f"{r['dataset']:20s} {r['level']:15s} {r['rows']:5d} {pct(r['mape_uncalibrated']):>12s} "
+                         f"{pct(r['mape_leave_one_out']):>9s} {pct(r['speedup_mape']):>22s}")
         text = "\n".join(lines) + "\n"
     _emit(text, output)
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim calibrate measured.csv --hardware a10g -o a10g-calibrated.yaml\n\n"
-             "  sparq-sim calibrate --device cpu -o this-cpu.yaml")
+             "  sparq-sim calibrate three-rows.csv --hardware h200 -o h200-cal.yaml   # a few rows are enough\n\n"
+             "  sparq-sim calibrate --device cpu -o this-cpu.yaml\n\n"
+             "  sparq-sim calibrate --defaults              # refit the shipped defaults on every dataset")
 def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the measurement schema."),
               device: Optional[str] = typer.Option(None, "--device", help="cpu: run micro-benchmarks on this "
                                                    "machine and write its profile (instead of fitting a CSV)."),
@@ -358,19 +409,37 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
               hardware_file: Optional[str] = HW_FILE,
               name: Optional[str] = typer.Option(None, "--name", help="Name of the written profile "
                                                  "(default: NAME-calibrated)."),
-              output: str = typer.Option(..., "--output", "-o", help="The profile YAML to write.")):
-    """Fit kernel costs, stream/gather efficiencies and top-k cost to measurements, or measure this machine
-    (--device cpu); write the profile."""
+              defaults: bool = typer.Option(False, "--defaults", help="Refit the shipped defaults (the costs that "
+                                            "travel) on every shipped dataset and rewrite the fitted block of "
+                                            "data/implementations.yaml (or write the whole file to -o)."),
+              output: Optional[str] = typer.Option(None, "--output", "-o", help="The profile YAML to write.")):
+    """Calibrate a device on its measurements (its host speed and memory bandwidth from as few as three rows; each
+    kernel with enough rows on its own), measure this machine (--device cpu), or refit the shipped defaults
+    (--defaults); write the profile."""
     import datetime
 
     import yaml
 
     from .hardware_profiles import parse_profile
+    from .simulator.fitting import MIN_KERNEL_ROWS
     from .simulator.measured import calibrate_from_measurements
     from .simulator.output import write_atomic
 
     if name is not None and (not name.strip() or not name.isprintable()):
         raise UserError(f"--name {name!r}: give a profile name (printable text, not empty)")
+    if defaults:
+        if measured or dataset or device or gpu or hardware_file or name:
+            raise UserError("--defaults refits on the shipped datasets; give it alone (or with -o FILE)")
+        from .simulator.fidelity import refit_defaults
+        from .simulator.implementations import IMPLEMENTATIONS_FILE
+        fitted, text = refit_defaults(f"{datetime.date.today().isoformat()}")
+        target = output or str(IMPLEMENTATIONS_FILE)
+        write_atomic(target, text)
+        sys.stderr.write(f"wrote {target}: fitted defaults of {len(fitted['implementations'])} implementations and "
+                         f"{len(fitted['stacks'])} stacks on {len(fitted['datasets'])} datasets\n")
+        return
+    if not output:
+        raise UserError("give the profile to write: -o FILE.yaml")
     if device is not None:
         if device != "cpu":
             raise UserError(f"calibrate --device {device!r}: accepted: cpu (measure a GPU with `sparq-sim measure "
@@ -391,7 +460,7 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
     where = measured or f"dataset {dataset}"
     source = (f"fitted by sparq-sim calibrate on {where} ({len(df)} rows, "
               f"{datetime.date.today().isoformat()}) from profile {hw.name} (sha256 {hw.digest})")
-    _, block = calibrate_from_measurements(df, hw, source)
+    _, block, dev = calibrate_from_measurements(df, hw, source)
     with open(hw.path, encoding="utf-8") as f:
         data = yaml.safe_load(f)
     data["name"] = name or f"{hw.name}-calibrated"
@@ -408,7 +477,9 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
     parse_profile(yaml.safe_load(text), output)  # what we write must load
     write_atomic(output, text)
-    sys.stderr.write(f"wrote {output}: {len(block['kernels'])} kernels fitted on {len(df)} rows\n")
+    sys.stderr.write(f"wrote {output}: host x{dev['host_scale']:g}, memory bandwidth x{dev['bandwidth_scale']:g} "
+                     f"(error on the {dev['rows']} rows {dev['mape_before'] * 100:.1f}% -> {dev['mape_after'] * 100:.1f}%)"
+                     f"; {len(block['kernels'])} kernels with {MIN_KERNEL_ROWS}+ rows fitted on their own\n")
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim measure --device cpu -o measured.csv\n\n"

@@ -93,6 +93,11 @@ class HardwareProfile:
     path: str = ""
     digest: str = field(default="", compare=False)
 
+    @property
+    def bandwidth_scale(self) -> float:
+        """Measured / profiled achieved memory bandwidth, from a few-shot `sparq-sim calibrate` (1 = as profiled)."""
+        return (self.calibration or {}).get("bandwidth_scale", 1.0)
+
     def tier(self, name: str) -> MemoryTier:
         for t in self.memory:
             if t.name == name:
@@ -126,8 +131,9 @@ class HardwareProfile:
 _TOP = {"schema_version", "name", "aliases", "vendor", "kind", "description", "version", "memory", "host_link",
         "device_link", "compute", "cache", "access", "overheads", "calibration"}
 _CAL = {"source", "topk_per_element", "gather_efficiency", "stream_efficiency", "cache_bandwidth", "kernels", "rows",
-        "fitted_on", "ops", "cache_usable", "cache_falloff"}
-_CAL_KERNEL = {"fixed", "device_fixed", "stream_efficiency", "gather_efficiency", "topk_per_element", "op_scale"}
+        "fitted_on", "ops", "cache_usable", "cache_falloff", "host_scale", "bandwidth_scale"}
+_CAL_KERNEL = {"fixed", "device_fixed", "stream_efficiency", "unsplit_efficiency", "gather_efficiency",
+               "topk_per_element", "op_scale"}
 # The primitive ops of eager CPU kernels that `sparq-sim calibrate --device cpu` measures (calibration.ops), each with
 # the dimension of its figure: a bandwidth (bytes read per second) or a time per element. Each has a figure for data
 # in memory and one for data resident in the last-level cache.
@@ -281,6 +287,12 @@ def parse_profile(data, where: str) -> HardwareProfile:
         if "topk_per_element" in cal:
             calibration["topk_per_element_s"] = c.quantity(cal["topk_per_element"], "calibration.topk_per_element",
                                                            "time", positive=False)
+        for fld in ("host_scale", "bandwidth_scale"):  # few-shot calibration of a new device (calibrate)
+            if fld in cal:
+                v = cal[fld]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.01 <= v <= 100):
+                    c.fail(f"calibration.{fld}", f"expected a factor between 0.01 and 100, got {v!r}")
+                calibration[fld] = float(v)
         if "cache_usable" in cal:
             calibration["cache_usable_bytes"] = c.quantity(cal["cache_usable"], "calibration.cache_usable", "bytes")
         if "cache_falloff" in cal:
@@ -316,7 +328,7 @@ def parse_profile(data, where: str) -> HardwareProfile:
                                                        positive=False)
             if "device_fixed" in kv:
                 out["device_fixed_s"] = c.quantity(kv["device_fixed"], f + ".device_fixed", "time", positive=False)
-            for eff in ("stream_efficiency", "gather_efficiency"):
+            for eff in ("stream_efficiency", "unsplit_efficiency", "gather_efficiency"):
                 if eff in kv:
                     v = kv[eff]
                     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 10):

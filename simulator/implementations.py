@@ -1,25 +1,34 @@
-"""Implementation models: the time a named decode-attention kernel takes, and fitting them to measurements.
+"""Implementation models: the time a named decode-attention kernel takes on a hardware profile.
 
 A roofline over datasheet peaks is a lower bound; real kernels launch many small ops, gather rather than stream, and
 run a top-k. Each implementation in `data/implementations.yaml` says how its bytes move; per call of one kernel:
 
-    time = max(host, device)
-    host   = fixed: the framework's per-op dispatch of every op the kernel issues (launches run asynchronously, so
-             the host and the device overlap; small problems are host bound and flat in S and B, as measured)
-    device = launches x kernel_launch + stream_bytes / (BW x stream_efficiency)
-             + gather_bytes / (BW x gather_efficiency) + topk_elements x topk_s_per_element
+    time   = max(host, device)            (a GPU or IPU: the host issues kernels asynchronously)
+           = host + device                (a CPU: the ops run one after another on the same cores)
+    host   = the software's cost per call: Python, the framework's dispatcher, the kernel launcher
+    device = launches x kernel_launch + stream_bytes / (BW x stream) + unsplit_bytes / (BW x unsplit)
+             + gather_bytes / (BW x gather) + topk_elements x topk_bytes / BW
 
-BW is the peak bandwidth of the tier the KV cache lives in (the profile's first tier unless the implementation names
-one). Unfitted, the parameters come from the profile (launch overhead, memory efficiency) and the implementation's
-priors; `fit()` finds them from measurements: rows the model says are host bound set `fixed`, the others fit the
-device terms by least squares on relative error, pulled toward the priors so a parameter the data cannot see keeps
-its prior. Pure numpy/pandas.
+BW is the achieved bandwidth of the tier the KV cache lives in (the profile's peak x its efficiency), so the device
+part scales with whatever device the profile describes. The costs are split by what they depend on (costs that
+travel): `host` belongs to the software (the implementation and its framework) and is carried over unchanged to any
+device; `stream`, `unsplit` and `gather` are efficiencies of the implementation's access patterns relative to the
+profile's achieved bandwidth, and `topk_bytes` is the top-k's cost in bytes-equivalent per element. Where the costs
+come from, first match wins:
+  1. the profile's `calibration.kernels` (fitted on that very device by `sparq-sim calibrate`),
+  2. the fitted defaults at the end of `data/implementations.yaml` (fitted on every shipped dataset by
+     `sparq-sim calibrate --defaults`; the source names the datasets), per device kind (gpu, cpu, ipu),
+  3. the priors: host = host_ops x the framework family's cost per op (itself fitted where the family was measured),
+     efficiencies 1 (streams), 0.5 (gathers), 16 bytes per top-k element (on a CPU: CPU_PRIORS).
+A profile's `calibration.host_scale` (fitted from a few rows on a new machine) scales every host cost of 2 and 3.
+Pure numpy/pandas.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,9 +40,20 @@ from .errors import UserError, closest
 from .units import DTYPE_BYTES, parse_dtype, parse_quantity
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+IMPLEMENTATIONS_FILE = DATA_DIR / "implementations.yaml"
 ONE_K = "-oneK"
-GATHER_EFFICIENCY_PRIOR = 0.5   # assumption: row gathers reach about half the streaming bandwidth
-TOPK_BYTES_PER_ELEMENT_PRIOR = 16.0  # assumption: a radix select reads 4-byte keys about four times
+KINDS = ("gpu", "cpu", "ipu")
+# priors of the relative costs (assumptions, each replaced by a fit wherever an implementation was measured)
+STREAM_PRIOR = 1.0          # a streamed read reaches the profile's achieved bandwidth
+GATHER_PRIOR = 0.5          # row gathers reach about half of it
+TOPK_BYTES_PRIOR = 16.0     # a radix select reads 4-byte keys about four times
+# On a CPU eager PyTorch neither streams nor gathers at the memory's rate: `sparq-sim calibrate --device cpu` on this
+# project's build machine (2 vCPUs of an AMD EPYC, one thread) measured q K^T reading ~9 GB/s and p V ~20 GB/s from
+# DRAM while a streaming sum reads 37-44 GB/s (README, "Predictions checked against measurements"): equal bytes through
+# both at 0.22 and 0.5 of the streaming rate is 0.3 overall; torch.gather ~2.5 ns per 4-byte element from DRAM
+# (1.6 GB/s) is 0.04 of it.
+CPU_PRIORS = {"stream": 0.3, "unsplit": 0.3, "gather": 0.04}
+COST_FIELDS = ("host_s", "stream", "unsplit", "gather", "topk_bytes")
 
 
 @dataclass(frozen=True)
@@ -41,8 +61,9 @@ class Implementation:
     name: str
     strategy: str
     family: str
-    dispatch_s: float
-    launches: float
+    host_per_op_s: float       # the family's prior host cost per op
+    host_ops: float            # ops the host issues per call (Python-level torch calls, kernel launches)
+    launches: float            # kernels the device runs per call
     score_passes: float
     score_bytes: str | float
     k_layout: str | None
@@ -55,33 +76,75 @@ class Implementation:
     split_kv: bool
     source: str
     eager_ops: bool = False
+    kv_passes: float = 1.0           # times K and V cross memory (copies, upcasts), in units of their dtype
+    per_query_head: bool = False     # K and V read once per query head (GQA groups not shared)
+    selection: bool = True           # False: only the attention over the selected tokens (no scoring, no top-k)
+
+
+def _quantity(v, what: str, where: str) -> float:
+    try:
+        return parse_quantity(v, "time")
+    except ValueError as e:
+        raise UserError(f"{where}: {what}: {e}") from None
 
 
 @lru_cache(maxsize=1)
 def _load() -> dict:
-    path = DATA_DIR / "implementations.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    fams = {k: parse_quantity(v["dispatch"], "time") for k, v in data["families"].items()}
+    """The catalogue: implementations by name, the families' prior host cost per op, the fitted defaults, the
+    software stacks of whole-model measurements (stacks.py)."""
+    where = str(IMPLEMENTATIONS_FILE)
+    data = yaml.safe_load(IMPLEMENTATIONS_FILE.read_text(encoding="utf-8"))
+    fams = {k: _quantity(v["host_per_op"], f"families.{k}.host_per_op", where) for k, v in data["families"].items()}
     out = {}
     for name, d in data["implementations"].items():
         out[name] = Implementation(
-            name=name, strategy=d["strategy"], family=d["family"], dispatch_s=fams[d["family"]],
-            launches=float(d["launches"]), score_passes=float(d.get("score_passes", 0)),
+            name=name, strategy=d["strategy"], family=d["family"], host_per_op_s=fams[d["family"]],
+            host_ops=float(d.get("host_ops", d["launches"])), launches=float(d["launches"]),
+            score_passes=float(d.get("score_passes", 0)),
             score_bytes=d.get("score_bytes", "dtype"), k_layout=d.get("k_layout"), step1=d.get("step1"),
             gather_factor=float(d.get("gather_factor", 1)), topk=float(d.get("topk", 0)), kv_tier=d.get("kv_tier"),
             bound_passes=float(d.get("bound_passes", 0)), parallel=d.get("parallel"),
-            split_kv=bool(d.get("split_kv", False)), source=d["source"], eager_ops=d.get("ops") == "eager")
+            split_kv=bool(d.get("split_kv", False)), source=d["source"], eager_ops=d.get("ops") == "eager",
+            kv_passes=float(d.get("kv_passes", 1)), per_query_head=bool(d.get("per_query_head", False)),
+            selection=bool(d.get("selection", True)))
+    return {"implementations": out, "families_prior": fams, "fitted": parse_fitted(data.get("fitted") or {}, where),
+            "stacks": data.get("stacks") or {}}
+
+
+def parse_fitted(block: dict, where: str) -> dict:
+    """The `fitted:` block -> {'implementations': {name: {kind: costs}}, 'families': {family: {kind: s}},
+    'stacks': {...}, 'source': str}. Costs are SI (host_s in seconds)."""
+    out = {"source": block.get("source", ""), "implementations": {}, "families": {}, "stacks": {}}
+    for name, c in (block.get("stacks") or {}).items():
+        st = {k: float(v) for k, v in c.items() if k in ("w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "prefill")}
+        st["host_per_layer_s"] = _quantity(c["host_per_layer"], f"fitted.stacks.{name}.host_per_layer", where)
+        try:
+            st["cpu_attention_Bps"] = parse_quantity(c["cpu_attention"], "bandwidth")
+        except ValueError as e:
+            raise UserError(f"{where}: fitted.stacks.{name}.cpu_attention: {e}") from None
+        st["rows"], st["datasets"] = int(c.get("rows", 0)), list(c.get("datasets") or [])
+        out["stacks"][name] = st
+    for fam, kinds in (block.get("families") or {}).items():
+        out["families"][fam] = {k: _quantity(v, f"fitted.families.{fam}.{k}", where) for k, v in kinds.items()}
+    for name, kinds in (block.get("implementations") or {}).items():
+        out["implementations"][name] = {}
+        for kind, c in kinds.items():
+            costs = {"host_s": _quantity(c["host"], f"fitted.implementations.{name}.{kind}.host", where)}
+            costs.update({f: float(c[f]) for f in ("stream", "unsplit", "gather", "topk_bytes") if f in c})
+            costs["rows"] = int(c.get("rows", 0))
+            costs["datasets"] = list(c.get("datasets") or [])
+            out["implementations"][name][kind] = costs
     return out
 
 
 def implementation_names() -> list[str]:
-    base = _load()
+    base = _load()["implementations"]
     return sorted(list(base) + [n + ONE_K for n, i in base.items() if i.strategy == "sparq"])
 
 
 def get_implementation(kernel: str) -> Implementation:
     """A kernel name from the measurement schema; '-oneK' marks K stored once (Step 1 reads whole sectors)."""
-    base = _load()
+    base = _load()["implementations"]
     name = str(kernel)
     once = name.endswith(ONE_K)
     root = name[: -len(ONE_K)] if once else name
@@ -90,9 +153,13 @@ def get_implementation(kernel: str) -> Implementation:
                         f"(accepted: {', '.join(implementation_names())})")
     impl = base[root]
     if once:
-        from dataclasses import replace
         impl = replace(impl, name=name, k_layout="once", step1="sectors")
     return impl
+
+
+def fitted_defaults() -> dict:
+    """The fitted defaults shipped in data/implementations.yaml (see `sparq-sim calibrate --defaults`)."""
+    return _load()["fitted"]
 
 
 def sectors_touched(r, head_dim, elem_bytes, granularity):
@@ -124,6 +191,11 @@ def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
     k = np.asarray(rows["k"], dtype=np.float64) if impl.strategy != "dense" else S
     sb = e if impl.score_bytes == "dtype" else float(impl.score_bytes)
     zero = np.zeros_like(B)
+    # K and V reads: once per KV head (a GQA group shares them), or once per query head when the kernel does not
+    # share them (each thread block reads its head's copy, or the eager code expands K and V to every head); copies
+    # and upcasts of the kernel multiply the passes
+    heads_kv = H if impl.per_query_head else Hkv
+    passes = impl.kv_passes
     # the score matrix the kernel materialises: over all S (dense, FlexGen, SparQ's approximate scores) or over the
     # k positions it attends (the evicting caches, Quest)
     scored = S if impl.strategy in ("dense", "flexgen", "sparq") else k
@@ -131,29 +203,33 @@ def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
     gather, topk = zero, zero
     s = impl.strategy
     if s == "dense":
-        stream = stream + 2 * B * Hkv * S * d * e
+        stream = stream + 2 * B * heads_kv * S * d * e * passes
     elif s == "lm-infinite":
-        stream = stream + 2 * B * Hkv * k * d * e
+        stream = stream + 2 * B * heads_kv * k * d * e * passes
     elif s == "h2o":
-        stream = stream + 2 * B * Hkv * k * d * e + 2 * B * Hkv * k * 4   # cache, and fp32 statistics read+write
+        stream = stream + 2 * B * heads_kv * k * d * e * passes + 2 * B * Hkv * k * 4   # cache; fp32 statistics r+w
         topk = impl.topk * B * Hkv * k
     elif s == "flexgen":
-        stream = stream + B * Hkv * S * d * e
-        gather = B * Hkv * k * d * e * impl.gather_factor
+        stream = stream + B * heads_kv * S * d * e * passes
+        gather = B * heads_kv * k * d * e * impl.gather_factor
         topk = impl.topk * B * Hkv * S
+    elif s == "quest" and not impl.selection:
+        # only the attention over the selected pages: whole pages of P contiguous tokens are read in order
+        stream = stream + 2 * B * heads_kv * k * d * e * passes
     elif s == "quest":
         P = np.asarray(rows.get("page_size", np.full(B.shape, 16)), dtype=np.float64)
+        P = np.where(np.isfinite(P) & (P > 0), P, 16.0)
         pages = np.ceil(S / P)
         stream = stream + 2 * B * Hkv * pages * d * e + impl.bound_passes * B * H * pages * d * 4
-        gather = 2 * B * Hkv * k * d * e * impl.gather_factor
+        gather = 2 * B * heads_kv * k * d * e * impl.gather_factor
         topk = impl.topk * B * Hkv * pages
     elif s == "sparq":
         r = np.asarray(rows["r"], dtype=np.float64)
         # Step 2: k rows of K and of V (whole rows, gathered)
-        gather = 2 * B * Hkv * k * d * e * impl.gather_factor
+        gather = 2 * B * heads_kv * k * d * e * impl.gather_factor
         # Step 1 sweeps every position in address order (prefetch- and coalescing-friendly): streamed, not gathered.
         # An eager gather also writes its r x S copy and reads it back (gather_factor counts those passes).
-        step1 = B * Hkv * S * r * e
+        step1 = B * heads_kv * S * r * e
         if impl.step1 == "stream":
             stream = stream + step1
         elif impl.step1 == "gather":
@@ -161,13 +237,13 @@ def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
         elif impl.step1 == "sectors":  # K once: each d-contiguous row moves the sectors its r components fall in
             g = hw.granularity_bytes
             per_row = np.asarray([sectors_touched(ri, di, ei, g) for ri, di, ei in zip(r, d, e)]) * g
-            stream = stream + B * Hkv * S * per_row + step1 * (impl.gather_factor - 1)
+            stream = stream + B * heads_kv * S * per_row + step1 * (impl.gather_factor - 1)
         topk = impl.topk * B * Hkv * S
     else:
         raise UserError(f"kernel {impl.name}: strategy {s!r} has no implementation model")
     # the data a timing loop reads again and again: the KV cache (an evicting strategy holds k tokens; SparQ with K
     # stored twice holds a second copy of K)
-    held = k if s in ("h2o", "lm-infinite") else S
+    held = k if s in ("h2o", "lm-infinite") or (s == "quest" and not impl.selection) else S
     working_set = B * Hkv * held * d * e * (3 if (s == "sparq" and impl.k_layout == "twice") else 2)
     if impl.parallel == "batch_heads" and hw.units:
         # one block per (sequence, head): the busy share of the device, and the part-full last wave
@@ -318,145 +394,103 @@ def overlapped(hw: HardwareProfile) -> bool:
 
 
 def _bandwidth(impl: Implementation, hw: HardwareProfile):
+    """Peak bandwidth of the tier the kernel reads, and the fraction of it achieved (the profile's efficiency, times
+    the bandwidth_scale a few-shot calibration measured)."""
     tier = hw.tier(impl.kv_tier) if impl.kv_tier else hw.memory[0]
-    return tier.bandwidth_Bps, tier.efficiency
+    return tier.bandwidth_Bps, tier.efficiency * hw.bandwidth_scale
 
 
-def prior_params(impl: Implementation, hw: HardwareProfile) -> dict[str, float]:
+def prior_costs(impl: Implementation, hw: HardwareProfile, families: dict | None = None) -> dict[str, float]:
+    """Relative costs before any fit of this implementation: host = host_ops x the family's cost per op (fitted on
+    the family's measured implementations where `families` has it; a CPU pays its profile's per-op overhead)."""
+    fams = families if families is not None else fitted_defaults()["families"]
+    # the family's own fit, else the median over every measured family of this kind of device ('*'), else the prior
+    per_op = fams.get(impl.family, {}).get(hw.kind, fams.get("*", {}).get(hw.kind))
+    if per_op is None:
+        per_op = hw.kernel_launch_s if hw.kind == "cpu" else impl.host_per_op_s
+    out = {"host_s": impl.host_ops * per_op, "stream": STREAM_PRIOR, "unsplit": STREAM_PRIOR,
+           "gather": GATHER_PRIOR, "topk_bytes": TOPK_BYTES_PRIOR}
+    if hw.kind == "cpu" and not impl.kv_tier:
+        out.update(CPU_PRIORS)
+    return out
+
+
+def default_costs(impl: Implementation, hw: HardwareProfile, defaults: dict | None = None) -> dict[str, float]:
+    """Relative costs of an implementation on this kind of device: the fitted defaults where it was measured (on a
+    device of the same kind), else the priors. `defaults` replaces the shipped fitted defaults (leave-one-out)."""
+    d = defaults if defaults is not None else fitted_defaults()
+    c = prior_costs(impl, hw, d.get("families", {}))
+    got = d.get("implementations", {}).get(impl.name, {}).get(hw.kind)
+    if got:
+        c.update({f: got[f] for f in COST_FIELDS if f in got})
+    return c
+
+
+def absolute_params(impl: Implementation, hw: HardwareProfile, costs: dict) -> dict[str, float]:
+    """Relative costs -> the seconds and inverse bandwidths of the time formula on this profile."""
     bw, eff = _bandwidth(impl, hw)
-    if not overlapped(hw):  # CPU: each op pays the profile's per-op overhead, then its work, in turn
-        fixed, device_fixed = impl.launches * hw.kernel_launch_s, 0.0
-    else:
-        fixed, device_fixed = impl.launches * (hw.kernel_launch_s + impl.dispatch_s), impl.launches * hw.kernel_launch_s
+    ach = bw * eff
+    return {"fixed_s": costs["host_s"],
+            "device_fixed_s": impl.launches * hw.kernel_launch_s if overlapped(hw) else 0.0,
+            "inv_stream": 1.0 / (ach * costs["stream"]), "inv_unsplit": 1.0 / (ach * costs["unsplit"]),
+            "inv_gather": 1.0 / (ach * costs["gather"]), "topk_s": costs["topk_bytes"] / ach}
+
+
+def params_for(impl: Implementation, hw: HardwareProfile, defaults: dict | None = None) -> dict[str, float]:
+    """The time formula's parameters for this kernel on this profile (see the module docstring for the order)."""
+    costs = default_costs(impl, hw, defaults)
     cal = hw.calibration or {}
-    # machine-wide figures a calibrated profile measured (calibrate --device cpu) replace the assumptions
-    gather_eff = cal.get("gather_efficiency", eff * GATHER_EFFICIENCY_PRIOR)
-    stream_eff = eff * cal.get("stream_efficiency", 1.0)
-    return {
-        "fixed_s": fixed,
-        "device_fixed_s": device_fixed,
-        "inv_stream": 1.0 / (bw * stream_eff),
-        "inv_gather": 1.0 / (bw * gather_eff),
-        "topk_s": cal.get("topk_per_element_s", TOPK_BYTES_PER_ELEMENT_PRIOR / (bw * eff)),
-    }
-
-
-def params_for(impl: Implementation, hw: HardwareProfile) -> dict[str, float]:
-    """Calibrated values from the profile where present, else the priors."""
-    p = prior_params(impl, hw)
-    cal = (hw.calibration or {}).get("kernels", {}).get(impl.name, {})
-    bw, _ = _bandwidth(impl, hw)
-    if "fixed_s" in cal:
-        p["fixed_s"] = cal["fixed_s"]
-    if "device_fixed_s" in cal:
-        p["device_fixed_s"] = cal["device_fixed_s"]
+    bw, eff = _bandwidth(impl, hw)
+    # machine-wide figures a calibrated profile measured (calibrate --device cpu) replace the defaults' device terms
     if "stream_efficiency" in cal:
-        p["inv_stream"] = 1.0 / (bw * cal["stream_efficiency"])
+        costs["stream"] = cal["stream_efficiency"]
     if "gather_efficiency" in cal:
-        p["inv_gather"] = 1.0 / (bw * cal["gather_efficiency"])
+        costs["gather"] = cal["gather_efficiency"] / eff
     if "topk_per_element_s" in cal:
-        p["topk_s"] = cal["topk_per_element_s"]
-    if "op_scale" in cal:
-        p["op_scale"] = dict(cal["op_scale"])
+        costs["topk_bytes"] = cal["topk_per_element_s"] * bw * eff
+    costs["host_s"] *= cal.get("host_scale", 1.0)
+    p = absolute_params(impl, hw, costs)
+    kc = cal.get("kernels", {}).get(impl.name, {})
+    if "fixed_s" in kc:
+        p["fixed_s"] = kc["fixed_s"]
+    if "device_fixed_s" in kc:
+        p["device_fixed_s"] = kc["device_fixed_s"]
+    if "stream_efficiency" in kc:
+        p["inv_stream"] = p["inv_unsplit"] = 1.0 / (bw * kc["stream_efficiency"])
+    if "unsplit_efficiency" in kc:
+        p["inv_unsplit"] = 1.0 / (bw * kc["unsplit_efficiency"])
+    if "gather_efficiency" in kc:
+        p["inv_gather"] = 1.0 / (bw * kc["gather_efficiency"])
+    if "topk_per_element_s" in kc:
+        p["topk_s"] = kc["topk_per_element_s"]
+    if "op_scale" in kc:
+        p["op_scale"] = dict(kc["op_scale"])
     return p
 
 
-def predict_kernel_times(kernels, rows: dict, hw: HardwareProfile, params: dict | None = None) -> np.ndarray:
+def predict_kernel_times(kernels, rows: dict, hw: HardwareProfile, params: dict | None = None,
+                         defaults: dict | None = None) -> np.ndarray:
     """Predicted whole-call time for each measurement row. `params` maps kernel -> fitted parameters (default: the
-    profile's calibration where it has one, else the priors)."""
+    profile's calibration where it has one, else the fitted defaults, else the priors); `defaults` replaces the
+    shipped fitted defaults."""
     kernels = np.asarray(kernels, dtype=object)
     out = np.full(len(kernels), np.nan)
     for name in dict.fromkeys(kernels.tolist()):
         impl = get_implementation(name)
         sel = kernels == name
         sub = {c: np.asarray(v)[sel] for c, v in rows.items()}
+        p = (params or {}).get(name) or params_for(impl, hw, defaults)
         if op_model(impl, hw):
-            scale = ((params or {}).get(name) or params_for(impl, hw)).get("op_scale", {})
+            scale = p.get("op_scale", {})
             out[sel] = sum(t * scale.get(op, 1.0) for op, t in op_times(impl, sub, hw).items())
             continue
         f = features(impl, sub, hw)
-        p = (params or {}).get(name) or params_for(impl, hw)
-        dev = _device_time(p, f, _cache_speedup(f, hw))
+        dev = device_time(p, f, _cache_speedup(f, hw))
         out[sel] = np.maximum(p["fixed_s"], dev) if overlapped(hw) else p["fixed_s"] + dev
     return out
 
 
-def _device_time(p: dict, f: dict, speedup=1.0) -> np.ndarray:
+def device_time(p: dict, f: dict, speedup=1.0) -> np.ndarray:
     streamed = f["stream_bytes"] * p["inv_stream"] + f["unsplit_stream_bytes"] * p.get("inv_unsplit", p["inv_stream"])
     return (p["device_fixed_s"] + (streamed + f["gather_bytes"] * p["inv_gather"]) / speedup
             + f["topk_elements"] * p["topk_s"])
-
-
-def fit(kernels, rows: dict, measured_s, hw: HardwareProfile, prior_rows: float = 0.3,
-        host_margin: float = 1.5):
-    """Fit each kernel's host cost, stream and gather efficiency and top-k cost per element, kernel by kernel.
-
-    Since time = max(host, device) >= host on every row, a kernel's host cost is its fastest measured call. Rows more
-    than `host_margin` above that are device bound: they fit the device terms by least squares on relative error,
-    each parameter scaled by its prior and pulled toward it with the weight of `prior_rows` rows at 100 % error, so
-    a parameter the data cannot see keeps its prior. Returns {kernel: params}."""
-    kernels = np.asarray(kernels, dtype=object)
-    t_all = np.asarray(measured_s, dtype=np.float64)
-    if len(t_all) == 0:
-        raise UserError("nothing to fit: no measurement rows")
-    if np.any(~np.isfinite(t_all)) or np.any(t_all <= 0):
-        raise UserError("measured times must be positive and finite")
-    params = {}
-    for name in dict.fromkeys(kernels.tolist()):
-        impl = get_implementation(name)
-        sel = kernels == name
-        t = t_all[sel]
-        if op_model(impl, hw):
-            params[name] = _fit_op_scale(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, t, hw, prior_rows)
-            continue
-        f = features(impl, {c: np.asarray(v)[sel] for c, v in rows.items()}, hw)
-        p0 = prior_params(impl, hw)
-        feat = {"fixed_s": np.ones_like(t), "inv_stream": f["stream_bytes"], "inv_unsplit": f["unsplit_stream_bytes"],
-                "inv_gather": f["gather_bytes"], "topk_s": f["topk_elements"]}
-        p0 = dict(p0, inv_unsplit=p0["inv_stream"])
-        cols = [c for c in ("inv_stream", "inv_unsplit", "inv_gather", "topk_s") if feat[c].any()]
-        if overlapped(hw):
-            p = dict(p0, fixed_s=float(t.min()))
-            dev = t > host_margin * p["fixed_s"]
-        else:  # CPU: time = fixed + device terms, one linear fit over every row
-            p = dict(p0)
-            cols = ["fixed_s"] + cols
-            dev = np.ones(len(t), dtype=bool)
-        if dev.any():
-            prior = np.array([max(p0[c], 1e-9) if c == "fixed_s" else p0[c] for c in cols])
-            M = np.stack([feat[c] for c in cols], axis=1)[dev] * prior / t[dev, None]
-            y = 1.0 - p0["device_fixed_s"] / t[dev]
-            x = np.linalg.solve(M.T @ M + prior_rows * np.eye(len(cols)), M.T @ y + prior_rows)
-            x = np.clip(x, 0.05, 20.0)  # between 1/20 and 20 times the prior
-            if "fixed_s" in cols:  # a host cost may be anything from zero up
-                x[0] = max(x[0], 0.0) if prior[0] > 0 else 0.0
-            p.update({c: float(v) for c, v in zip(cols, x * prior)})
-        params[name] = p
-    return params
-
-
-def _fit_op_scale(impl: Implementation, rows: dict, t: np.ndarray, hw: HardwareProfile, prior_rows: float) -> dict:
-    """Op model: one factor per primitive on its measured cost (1 = the micro-benchmark's figure), least squares on
-    relative error, pulled toward 1 with the weight of `prior_rows` rows so a primitive the rows cannot see keeps 1."""
-    times = {op: v for op, v in op_times(impl, rows, hw).items() if np.any(v > 0)}
-    cols = list(times)
-    M = np.stack([times[c] for c in cols], axis=1) / t[:, None]
-    x = np.linalg.solve(M.T @ M + prior_rows * np.eye(len(cols)), M.T @ np.ones(len(t)) + prior_rows)
-    x = np.clip(x, 0.05, 20.0)
-    return {"op_scale": {c: float(v) for c, v in zip(cols, x)}}
-
-
-def calibration_block(params: dict, hw: HardwareProfile, source: str, rows: int) -> dict:
-    """The `calibration:` block of a profile YAML for fitted parameters (efficiencies relative to peak bandwidth)."""
-    kernels = {}
-    for name, p in params.items():
-        impl = get_implementation(name)
-        if "op_scale" in p and "fixed_s" not in p:   # op model: factors on the micro-benchmarked costs
-            kernels[name] = {"op_scale": {op: round(v, 4) for op, v in p["op_scale"].items()}}
-            continue
-        bw, _ = _bandwidth(impl, hw)
-        kernels[name] = {"fixed": f"{p['fixed_s'] * 1e6:.4g} us", "device_fixed": f"{p['device_fixed_s'] * 1e6:.4g} us",
-                         "stream_efficiency": round(1.0 / (bw * p["inv_stream"]), 4),
-                         "gather_efficiency": round(1.0 / (bw * p["inv_gather"]), 4),
-                         "topk_per_element": f"{p['topk_s'] * 1e9:.4g} ns"}
-    return {"source": source, "rows": int(rows), "kernels": kernels}

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..hardware_profiles import HardwareProfile, load_hardware
 from .errors import UserError, input_file
-from .implementations import calibration_block, fit, get_implementation, predict_kernel_times
+from .fitting import calibration_block, fit
+from .implementations import get_implementation, predict_kernel_times
 from .strategies import get_strategy
 
 MODEL_STEP = "model-step"  # rows timing a whole decode step of a real model (sparq-sim measure --model-step)
@@ -57,8 +58,19 @@ def _to_numbers(col):
         return col.map(one).astype(np.float64)
 
 
+LEVELS = ("kernel", "step", "e2e")
+# columns of whole-model rows (level step / e2e) and of the shipped datasets; all optional
+OPTIONAL = ["level", "model", "weights", "kv_dtype", "gen_len", "page_size", "devices", "weights_on_device",
+            "kv_on_device", "reported", "source", "skip"]
+
+
 def load_measurements(path):
-    """Read and validate a measurement CSV; every problem is one line naming the file, the row and the column."""
+    """Read and validate a measurement CSV; every problem is one line naming the file, the row and the column.
+
+    Rows with a reason in the `skip` column are not judged: they are left out of the returned frame and listed in
+    `df.attrs['skipped']` as (CSV line, reason). `level` says what a row measured (kernel: one call of a kernel;
+    step: one decode step of a whole model; e2e: a whole generation); without the column, rows are kernels (and
+    `model-step` rows steps). Whole-model rows name a software stack in `kernel` and a model in `model`."""
     import pandas as pd
 
     p = input_file(path, "measurement file", "a CSV file")
@@ -69,70 +81,108 @@ def load_measurements(path):
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise UserError(f"measurement file {str(p)!r}: missing column(s) {', '.join(missing)} "
-                        f"(the schema: {', '.join(SCHEMA)})")
-    twice = [c for c in SCHEMA if f"{c}.1" in df.columns]  # pandas renames a repeated header to NAME.1
+                        f"(the schema: {', '.join(SCHEMA)}; optional: {', '.join(OPTIONAL)})")
+    twice = [c for c in SCHEMA + OPTIONAL if f"{c}.1" in df.columns]  # pandas renames a repeated header to NAME.1
     if twice:
         raise UserError(f"measurement file {str(p)!r}: column {twice[0]} appears more than once in the header")
     if len(df) == 0:
         raise UserError(f"measurement file {str(p)!r} has no rows")
+    df["_line"] = np.arange(len(df)) + 2
+    skipped = []
+    if "skip" in df.columns:
+        reason = df["skip"].astype(object).where(df["skip"].notna(), "").astype(str).str.strip()
+        skipped = list(zip(df["_line"][reason != ""].tolist(), reason[reason != ""].tolist()))
+        df = df[reason == ""].reset_index(drop=True)
+        if len(df) == 0:
+            raise UserError(f"measurement file {str(p)!r}: every row has a skip reason; nothing to judge")
+
+    def fail(i, msg):
+        raise UserError(f"measurement file {str(p)!r} row {int(df['_line'].iloc[i])}: {msg}")
+
+    def first(bad):
+        return int(np.argmax(np.asarray(bad)))
+
     for c in ("hardware", "kernel", "strategy", "dtype"):
         bad = df[c].isna() | (df[c].astype(str).str.strip() == "")
         if bad.any():
-            i = int(np.argmax(bad.to_numpy()))
-            raise UserError(f"measurement file {str(p)!r} row {i + 2}: column {c} is empty")
-    for c in INT_COLUMNS + ["time_s"] + [c for c in ("r", "k", "time_stderr_s") if c in df.columns]:
+            fail(first(bad), f"column {c} is empty")
+    if "level" in df.columns:
+        df["level"] = df["level"].astype(object).where(df["level"].notna(), "").astype(str).str.strip()
+        df.loc[df["level"] == "", "level"] = np.where(df["kernel"][df["level"] == ""] == MODEL_STEP, "step", "kernel")
+    else:
+        df["level"] = np.where(df["kernel"] == MODEL_STEP, "step", "kernel")
+    bad = ~df["level"].isin(LEVELS)
+    if bad.any():
+        fail(first(bad), f"unknown level {df['level'].iloc[first(bad)]!r}; accepted: {', '.join(LEVELS)}")
+    optional_numbers = [c for c in ("r", "k", "time_stderr_s", "gen_len", "page_size", "devices",
+                                    "weights_on_device", "kv_on_device") if c in df.columns]
+    for c in INT_COLUMNS + ["time_s"] + optional_numbers:
         v = _to_numbers(df[c])
-        bad = v.isna() & df[c].notna() if c in ("r", "k", "time_stderr_s") else v.isna()
+        bad = v.isna() & df[c].notna() if c in optional_numbers else v.isna()
         if bad.any():
-            i = int(np.argmax(bad.to_numpy()))
-            raise UserError(f"measurement file {str(p)!r} row {i + 2}: column {c} must be a number, got "
-                            f"{df[c].iloc[i]!r}")
+            fail(first(bad), f"column {c} must be a number, got {df[c].iloc[first(bad)]!r}")
         df[c] = v
-    for c in INT_COLUMNS + [c for c in ("r", "k") if c in df.columns]:
-        given = df[c].notna() if c in ("r", "k") else True  # r and k are blank where the strategy has none
+    for c in INT_COLUMNS + [c for c in ("r", "k", "gen_len", "page_size", "devices") if c in df.columns]:
+        given = df[c].notna() if c not in INT_COLUMNS else True  # optional ones are blank where not used
         bad = given & ((df[c] < 1) | (df[c] != np.floor(df[c])) | (df[c] > 1e9))
         if bad.any():
-            i = int(np.argmax(bad.to_numpy()))
-            raise UserError(f"measurement file {str(p)!r} row {i + 2}: column {c} must be a positive whole "
-                            f"number{' (or blank)' if c in ('r', 'k') else ''}, got {df[c].iloc[i]!r}")
+            fail(first(bad), f"column {c} must be a positive whole number{'' if c in INT_COLUMNS else ' (or blank)'}"
+                             f", got {df[c].iloc[first(bad)]!r}")
         if c in INT_COLUMNS:
             df[c] = df[c].astype(np.int64)
+    for c in ("weights_on_device", "kv_on_device"):
+        if c in df.columns:
+            bad = df[c].notna() & ~((df[c] >= 0) & (df[c] <= 1))
+            if bad.any():
+                fail(first(bad), f"column {c} must be a fraction from 0 to 1 (or blank), got {df[c].iloc[first(bad)]!r}")
     bad = ~np.isfinite(df["time_s"]) | (df["time_s"] <= 0) | (df["time_s"] > MAX_TIME_S)
     if bad.any():
-        i = int(np.argmax(bad.to_numpy()))
-        raise UserError(f"measurement file {str(p)!r} row {i + 2}: time_s must be positive, finite and at most "
-                        f"{MAX_TIME_S:g} s, got {df['time_s'].iloc[i]!r}")
+        fail(first(bad), f"time_s must be positive, finite and at most {MAX_TIME_S:g} s, got "
+                         f"{df['time_s'].iloc[first(bad)]!r}")
     if "time_stderr_s" in df.columns:
         bad = df["time_stderr_s"].notna() & ~((df["time_stderr_s"] >= 0) & np.isfinite(df["time_stderr_s"]))
         if bad.any():
-            i = int(np.argmax(bad.to_numpy()))
-            raise UserError(f"measurement file {str(p)!r} row {i + 2}: time_stderr_s must be finite and not "
-                            f"negative (or blank), got {df['time_stderr_s'].iloc[i]!r}")
+            fail(first(bad), f"time_stderr_s must be finite and not negative (or blank), got "
+                             f"{df['time_stderr_s'].iloc[first(bad)]!r}")
     bad = (df["n_heads"] % df["n_kv_heads"]) != 0
     if bad.any():
-        i = int(np.argmax(bad.to_numpy()))
-        raise UserError(f"measurement file {str(p)!r} row {i + 2}: n_kv_heads {df['n_kv_heads'].iloc[i]} does not "
-                        f"divide n_heads {df['n_heads'].iloc[i]} (each KV head serves a whole group of query heads)")
-    for i, (kern, strat, dt) in enumerate(zip(df["kernel"], df["strategy"], df["dtype"])):
+        i = first(bad)
+        fail(i, f"n_kv_heads {df['n_kv_heads'].iloc[i]} does not divide n_heads {df['n_heads'].iloc[i]} "
+                f"(each KV head serves a whole group of query heads)")
+    from .stacks import get_stack
+
+    for i, (kern, strat, dt, level) in enumerate(zip(df["kernel"], df["strategy"], df["dtype"], df["level"])):
         try:
             parse_dtype(dt)
-            if kern == MODEL_STEP:  # a whole decode step of a real model: predicted by `predict`, not a kernel model
+            if level != "kernel":   # a whole model under a software stack: predicted through `predict`
                 get_strategy(strat)
+                get_stack(str(kern))
                 if "model" not in df.columns or not isinstance(df["model"].iloc[i], str):
-                    raise UserError(f"a {MODEL_STEP} row needs a model column (a built-in name or config path)")
+                    raise UserError(f"a {level} row needs a model column (a built-in name or config path)")
+                for c in ("weights", "kv_dtype"):
+                    if c in df.columns and isinstance(df[c].iloc[i], str):
+                        parse_dtype(df[c].iloc[i], c)
+                if level == "e2e" and ("gen_len" not in df.columns or not df["gen_len"].iloc[i] >= 1):
+                    raise UserError("an e2e row needs gen_len (tokens generated per sequence)")
+                if strat in ("h2o", "quest", "lm-infinite", "flexgen") and (
+                        "k" not in df.columns or not df["k"].iloc[i] >= 1):
+                    raise UserError(f"a {strat} row needs k (the attended-token budget)")
                 continue
             impl = get_implementation(kern)
         except UserError as e:
-            raise UserError(f"measurement file {str(p)!r} row {i + 2}: {e}") from None
+            fail(i, str(e))
         if impl.strategy != strat:
-            raise UserError(f"measurement file {str(p)!r} row {i + 2}: kernel {kern} implements {impl.strategy}, "
-                            f"but the row says strategy {strat!r}")
+            fail(i, f"kernel {kern} implements {impl.strategy}, but the row says strategy {strat!r}")
         if strat == "sparq":
             r, k = df["r"].iloc[i] if "r" in df else np.nan, df["k"].iloc[i] if "k" in df else np.nan
             if not (r >= 1 and k >= 1) or r > df["head_dim"].iloc[i] or k > df["seq_len"].iloc[i]:
-                raise UserError(f"measurement file {str(p)!r} row {i + 2}: a sparq row needs 1 <= r <= head_dim "
-                                f"and 1 <= k <= seq_len, got r={r!r}, k={k!r}")
-    return df
+                fail(i, f"a sparq row needs 1 <= r <= head_dim and 1 <= k <= seq_len, got r={r!r}, k={k!r}")
+        elif strat != "dense" and not ("k" in df.columns and df["k"].iloc[i] >= 1):
+            fail(i, f"a {strat} row needs k (the attended-token budget)")
+    df.attrs["skipped"] = skipped
+    df.attrs["path"] = str(p)
+    df.attrs["lines"] = df["_line"].tolist()
+    return df.drop(columns=["_line"])
 
 
 _PROFILE_KEYS: list[tuple[str, str]] | None = None
@@ -194,60 +244,66 @@ def _rows(df) -> dict:
                                           "r", "k")}
 
 
-def _model_step_times(df, hw: HardwareProfile) -> np.ndarray:
-    """`predict`'s decode-step time for each model-step row (its model, batch, context, strategy, dtype)."""
-    from .predict import predict_columns
+def calibrate_from_measurements(df, hw: HardwareProfile, source: str, defaults: dict | None = None):
+    """Calibrate a device on its measurements: first the device (host speed and achieved memory bandwidth: the
+    factors of `fitting.fit_device`, which any kernel and stack use, so three rows of one kernel calibrate them all),
+    then each kernel measured on at least MIN_KERNEL_ROWS rows on its own, on top of that. Returns (per-kernel
+    parameters, the profile's `calibration:` block, the device fit)."""
+    import dataclasses
 
-    out = np.empty(len(df))
-    for i, (m, B, S, strat, dt) in enumerate(zip(df["model"], df["batch"], df["seq_len"], df["strategy"], df["dtype"])):
-        out[i] = predict_columns(hardware=hw, model=m, seq_len=int(S), batch=int(B), strategies=[strat],
-                                 dtype=parse_dtype(dt))["time_s"][0]
-    return out
+    from .fitting import MIN_KERNEL_ROWS, fit_device
 
-
-def calibrate_from_measurements(df, hw: HardwareProfile, source: str):
-    df = df[df["kernel"] != MODEL_STEP]
-    if len(df) == 0:
-        raise UserError(f"nothing to fit: calibrate fits kernel rows, and the file holds only {MODEL_STEP} rows")
-    params = fit(df["kernel"].to_numpy(), _rows(df), df["time_s"].to_numpy(), hw)
-    return params, calibration_block(params, hw, source, len(df))
+    device = fit_device(df, hw, defaults)
+    cal = dict(hw.calibration or {}, host_scale=device["host_scale"], bandwidth_scale=device["bandwidth_scale"])
+    hw_dev = dataclasses.replace(hw, calibration=cal)
+    kern = df[df["level"] == "kernel"] if "level" in df.columns else df[df["kernel"] != MODEL_STEP]
+    counts = kern["kernel"].value_counts()
+    kern = kern[kern["kernel"].isin(counts[counts >= MIN_KERNEL_ROWS].index)]
+    params = fit(kern["kernel"].to_numpy(), _rows(kern), kern["time_s"].to_numpy(), hw_dev, defaults=defaults) \
+        if len(kern) else {}
+    block = calibration_block(params, hw_dev, source, len(df))
+    block["host_scale"], block["bandwidth_scale"] = device["host_scale"], device["bandwidth_scale"]
+    return params, block, device
 
 
 SHAPE = ["hardware", "batch", "seq_len", "n_heads", "n_kv_heads", "head_dim", "dtype"]
 
 
-def validate(df, hw: HardwareProfile, holdout: str | None = None, baseline: str | None = None):
-    """Predict every row; per-row relative error; summaries overall and per kernel; speedups over the dense kernel.
+def validate(df, hw: HardwareProfile | None, holdout: str | None = None, baseline: str | None = None,
+             defaults: dict | None = None):
+    """Predict every row at its level; per-row relative error; summaries overall and per kernel; speedups over dense.
 
-    With `holdout`, kernels are fitted on one part of the rows and judged on the rest (`split` column says which).
-    Returns (rows DataFrame, summary dict)."""
+    `hw` None: each row's hardware column names its profile. With `holdout`, kernels are fitted on one part of the
+    rows and judged on the rest (`split` column says which). `defaults` replaces the shipped fitted defaults (a
+    leave-one-dataset-out judgement). Returns (rows DataFrame, summary dict)."""
+    from .fidelity import predict_rows
+
+    attrs = dict(df.attrs)
     df = df.copy()
+    if "level" not in df.columns:
+        df["level"] = np.where(df["kernel"] == MODEL_STEP, "step", "kernel")
     rows = _rows(df)
-    step = (df["kernel"] == MODEL_STEP).to_numpy()
+    kern = (df["level"] == "kernel").to_numpy()
     if holdout:
+        if hw is None:
+            raise UserError("--holdout fits one device: give --hardware (or a file of one device)")
         fit_rows = parse_holdout(holdout, df)
-        use = fit_rows & ~step
+        use = fit_rows & kern
         params = fit(df["kernel"].to_numpy()[use], {c: v[use] for c, v in rows.items()},
-                     df["time_s"].to_numpy()[use], hw) if use.any() else {}
-        missing = sorted(set(df["kernel"][~step]) - set(params))
+                     df["time_s"].to_numpy()[use], hw, defaults=defaults) if use.any() else {}
+        missing = sorted(set(df["kernel"][kern]) - set(params))
         if missing:
             raise UserError(f"--holdout {holdout!r} leaves no rows to fit kernel(s) {', '.join(missing)}")
         df["split"] = np.where(fit_rows, "fit", "test")
     else:
         params = None
         df["split"] = "test"
-    pred = np.full(len(df), np.nan)
-    if (~step).any():
-        pred[~step] = predict_kernel_times(df["kernel"].to_numpy()[~step], {c: v[~step] for c, v in rows.items()},
-                                           hw, params)
-    if step.any():
-        pred[step] = _model_step_times(df[step], hw)
-    df["predicted_time_s"] = pred
+    df["predicted_time_s"] = predict_rows(df, hw, defaults, params)
     df["rel_err"] = df["predicted_time_s"] / df["time_s"] - 1.0
 
     # speedup of each kernel over the dense baseline kernel measured at the same shape
-    dense_kernels = [k for k in dict.fromkeys(df["kernel"])
-                     if k != MODEL_STEP and get_implementation(k).strategy == "dense"]
+    dense_kernels = [k for k in dict.fromkeys(df["kernel"][kern])
+                     if get_implementation(k).strategy == "dense"]
     base = baseline or ("attn-torch" if "attn-torch" in dense_kernels else (dense_kernels[0] if dense_kernels else None))
     if base is not None:
         b = df[df["kernel"] == base][SHAPE + ["time_s", "predicted_time_s"]].rename(
@@ -257,6 +313,7 @@ def validate(df, hw: HardwareProfile, holdout: str | None = None, baseline: str 
         df["predicted_speedup"] = df["_bp"] / df["predicted_time_s"]
         df["speedup_err"] = df["predicted_speedup"] / df["measured_speedup"] - 1.0
         df = df.drop(columns=["_bm", "_bp"])
+    df.attrs.update(attrs)
     test = df[df["split"] == "test"]
 
     def summarise(part):
@@ -270,9 +327,14 @@ def validate(df, hw: HardwareProfile, holdout: str | None = None, baseline: str 
             out["speedup_mape"] = float(np.mean(np.abs(se)))
         return out
 
-    summary = {"hardware": hw.name, "profile_digest": hw.digest, "holdout": holdout, "baseline_kernel": base,
-               "calibrated_profile": bool(hw.calibration),
+    names = sorted(set(df["hardware"].astype(str))) if hw is None else [hw.name]
+    summary = {"hardware": ",".join(names), "profile_digest": hw.digest if hw is not None else "",
+               "holdout": holdout, "baseline_kernel": base,
+               "calibrated_profile": bool(hw is not None and hw.calibration),
+               "defaults": "shipped" if defaults is None else "fitted without this dataset",
+               "skipped_rows": len(attrs.get("skipped", [])),
                "overall": summarise(test),
+               "by_level": {lv: summarise(g) for lv, g in test.groupby("level", sort=False)},
                "by_strategy": {s: summarise(g) for s, g in test.groupby("strategy", sort=False)},
                "by_kernel": {k: summarise(g) for k, g in test.groupby("kernel", sort=False)}}
     summary["mape"] = summary["overall"]["mape"]

@@ -39,7 +39,8 @@ class Placement:
 def tier_table(hw: HardwareProfile):
     names = tuple(t.name for t in hw.memory) + (HOST,)
     peak = np.array([t.bandwidth_Bps for t in hw.memory] + [hw.host_link.bandwidth_Bps])
-    achieved = np.array([t.achieved_Bps for t in hw.memory] + [hw.host_link.achieved_Bps])
+    # a few-shot calibration of the device (calibration.bandwidth_scale) scales what its memory tiers achieve
+    achieved = np.array([t.achieved_Bps * hw.bandwidth_scale for t in hw.memory] + [hw.host_link.achieved_Bps])
     caps = np.array([t.capacity_bytes for t in hw.memory] + [hw.host_link.capacity_bytes])
     return names, peak, achieved, caps
 

@@ -11,7 +11,8 @@ import sparq_sim
 from sparq_sim.cli import main
 from sparq_sim.hardware_profiles import load_hardware
 from sparq_sim.simulator.errors import UserError
-from sparq_sim.simulator.implementations import features, fit, get_implementation, sectors_touched
+from sparq_sim.simulator.fitting import fit
+from sparq_sim.simulator.implementations import features, get_implementation, sectors_touched
 from sparq_sim.simulator.measured import dataset_path, load_measurements, resolve_device, validate
 
 

@@ -10,6 +10,7 @@ a number shows):
                            granularities, pages, --level step, --cache)
   validate_*.csv           `sparq-sim validate -f csv` (one row per measurement) on the shipped datasets, with and
   validate_*_summary.json  without `--holdout batch:1,4`, and the summary of `-f json` (MAPE per kernel, fitted models)
+  validate_all.csv         `sparq-sim validate --all -f csv`: every dataset, uncalibrated and held out
 A change in any number of these files is a change someone reviews in the diff. The validate files depend on the
 implementation models (simulator/implementations.py, data/implementations.yaml): regenerate them after changing those.
 """
@@ -95,9 +96,13 @@ def validate_summary(name: str) -> str:
     return json.dumps(doc["summary"], indent=1) + "\n"
 
 
+def validate_all_csv() -> str:
+    return cli_output(("validate", "--all", "-f", "csv"))
+
+
 def goldens() -> dict[str, tuple[str, object]]:
     """file name -> (group, function returning its text)."""
-    out: dict[str, tuple[str, object]] = {}
+    out: dict[str, tuple[str, object]] = {"validate_all.csv": ("validate", validate_all_csv)}
     for name, args in GRIDS.items():
         out[f"{name}.csv"] = ("predict", lambda a=args: render(a))
     for name in REPLAYS:

@@ -1,0 +1,181 @@
+"""Software stacks: the time of whole decode steps and whole generations of a real model, as a measured stack runs them.
+
+A kernel is timed by its implementation model (implementations.py); a decode step of a whole model by `predict`'s
+roofline over the per-operator ledger. A measured step also pays what the software stack around it does: Python and
+the framework per layer, weight and attention kernels that stream below the roofline, weights or KV cache offloaded
+to host memory and moved over the host link (or attention run on the host, as FlexGen does when the cache is there).
+Per decode step of a stack at context S (all quantities per device):
+
+    device = roofline(S) + W / BW x (1/w_eff - 1) + KV / BW x (1/kv_eff - 1)           (the resident part)
+    link   = W_host / (link_BW x link_eff) [+ KV_host / (link_BW x link_eff)]          (offloaded bytes)
+    cpu    = KV_host / cpu_attention_Bps                                               (attention on the host)
+    step   = max(device, link, cpu) when the stack overlaps transfers with compute, else their sum
+    host   = layers x host_per_layer;  time = max(host, step) (asynchronous launches) or host + step
+
+The efficiencies are per precision (w16, w8, w4 for weights; kv16, kv8, kv4 for the cache: dequantising kernels stream
+below the roofline). W and KV are the step's weight and KV-cache bytes, BW the profile's achieved bandwidth of the first memory tier; the
+offloaded shares are (1 - weights_on_device) and (1 - kv_on_device). A step-level measurement is the mean over the
+decode steps it ran (context S + 1 ... S + gen_len - 1); a whole generation (e2e) is the prefill of the prompt
+(`predict`'s prefill, plus the offloaded weights' transfer) and those steps, summed exactly over every context.
+
+The stack costs travel like the kernels' (see implementations.py): `host_per_layer` is the software's; the
+efficiencies are relative to each profile. Priors come from `stacks:` in data/implementations.yaml; fitted values
+from its `fitted:` block. Pure numpy (predict is numpy too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..hardware_profiles import HardwareProfile
+from .errors import UserError, closest
+from .implementations import _load, fitted_defaults
+
+STACK_COSTS = ("host_per_layer_s", "w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "cpu_attention_Bps", "prefill")
+# the range a fitted cost may take: an efficiency between 1/50 of the achieved bandwidth (dequantising eager code) and
+# the datasheet peak
+# (an achieved bandwidth is at least ~0.77 of peak in every profile); host attention from 1 to 200 GB/s
+BOUNDS = {"w16": (0.02, 1.3), "w8": (0.02, 1.3), "w4": (0.02, 1.3), "kv16": (0.02, 1.3), "kv8": (0.02, 1.3),
+          "kv4": (0.02, 1.3), "link": (0.1, 1.3), "prefill": (0.1, 1.3), "cpu_attention_Bps": (1e9, 200e9)}
+CPU_ATTENTION_PRIOR_BPS = 20e9   # assumption: host attention over an offloaded cache streams ~20 GB/s of DRAM
+# Weight-only quantised matmuls do not stream at the 16-bit rate: gpt-fast's README (pytorch-labs/gpt-fast@32971d3,
+# A100 80GB table, Llama-2-7B, batch 1) reports 1397 GB/s for bf16, 1069 GB/s for int8 and 862 GB/s for int4 (G=32)
+# weight-only: 0.77 and 0.62 of the bf16 rate. The same factors are the prior for a quantised KV cache.
+QUANT_PRIORS = {"w8": 0.77, "w4": 0.62, "kv8": 0.77, "kv4": 0.62}
+WEIGHT_KEY = {"fp32": "w16", "tf32": "w16", "bf16": "w16", "fp16": "w16", "fp8": "w8", "int8": "w8", "int4": "w4"}
+KV_KEY = {"fp32": "kv16", "tf32": "kv16", "bf16": "kv16", "fp16": "kv16", "fp8": "kv8", "int8": "kv8", "int4": "kv4"}
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    family: str | None
+    host_ops_per_layer: float
+    host_overlap: bool        # the host runs ahead of the device (asynchronous launches): time = max(host, step)
+    offload_overlap: bool     # offloaded transfers overlap the device's compute (FlexGen's schedule)
+    cpu_attention: bool       # attention over an offloaded cache runs on the host (FlexGen)
+    roofline_only: bool       # the measured step is predict's roofline as is (sparq-sim measure --model-step)
+    source: str
+
+
+def stack_names() -> list[str]:
+    return sorted(_load()["stacks"])
+
+
+def get_stack(name: str) -> Stack:
+    stacks = _load()["stacks"]
+    if name not in stacks:
+        raise UserError(f"unknown software stack {name!r}{closest(str(name), stacks)} "
+                        f"(accepted: {', '.join(sorted(stacks))})")
+    d = stacks[name]
+    return Stack(name=name, family=d.get("family"), host_ops_per_layer=float(d.get("host_ops_per_layer", 0)),
+                 host_overlap=bool(d.get("host_overlap", True)), offload_overlap=bool(d.get("offload_overlap", False)),
+                 cpu_attention=bool(d.get("cpu_attention", False)), roofline_only=bool(d.get("roofline_only", False)),
+                 source=d["source"])
+
+
+def prior_stack_costs(stack: Stack, families: dict | None = None) -> dict[str, float]:
+    """Priors: host = host_ops_per_layer x the family's host cost per op on a GPU (fitted on kernel datasets where
+    the family was measured, else its prior); 16-bit efficiencies 1, quantised ones QUANT_PRIORS; host attention
+    CPU_ATTENTION_PRIOR_BPS."""
+    fams = families if families is not None else fitted_defaults()["families"]
+    per_op = fams.get(stack.family or "", {}).get("gpu", fams.get("*", {}).get("gpu"))
+    if per_op is None:
+        per_op = _load()["families_prior"].get(stack.family, 10e-6) if stack.family else 0.0
+    return {"host_per_layer_s": stack.host_ops_per_layer * per_op, "w16": 1.0, "kv16": 1.0, **QUANT_PRIORS,
+            "link": 1.0, "cpu_attention_Bps": CPU_ATTENTION_PRIOR_BPS, "prefill": 1.0}
+
+
+def stack_costs(stack: Stack, defaults: dict | None = None) -> dict[str, float]:
+    d = defaults if defaults is not None else fitted_defaults()
+    c = prior_stack_costs(stack, d.get("families", {}))
+    c.update({k: v for k, v in (d.get("stacks", {}).get(stack.name) or {}).items() if k in STACK_COSTS})
+    return c
+
+
+@dataclass
+class RowBase:
+    """What one measured row's prediction needs, computed once (independent of the stack costs): per decode step over
+    the contexts it ran, the roofline time and the bytes by kind; the prefill; the profile's rates."""
+    level: str
+    steps: np.ndarray        # roofline time of each decode step (s)
+    W: np.ndarray            # weight bytes per device per step
+    KV: np.ndarray           # KV-cache bytes (read + write + metadata) per device per step
+    prefill: float           # roofline prefill time (s)
+    prefill_W: float         # weight bytes per device of the prefill
+    layers: int
+    bw: float                # achieved bandwidth of the first memory tier (B/s)
+    link_bw: float           # achieved bandwidth of the host link (B/s)
+    weights_key: str
+    kv_key: str
+    w_host: float            # offloaded share of the weights
+    kv_host: float           # offloaded share of the KV cache
+    gen_len: int             # tokens generated (1: the prefill's token only)
+    host_scale: float = 1.0  # the host speed a few-shot calibration measured (calibration.host_scale)
+
+
+def row_base(hw: HardwareProfile, model, level: str, batch: int, seq_len: int, gen_len: int | None, strategy: str,
+             weights: str, kv_dtype: str, devices: int = 1, k=None, page_size=None, weights_on_device: float = 1.0,
+             kv_on_device: float = 1.0) -> RowBase:
+    from .predict import predict_columns
+
+    n = int(gen_len) if gen_len and gen_len > 1 else 1
+    contexts = seq_len + np.arange(1, n) if n > 1 else np.array([seq_len])
+    cols = predict_columns(hardware=hw, model=model, seq_len=contexts.tolist(), batch=int(batch),
+                           strategies=[strategy], dtype=weights, kv_dtype=kv_dtype, devices=int(devices), k=k,
+                           page_size=page_size)
+    per_dev = 1.0 / devices
+    kv = (cols["kv_read_bytes"] + cols["kv_write_bytes"] + cols["metadata_bytes"]) * per_dev
+    first = predict_columns(hardware=hw, model=model, seq_len=int(seq_len), batch=int(batch), strategies=[strategy],
+                            dtype=weights, kv_dtype=kv_dtype, devices=int(devices), k=k, page_size=page_size)
+    from .models import load_model_spec
+    m = load_model_spec(model)
+    return RowBase(level=level, steps=cols["time_s"], W=cols["weight_bytes"] * per_dev, KV=kv,
+                   prefill=float(first["prefill_time_s"][0]), prefill_W=float(first["weight_bytes"][0]) * per_dev,
+                   layers=m.n_layers, bw=hw.memory[0].achieved_Bps * hw.bandwidth_scale, link_bw=hw.host_link.achieved_Bps,
+                   weights_key=WEIGHT_KEY[weights], kv_key=KV_KEY[kv_dtype], w_host=1.0 - float(weights_on_device),
+                   kv_host=1.0 - float(kv_on_device), gen_len=n,
+                   host_scale=(hw.calibration or {}).get("host_scale", 1.0))
+
+
+def step_times(stack: Stack, c: dict, b: RowBase) -> np.ndarray:
+    """Seconds of each decode step of the row under the stack costs `c`."""
+    if stack.roofline_only:
+        return b.steps
+    w_eff, kv_eff = c[b.weights_key], c[b.kv_key]
+    W_dev, KV_dev = b.W * (1 - b.w_host), b.KV * (1 - b.kv_host)
+    # the roofline read all bytes at the achieved bandwidth: swap that for the stack's efficiencies and placement
+    device = b.steps + W_dev / b.bw * (1 / w_eff - 1) + KV_dev / b.bw * (1 / kv_eff - 1) \
+        - (b.W * b.w_host + b.KV * b.kv_host) / b.bw
+    device = np.maximum(device, 0.0)
+    link_bw = b.link_bw * c["link"]
+    link = b.W * b.w_host / link_bw
+    cpu = np.zeros_like(device)
+    if b.kv_host > 0:
+        if stack.cpu_attention:
+            cpu = b.KV * b.kv_host / c["cpu_attention_Bps"]
+        else:
+            link = link + b.KV * b.kv_host / link_bw
+    step = np.maximum(np.maximum(device, link), cpu) if stack.offload_overlap else device + link + cpu
+    host = b.layers * c["host_per_layer_s"] * b.host_scale
+    return np.maximum(host, step) if stack.host_overlap else host + step
+
+
+def prefill_time(stack: Stack, c: dict, b: RowBase) -> float:
+    if stack.roofline_only:
+        return b.prefill
+    compute = b.prefill / c["prefill"]
+    link = b.prefill_W * b.w_host / (b.link_bw * c["link"])
+    t = max(compute, link) if stack.offload_overlap else compute + link
+    return t + b.layers * c["host_per_layer_s"] * b.host_scale
+
+
+def row_time(stack: Stack, c: dict, b: RowBase) -> float:
+    """The measured quantity of a row: the mean decode step (level step) or the whole generation (level e2e)."""
+    if b.level == "e2e":
+        steps = step_times(stack, c, b) if b.gen_len > 1 else np.zeros(0)
+        return prefill_time(stack, c, b) + float(steps.sum())
+    steps = step_times(stack, c, b)
+    return float(steps.mean())

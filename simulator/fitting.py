@@ -9,7 +9,7 @@ several devices of one kind, each predicted with its own profile.
     of data/implementations.yaml by `sparq-sim calibrate --defaults`;
   - the framework families' host cost per op, from the implementations whose host cost the rows identify.
 
-Since time = max(host, device) >= host on a GPU, the host cost is the fastest call when the rows show a floor (calls
+Since time = overlap(host, device) >= host on a GPU, the host cost is the fastest call when the rows show a floor (calls
 with twice the device work taking barely longer: `host_floor_seen`; or a fastest call more than HOST_EVIDENCE times
 its fitted device time), else it keeps its prior; the device terms are fitted by least squares on relative
 error on the rows more than `host_margin` above the host cost, each parameter scaled by its prior and pulled toward it
@@ -264,13 +264,26 @@ def fit_device(df, hw: HardwareProfile, defaults: dict | None = None, host_prior
     Returns {'host_scale', 'bandwidth_scale', 'rows', 'mape_before', 'mape_after'}."""
     import dataclasses
 
-    from .fidelity import predict_rows
+    from .fidelity import ROW_SHAPE, predict_rows
+    from .implementations import combine, kernel_time_parts
 
     t = df["time_s"].to_numpy(dtype=np.float64)
+    kern = (df["level"] == "kernel").to_numpy() if "level" in df.columns else np.ones(len(df), dtype=bool)
+    base = dataclasses.replace(hw, calibration=dict(hw.calibration or {}, host_scale=1.0, bandwidth_scale=1.0))
+    # kernel rows: their parts at factors 1, scaled below (a kernel's time is linear in both factors' inverses)
+    cols = {c: df[c].to_numpy()[kern] for c in ROW_SHAPE}
+    if "page_size" in df.columns:
+        cols["page_size"] = df["page_size"].to_numpy()[kern]
+    parts = kernel_time_parts(df["kernel"].to_numpy()[kern], cols, base, None, defaults) if kern.any() else None
 
     def predictions(eta, beta):
-        cal = dict(hw.calibration or {}, host_scale=float(eta), bandwidth_scale=float(beta))
-        return predict_rows(df, dataclasses.replace(hw, calibration=cal), defaults)
+        out = np.empty(len(t))
+        if parts is not None:
+            out[kern] = combine(parts, base, eta, beta)
+        if (~kern).any():   # whole-model rows through their stacks, on the profile with these factors
+            cal = dict(hw.calibration or {}, host_scale=float(eta), bandwidth_scale=float(beta))
+            out[~kern] = predict_rows(df[~kern], dataclasses.replace(hw, calibration=cal), defaults)
+        return out
 
     def loss(eta, beta):
         r = np.log(predictions(eta, beta) / t)

@@ -10,7 +10,8 @@ Per decode step of a stack at context S (all quantities per device):
     link   = W_host / (link_BW x link_eff) [+ KV_host / (link_BW x link_eff)]          (offloaded bytes)
     cpu    = KV_host / cpu_attention_Bps                                               (attention on the host)
     step   = max(device, link, cpu) when the stack overlaps transfers with compute, else their sum
-    host   = layers x host_per_layer;  time = max(host, step) (asynchronous launches) or host + step
+    host   = layers x host_per_layer;  time = overlap(host, step) (asynchronous launches: the smooth maximum of
+             implementations.overlap, as for kernels) or host + step
 
 The efficiencies are per precision (w16, w8, w4 for weights; kv16, kv8, kv4 for the cache: dequantising kernels stream
 below the roofline). W and KV are the step's weight and KV-cache bytes, BW the profile's achieved bandwidth of the first memory tier; the
@@ -31,7 +32,7 @@ import numpy as np
 
 from ..hardware_profiles import HardwareProfile
 from .errors import UserError, closest
-from .implementations import _load, fitted_defaults
+from .implementations import _load, fitted_defaults, overlap
 
 STACK_COSTS = ("host_per_layer_s", "w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "cpu_attention_Bps", "prefill")
 # the range a fitted cost may take: an efficiency between 1/50 of the achieved bandwidth (dequantising eager code) and
@@ -53,7 +54,7 @@ class Stack:
     name: str
     family: str | None
     host_ops_per_layer: float
-    host_overlap: bool        # the host runs ahead of the device (asynchronous launches): time = max(host, step)
+    host_overlap: bool        # the host runs ahead of the device (asynchronous launches): time = overlap(host, step)
     offload_overlap: bool     # offloaded transfers overlap the device's compute (FlexGen's schedule)
     cpu_attention: bool       # attention over an offloaded cache runs on the host (FlexGen)
     roofline_only: bool       # the measured step is predict's roofline as is (sparq-sim measure --model-step)
@@ -160,7 +161,7 @@ def step_times(stack: Stack, c: dict, b: RowBase) -> np.ndarray:
             link = link + b.KV * b.kv_host / link_bw
     step = np.maximum(np.maximum(device, link), cpu) if stack.offload_overlap else device + link + cpu
     host = b.layers * c["host_per_layer_s"] * b.host_scale
-    return np.maximum(host, step) if stack.host_overlap else host + step
+    return overlap(host, step) if stack.host_overlap else host + step
 
 
 def prefill_time(stack: Stack, c: dict, b: RowBase) -> float:

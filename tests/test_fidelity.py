@@ -113,12 +113,15 @@ def test_the_host_cost_travels_and_the_device_part_scales_with_the_profile():
     for gpu in ("h100", "h200", "a100"):
         hw = load_hardware(gpu)
         t = predict_kernel_times(["sparq-attn-triton"] * 2, rows, hw)
-        assert t[0] == pytest.approx(host)   # batch 1: the host floor, whatever the GPU
+        assert t[0] == pytest.approx(host, rel=0.05)   # batch 1: the host floor, whatever the GPU
     a100, h100 = load_hardware("a100"), load_hardware("h100")
     impl = get_implementation("sparq-attn-triton")
     big = {c: [v[1]] for c, v in rows.items()}
-    dev = {h.name: predict_kernel_times(["sparq-attn-triton"], big, h)[0] - params_for(impl, h)["device_fixed_s"]
-           for h in (a100, h100)}
+    def device(h):   # the time less the host's share (overlap) and the fixed launch gaps
+        p = params_for(impl, h)
+        t = predict_kernel_times(["sparq-attn-triton"], big, h)[0]
+        return (t ** 2 - p["fixed_s"] ** 2) ** 0.5 - p["device_fixed_s"]
+    dev = {h.name: device(h) for h in (a100, h100)}
     ratio = (h100.memory[0].achieved_Bps) / (a100.memory[0].achieved_Bps)
     assert dev["a100-80gb"] / dev["h100-sxm"] == pytest.approx(ratio, rel=1e-9)
 
@@ -149,7 +152,7 @@ def _stack_row(level, gen_len, w_on=1.0, kv_on=1.0, stack="flexgen"):
 
 def test_stack_step_by_hand():
     """One FlexGen step with 40 % of the weights on the host: the device streams the resident 60 % (at the stack's
-    weight efficiency), the link moves the rest, and FlexGen overlaps the two; the host's layers cost in parallel."""
+    weight efficiency), the link moves the rest, and FlexGen overlaps the two; the host's layers overlap the step."""
     hw, b = _stack_row("step", 8, w_on=0.6)
     stack = get_stack("flexgen")
     c = dict(stack_costs(stack), w16=0.5, kv16=1.0, link=1.0, host_per_layer_s=0.0)
@@ -158,8 +161,9 @@ def test_stack_step_by_hand():
     assert step_times(stack, c, b) == pytest.approx(np.maximum(device, link), rel=1e-12)
     hf = get_stack("hf-accelerate")     # no overlap: the transfers add
     assert step_times(hf, c, b) == pytest.approx(device + link, rel=1e-12)
-    c["host_per_layer_s"] = 1.0         # a host slower than everything: the step is the host's
-    assert step_times(stack, c, b) == pytest.approx(np.full(len(b.steps), 32.0))
+    c["host_per_layer_s"] = 1.0         # a host much slower than the device: the step is about the host's
+    step = np.maximum(device, link)
+    assert step_times(stack, c, b) == pytest.approx(np.sqrt(32.0 ** 2 + step ** 2), rel=1e-12)
 
 
 def test_whole_generation_sums_every_step_exactly():

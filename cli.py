@@ -478,8 +478,9 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
     parse_profile(yaml.safe_load(text), output)  # what we write must load
     write_atomic(output, text)
     sys.stderr.write(f"wrote {output}: host x{dev['host_scale']:g}, memory bandwidth x{dev['bandwidth_scale']:g} "
-                     f"(error on the {dev['rows']} rows {dev['mape_before'] * 100:.1f}% -> {dev['mape_after'] * 100:.1f}%)"
-                     f"; {len(block['kernels'])} kernels with {MIN_KERNEL_ROWS}+ rows fitted on their own\n")
+                     f"(error on the {dev['rows']} rows {dev['mape_before'] * 100:.1f}% -> "
+                     f"{dev['mape_after'] * 100:.1f}%); {len(block['kernels'])} kernels with {MIN_KERNEL_ROWS}+ rows "
+                     f"fitted on their own\n")
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim measure --device cpu -o measured.csv\n\n"

@@ -18,7 +18,6 @@ from functools import lru_cache
 import numpy as np
 
 from ..hardware_profiles import HardwareProfile
-from .errors import UserError
 from .fitting import fit_defaults, fit_stack
 from .implementations import IMPLEMENTATIONS_FILE, get_implementation, predict_kernel_times
 from .measured import dataset_names, dataset_path, load_measurements, resolve_device
@@ -49,8 +48,8 @@ _BASES: dict = {}
 def _base(df, i, hw: HardwareProfile):
     """The stack-independent part of a whole-model row's prediction (cached: fitting evaluates it many times)."""
     dtype = parse_dtype(df["dtype"].iloc[i])
-    key = (hw.name, hw.digest, hw.bandwidth_scale, (hw.calibration or {}).get("host_scale", 1.0), str(df["model"].iloc[i]), df["level"].iloc[i], int(df["batch"].iloc[i]),
-           int(df["seq_len"].iloc[i]), _value(df, "gen_len", i), df["strategy"].iloc[i],
+    key = (hw.name, hw.digest, hw.bandwidth_scale, (hw.calibration or {}).get("host_scale", 1.0),
+           str(df["model"].iloc[i]), df["level"].iloc[i], int(df["batch"].iloc[i]), int(df["seq_len"].iloc[i]), _value(df, "gen_len", i), df["strategy"].iloc[i],
            parse_dtype(_value(df, "weights", i, dtype)), parse_dtype(_value(df, "kv_dtype", i, dtype)),
            int(_value(df, "devices", i, 1)), _value(df, "k", i), _value(df, "page_size", i),
            float(_value(df, "weights_on_device", i, 1.0)), float(_value(df, "kv_on_device", i, 1.0)))

@@ -23,9 +23,8 @@ import numpy as np
 
 from ..hardware_profiles import HardwareProfile
 from .errors import UserError
-from .implementations import (GATHER_PRIOR, STREAM_PRIOR, TOPK_BYTES_PRIOR, Implementation, _bandwidth,
-                              _cache_speedup, absolute_params, default_costs, features, get_implementation, op_model,
-                              op_times, overlapped, prior_costs)
+from .implementations import (Implementation, _bandwidth, _cache_speedup, absolute_params, default_costs, features,
+                              get_implementation, op_model, op_times, overlapped, prior_costs)
 
 FLOOR_SPAN = 2.0       # a host floor shows as calls with at least twice the device work ...
 FLOOR_FLAT = 1.25      # ... taking less than 25 % longer than the fastest call,
@@ -191,10 +190,6 @@ def calibration_block(params: dict, hw: HardwareProfile, source: str, rows: int)
                          "gather_efficiency": round(float(1.0 / (bw * p["inv_gather"])), 4),
                          "topk_per_element": f"{p['topk_s'] * 1e9:.4g} ns"}
     return {"source": source, "rows": int(rows), "kernels": kernels}
-
-
-__all__ = ["fit", "fit_costs", "fit_defaults", "calibration_block", "GATHER_PRIOR", "STREAM_PRIOR",
-           "TOPK_BYTES_PRIOR"]
 
 
 def fit_stack(stack, items: list, families: dict | None = None, prior_rows: float = 1.0, iterations: int = 40) -> dict:

@@ -28,7 +28,6 @@ Pure numpy/pandas.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path

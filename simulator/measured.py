@@ -16,7 +16,7 @@ import numpy as np
 from ..hardware_profiles import HardwareProfile, load_hardware
 from .errors import UserError, input_file
 from .fitting import calibration_block, fit
-from .implementations import get_implementation, predict_kernel_times
+from .implementations import get_implementation
 from .strategies import get_strategy
 
 MODEL_STEP = "model-step"  # rows timing a whole decode step of a real model (sparq-sim measure --model-step)
@@ -134,7 +134,8 @@ def load_measurements(path):
         if c in df.columns:
             bad = df[c].notna() & ~((df[c] >= 0) & (df[c] <= 1))
             if bad.any():
-                fail(first(bad), f"column {c} must be a fraction from 0 to 1 (or blank), got {df[c].iloc[first(bad)]!r}")
+                fail(first(bad), f"column {c} must be a fraction from 0 to 1 (or blank), got "
+                                 f"{df[c].iloc[first(bad)]!r}")
     bad = ~np.isfinite(df["time_s"]) | (df["time_s"] <= 0) | (df["time_s"] > MAX_TIME_S)
     if bad.any():
         fail(first(bad), f"time_s must be positive, finite and at most {MAX_TIME_S:g} s, got "

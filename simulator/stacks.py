@@ -13,9 +13,9 @@ Per decode step of a stack at context S (all quantities per device):
     host   = layers x host_per_layer;  time = overlap(host, step) (asynchronous launches: the smooth maximum of
              implementations.overlap, as for kernels) or host + step
 
-The efficiencies are per precision (w16, w8, w4 for weights; kv16, kv8, kv4 for the cache: dequantising kernels stream
-below the roofline). W and KV are the step's weight and KV-cache bytes, BW the profile's achieved bandwidth of the first memory tier; the
-offloaded shares are (1 - weights_on_device) and (1 - kv_on_device). A step-level measurement is the mean over the
+The efficiencies are per precision (w16, w8, w4 for weights; kv16, kv8, kv4 for the cache: dequantising kernels
+stream below the roofline). W and KV are the step's weight and KV-cache bytes, BW the profile's achieved bandwidth of
+the first memory tier; the offloaded shares are (1 - weights_on_device) and (1 - kv_on_device). A step-level measurement is the mean over the
 decode steps it ran (context S + 1 ... S + gen_len - 1); a whole generation (e2e) is the prefill of the prompt
 (`predict`'s prefill, plus the offloaded weights' transfer) and those steps, summed exactly over every context.
 
@@ -135,7 +135,8 @@ def row_base(hw: HardwareProfile, model, level: str, batch: int, seq_len: int, g
     m = load_model_spec(model)
     return RowBase(level=level, steps=cols["time_s"], W=cols["weight_bytes"] * per_dev, KV=kv,
                    prefill=float(first["prefill_time_s"][0]), prefill_W=float(first["weight_bytes"][0]) * per_dev,
-                   layers=m.n_layers, bw=hw.memory[0].achieved_Bps * hw.bandwidth_scale, link_bw=hw.host_link.achieved_Bps,
+                   layers=m.n_layers, bw=hw.memory[0].achieved_Bps * hw.bandwidth_scale,
+                   link_bw=hw.host_link.achieved_Bps,
                    weights_key=WEIGHT_KEY[weights], kv_key=KV_KEY[kv_dtype], w_host=1.0 - float(weights_on_device),
                    kv_host=1.0 - float(kv_on_device), gen_len=n,
                    host_scale=(hw.calibration or {}).get("host_scale", 1.0))

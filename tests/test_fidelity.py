@@ -10,8 +10,7 @@ import pytest
 from sparq_sim.cli import main
 from sparq_sim.hardware_profiles import load_hardware
 from sparq_sim.simulator.errors import UserError
-from sparq_sim.simulator.fidelity import (fit_all, fitted_block_text, load_dataset, predict_rows, refit_defaults,
-                                          validate_all)
+from sparq_sim.simulator.fidelity import fit_all, load_dataset, predict_rows, refit_defaults, validate_all
 from sparq_sim.simulator.fitting import fit_device
 from sparq_sim.simulator.implementations import (IMPLEMENTATIONS_FILE, features, fitted_defaults, get_implementation,
                                                  params_for, predict_kernel_times)

@@ -178,6 +178,18 @@ def sectors_touched(r, head_dim, elem_bytes, granularity):
     return n * (1.0 - miss)
 
 
+def _per_combination(fn, a, b, c, scalar) -> np.ndarray:
+    """fn(a_i, b_i, c_i, scalar) for every row, evaluated once per distinct (a, b, c): a file of a million rows holds
+    a few dozen shapes."""
+    keys = np.stack([np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64),
+                     np.asarray(c, dtype=np.float64)], axis=1)
+    if len(keys) == 0:
+        return np.zeros(0)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    values = np.asarray([float(fn(x, y, z, scalar)) for x, y, z in uniq])
+    return values[np.ravel(inverse)]
+
+
 def _shape(rows: dict):
     """Batch, context, query heads, KV heads, head_dim and bytes per element of measurement rows, as float arrays."""
     return (*(np.asarray(rows[c], dtype=np.float64) for c in ("batch", "seq_len", "n_heads", "n_kv_heads", "head_dim")),
@@ -236,7 +248,7 @@ def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str,
             stream = stream + step1 * impl.gather_factor
         elif impl.step1 == "sectors":  # K once: each d-contiguous row moves the sectors its r components fall in
             g = hw.granularity_bytes
-            per_row = np.asarray([sectors_touched(ri, di, ei, g) for ri, di, ei in zip(r, d, e)]) * g
+            per_row = _per_combination(sectors_touched, r, d, e, g) * g
             stream = stream + B * heads_kv * S * per_row + step1 * (impl.gather_factor - 1)
         topk = impl.topk * B * Hkv * S
     else:
@@ -275,8 +287,8 @@ def line_elements(n_rows, row_len, picked, elem_bytes, line_bytes):
     `row_len` elements are gathered: a gather along a row moves whole lines, so this is what it costs."""
     n_rows, row_len, picked, elem_bytes = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in
                                                                 (n_rows, row_len, picked, elem_bytes)))
-    per_row = np.asarray([sectors_touched(p, n, e, line_bytes) for p, n, e in
-                          zip(picked.ravel(), row_len.ravel(), elem_bytes.ravel())]).reshape(n_rows.shape)
+    per_row = _per_combination(sectors_touched, picked.ravel(), row_len.ravel(), elem_bytes.ravel(),
+                               line_bytes).reshape(n_rows.shape)
     return n_rows * np.minimum(per_row * line_bytes / elem_bytes, row_len)
 
 

@@ -152,37 +152,48 @@ def load_measurements(path):
                 f"(each KV head serves a whole group of query heads)")
     from .stacks import get_stack
 
-    for i, (kern, strat, dt, level) in enumerate(zip(df["kernel"], df["strategy"], df["dtype"], df["level"])):
+    # names are checked once per distinct combination (a file of millions of rows repeats a few), conditions on the
+    # numbers with array operations; the first failing row is named
+    n = len(df)
+    col = (lambda c: df[c].to_numpy() if c in df.columns else np.full(n, np.nan))  # noqa: E731
+    has_model = np.array([isinstance(v, str) and v.strip() != "" for v in col("model")], dtype=bool)
+    keys = ["kernel", "strategy", "dtype", "level"] + [c for c in ("weights", "kv_dtype") if c in df.columns]
+    combos = df[keys].astype(str).drop_duplicates()
+    for i in combos.index:
+        kern, strat, dt, level = (str(df[c].iloc[i]) for c in ("kernel", "strategy", "dtype", "level"))
         try:
             parse_dtype(dt)
             if level != "kernel":   # a whole model under a software stack: predicted through `predict`
                 get_strategy(strat)
-                get_stack(str(kern))
-                if "model" not in df.columns or not isinstance(df["model"].iloc[i], str):
-                    raise UserError(f"a {level} row needs a model column (a built-in name or config path)")
+                get_stack(kern)
                 for c in ("weights", "kv_dtype"):
                     if c in df.columns and isinstance(df[c].iloc[i], str):
                         parse_dtype(df[c].iloc[i], c)
-                if level == "e2e" and ("gen_len" not in df.columns or not df["gen_len"].iloc[i] >= 1):
-                    raise UserError("an e2e row needs gen_len (tokens generated per sequence)")
-                if strat in ("h2o", "quest", "lm-infinite", "flexgen") and (
-                        "k" not in df.columns or not df["k"].iloc[i] >= 1):
-                    raise UserError(f"a {strat} row needs k (the attended-token budget)")
                 continue
             impl = get_implementation(kern)
         except UserError as e:
             fail(i, str(e))
         if impl.strategy != strat:
             fail(i, f"kernel {kern} implements {impl.strategy}, but the row says strategy {strat!r}")
-        if strat == "sparq":
-            r, k = df["r"].iloc[i] if "r" in df else np.nan, df["k"].iloc[i] if "k" in df else np.nan
-            if not (r >= 1 and k >= 1) or r > df["head_dim"].iloc[i] or k > df["seq_len"].iloc[i]:
-                fail(i, f"a sparq row needs 1 <= r <= head_dim and 1 <= k <= seq_len, got r={r!r}, k={k!r}")
-        elif strat != "dense" and not ("k" in df.columns and df["k"].iloc[i] >= 1):
-            fail(i, f"a {strat} row needs k (the attended-token budget)")
+    level, strat = df["level"].to_numpy(), df["strategy"].to_numpy()
+    r, k, gen = col("r").astype(np.float64), col("k").astype(np.float64), col("gen_len").astype(np.float64)
+    whole = level != "kernel"
+    checks = [
+        (whole & ~has_model, lambda i: f"a {level[i]} row needs a model column (a built-in name or config path)"),
+        ((level == "e2e") & ~(gen >= 1), lambda i: "an e2e row needs gen_len (tokens generated per sequence)"),
+        (~whole & (strat == "sparq") & ~((r >= 1) & (k >= 1) & (r <= df["head_dim"].to_numpy())
+                                          & (k <= df["seq_len"].to_numpy())),
+         lambda i: f"a sparq row needs 1 <= r <= head_dim and 1 <= k <= seq_len, got r={r[i]!r}, k={k[i]!r}"),
+        (np.isin(strat, ["h2o", "quest", "lm-infinite", "flexgen"]) & ~(k >= 1),
+         lambda i: f"a {strat[i]} row needs k (the attended-token budget)"),
+    ]
+    bad_row = [(first(bad), msg) for bad, msg in checks if bad.any()]
+    if bad_row:
+        i, msg = min(bad_row, key=lambda x: x[0])
+        fail(i, msg(i))
+    # attrs are deep-copied by every pandas operation: only small things go there
     df.attrs["skipped"] = skipped
     df.attrs["path"] = str(p)
-    df.attrs["lines"] = df["_line"].tolist()
     return df.drop(columns=["_line"])
 
 

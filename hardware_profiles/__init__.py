@@ -8,7 +8,8 @@ A profile describes (schema_version 1; every block carries a `source`):
     host_link:     the link to host memory (PCIe for a GPU, NVMe for a CPU): name, bandwidth per direction,
                    efficiency, optional capacity of what sits behind it, source. Offloaded data pays this bandwidth.
     device_link:   the device-to-device link for tensor parallelism: name, bandwidth per direction per device,
-                   efficiency, latency per collective step, source.
+                   efficiency, latency per step of a collective (one hop), optional base_latency (the fixed cost of
+                   one collective, whatever its steps), source.
     compute:       matrix and vector units: peak per dtype (dense, no sparsity), efficiency, source.
     cache:         on-chip cache (L2, Infinity Cache, L3): size, source.
     access:        granularity of a memory transaction (bytes), source.
@@ -56,6 +57,7 @@ class Link:
     latency_s: float
     capacity_bytes: float  # what sits behind a host link (inf when unstated); 0 for a device link
     source: str
+    base_latency_s: float = 0.0   # device link: the fixed cost of one collective, whatever its steps
 
     @property
     def achieved_Bps(self) -> float:
@@ -149,7 +151,7 @@ CPU_OPS = {
 }
 _TIER = {"name", "capacity", "bandwidth", "efficiency", "source"}
 _HOST = {"name", "bandwidth", "efficiency", "latency", "capacity", "source"}
-_DLINK = {"name", "bandwidth", "efficiency", "latency", "source"}
+_DLINK = {"name", "bandwidth", "efficiency", "latency", "base_latency", "source"}
 _UNIT = {"peak", "efficiency", "source"}
 
 
@@ -256,7 +258,7 @@ def parse_profile(data, where: str) -> HardwareProfile:
         c.quantity(h["capacity"], "host_link.capacity", "bytes") if "capacity" in h else float("inf"),
         c.text(h["source"], "host_link.source"),
     )
-    d = c.mapping(data["device_link"], "device_link", _DLINK, _DLINK)
+    d = c.mapping(data["device_link"], "device_link", _DLINK, _DLINK - {"base_latency"})
     dlink = Link(
         c.text(d["name"], "device_link.name"),
         c.quantity(d["bandwidth"], "device_link.bandwidth", "bandwidth"),
@@ -264,6 +266,7 @@ def parse_profile(data, where: str) -> HardwareProfile:
         c.quantity(d["latency"], "device_link.latency", "time", positive=False),
         0.0,
         c.text(d["source"], "device_link.source"),
+        c.quantity(d.get("base_latency", 0), "device_link.base_latency", "time", positive=False),
     )
     comp = c.mapping(data["compute"], "compute", {"matrix", "vector", "units"}, {"matrix", "vector"})
     units = 0

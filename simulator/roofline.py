@@ -5,11 +5,14 @@ Per operator (per device, per occurrence):
     ideal     = max(bytes on each tier / peak bandwidth,     FLOPs / peak,          collective bytes / link peak)
 Tiers are independent channels (HBM and a PCIe host link stream concurrently), so an operator waits for the slowest.
 Operators run one after another; the step time is their sum.
-A collective is a ring all-reduce: 2 (N-1)/N of the message crosses each device's link, in 2 (N-1) latency-bound steps.
+A collective is an all-reduce as NCCL runs it: the faster of a ring (2 (N-1)/N of the message crosses each device's
+link, in 2 (N-1) steps) and a tree (2 ceil(log2 N) steps, twice the message), after the link's fixed cost per
+collective (`allreduce_time`; NCCL's own tuning model, src/graph/tuning.cc, weighs the two the same way).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +64,20 @@ def vector_peak(hw: HardwareProfile) -> float:
     return min(hw.vector.peak_flops.values())
 
 
+def allreduce_time(message_bytes, devices: int, link) -> np.ndarray:
+    """Realistic time of an all-reduce of `message_bytes` per device over `devices` devices on `link`: the link's
+    fixed cost per collective, then the faster of a ring (2 (N-1) hops, 2 (N-1)/N of the message over each link) and
+    a tree (2 ceil(log2 N) hops, twice the message): NCCL picks the faster by the same kind of latency-bandwidth
+    model. Decode's messages (batch x d_model activations) are small, so the hops dominate and the tree wins beyond
+    four devices."""
+    N = int(devices)
+    n = np.asarray(message_bytes, dtype=np.float64)
+    bw, hop = link.achieved_Bps, link.latency_s
+    ring = 2 * (N - 1) * hop + 2 * (N - 1) / N * n / bw
+    tree = 2 * math.ceil(math.log2(N)) * hop + 2 * n / bw
+    return link.base_latency_s + np.minimum(ring, tree)
+
+
 @dataclass
 class OpTimes:
     time_s: np.ndarray
@@ -88,9 +105,8 @@ def time_op(op: Op, hw: HardwareProfile, pl: Placement, prec: Precision, devices
     comp_ideal = op.flops / peak
     comp_real = comp_ideal / eff
     if devices > 1 and op.unit == "link":
-        frac = 2 * (devices - 1) / devices
-        link_ideal = frac * op.comm / hw.device_link.bandwidth_Bps
-        link_real = frac * op.comm / hw.device_link.achieved_Bps + 2 * (devices - 1) * hw.device_link.latency_s
+        link_ideal = 2 * (devices - 1) / devices * op.comm / hw.device_link.bandwidth_Bps
+        link_real = allreduce_time(op.comm, devices, hw.device_link)
     else:
         link_ideal = link_real = 0.0
     busy = np.maximum(np.maximum(mem_real, comp_real), link_real)

@@ -225,8 +225,9 @@ def test_malformed_profile_names_file_and_field(capsys, tmp_path, name, old, new
 @pytest.mark.parametrize("old,new,field", [
     ("capacity: 80 GB", f"capacity: {HUGE_INT}", "memory[0].capacity"),
     ("bf16: 312 TFLOP/s", f"bf16: {HUGE_INT}", "compute.matrix.peak.bf16"),
-    ("latency: 5 us", f"latency: {HUGE_INT}", "device_link.latency"),
-], ids=["capacity", "peak", "latency"])
+    ("latency: 0.6 us", f"latency: {HUGE_INT}", "device_link.latency"),
+    ("base_latency: 6.7 us", f"base_latency: {HUGE_INT}", "device_link.base_latency"),
+], ids=["capacity", "peak", "latency", "base-latency"])
 def test_profile_with_huge_integer(capsys, tmp_path, old, new, field):
     p = _profile(tmp_path, "huge-int", old, new)
     assert_one_line_error(*cli(capsys, "predict", "--hardware-file", p), [str(p), field])

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from sparq_sim import ledger, load_model_spec, predict
+from sparq_sim.hardware_profiles import load_hardware
 from sparq_sim.simulator.strategies import STRATEGY_NAMES, elements_moved, resolve_params
 
 GiB = 2**30
@@ -163,3 +164,20 @@ def test_tensor_parallel_adds_two_allreduces_per_layer():
 def test_sliding_window_caps_what_attention_reads():
     d = one(predict(model="mistral-7b", seq_len=8192, strategies="dense"), "dense")
     assert d.attended_len == 4096 and d.kv_read_bytes == 2 * 32 * 8 * 128 * 4096 * 2
+
+
+def test_allreduce_is_the_faster_of_ring_and_tree_after_the_base_latency():
+    """NCCL-style collective on an H100's NVLink (0.6 us per hop, 6.7 us per collective): a decode step's 16 KiB
+    message over 8 GPUs takes the tree (6 hops, not the ring's 14); 2 GPUs take the ring (same hops, half the bytes)."""
+    from sparq_sim.simulator.roofline import allreduce_time
+
+    link = load_hardware("h100").device_link
+    bw = link.achieved_Bps
+    n = 16384.0
+    ring8 = 14 * 0.6e-6 + 2 * 7 / 8 * n / bw
+    tree8 = 6 * 0.6e-6 + 2 * n / bw
+    assert tree8 < ring8
+    assert allreduce_time(n, 8, link) == pytest.approx(6.7e-6 + tree8, rel=1e-12)
+    assert allreduce_time(n, 2, link) == pytest.approx(6.7e-6 + 2 * 0.6e-6 + n / bw, rel=1e-12)
+    big = 1e9   # a large message: bandwidth bound, the ring moves less
+    assert allreduce_time(big, 8, link) == pytest.approx(6.7e-6 + 14 * 0.6e-6 + 2 * 7 / 8 * big / bw, rel=1e-12)

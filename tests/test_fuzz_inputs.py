@@ -201,6 +201,7 @@ def dump_yaml(doc) -> str:
 # path, zero allowed
 QUANTITY_FIELDS = [("memory.0.capacity", False), ("memory.0.bandwidth", False), ("host_link.bandwidth", False),
                    ("host_link.latency", True), ("device_link.bandwidth", False), ("device_link.latency", True),
+                   ("device_link.base_latency", True),
                    ("compute.matrix.peak.bf16", False), ("compute.vector.peak.fp32", False), ("cache.size", True),
                    ("access.granularity", False), ("overheads.kernel_launch", True)]
 BAD_QUANTITIES = [-1, -1e-9, "-5", "-2039 GB/s", NAN, INF, -INF, "nan", "inf", 1e308, "1e31", HUGE, "1e400",
@@ -219,7 +220,8 @@ BAD_BLOCKS = [None, "text", 5, [], {}, [1, 2]]
 
 def _required(doc):
     """Paths of every field of the base profile except the optional ones."""
-    optional = {"aliases", "description", "compute.units", "host_link.latency", "host_link.capacity"}
+    optional = {"aliases", "description", "compute.units", "host_link.latency", "host_link.capacity",
+                "device_link.base_latency"}
     out = []
     for p in leaf_paths(doc):
         if p in optional or any(p.startswith(o + ".") for o in optional) or ".peak." in p:

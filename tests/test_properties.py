@@ -432,7 +432,8 @@ def _allreduce_upper_bound(hw_name, model, B, act_bytes, N):
     msg = B * m.d_model * act_bytes
     mem = 2 * msg / min(t.achieved_Bps for t in hw.memory)
     comp = B * m.d_model / (min(hw.vector.peak_flops.values()) * hw.vector.efficiency)
-    link = 2 * (N - 1) / N * msg / hw.device_link.achieved_Bps + 2 * (N - 1) * hw.device_link.latency_s
+    link = hw.device_link.base_latency_s + 2 * (N - 1) / N * msg / hw.device_link.achieved_Bps \
+        + 2 * (N - 1) * hw.device_link.latency_s    # the ring: a bound on NCCL's choice of ring or tree
     return mem + comp + link + hw.kernel_launch_s
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import UserError
 from .models import ModelSpec
-from .units import DTYPE_BYTES
+from .units import DTYPE_BYTES, WEIGHT_STREAM_EFFICIENCY
 from .strategies import QUEST_DENSE_LAYERS, cache_tokens, extra_cache_elements, traffic_components
 
 FP32 = 4.0
@@ -69,12 +69,14 @@ class Precision:
     w: float    # bytes per weight
     a: float    # bytes per activation
     kv: float   # bytes per KV element (also metadata, as in the paper's element model)
+    w_eff: float = 1.0   # share of the achieved bandwidth the weights stream at (weight-only quantised kernels)
 
     @classmethod
     def of(cls, dtype: str, kv_dtype: str | None = None) -> "Precision":
         """Weights in `dtype`; activations in `dtype` (fp16 for int4 weights, which dequantise); KV in `kv_dtype`."""
         kvd = kv_dtype or dtype
-        return cls(dtype, kvd, DTYPE_BYTES[dtype], DTYPE_BYTES[dtype] if dtype != "int4" else 2.0, DTYPE_BYTES[kvd])
+        return cls(dtype, kvd, DTYPE_BYTES[dtype], DTYPE_BYTES[dtype] if dtype != "int4" else 2.0, DTYPE_BYTES[kvd],
+                   WEIGHT_STREAM_EFFICIENCY.get(dtype, 1.0))
 
 
 @dataclass(frozen=True)

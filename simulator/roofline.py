@@ -2,6 +2,7 @@
 
 Per operator (per device, per occurrence):
     realistic = max(bytes on each tier / achieved bandwidth, FLOPs / achieved peak, collective time) + launches x overhead
+                (int8 / int4 weights at units.WEIGHT_STREAM_EFFICIENCY of the achieved bandwidth)
     ideal     = max(bytes on each tier / peak bandwidth,     FLOPs / peak,          collective bytes / link peak)
 Tiers are independent channels (HBM and a PCIe host link stream concurrently), so an operator waits for the slowest.
 Operators run one after another; the step time is their sum.
@@ -95,8 +96,10 @@ def time_op(op: Op, hw: HardwareProfile, pl: Placement, prec: Precision, devices
     mem_real = 0.0
     mem_ideal = 0.0
     for t in range(len(pl.tiers)):
-        b = (op.weight * (pl.weights == t) + kv_bytes * (pl.kv == t) + act_bytes * (pl.act == t))
-        mem_real = np.maximum(mem_real, b / pl.achieved_Bps[t])
+        w = op.weight * (pl.weights == t)
+        b = w + kv_bytes * (pl.kv == t) + act_bytes * (pl.act == t)
+        # weight-only quantised weights stream below the achieved rate (units.WEIGHT_STREAM_EFFICIENCY)
+        mem_real = np.maximum(mem_real, (b + w * (1 / prec.w_eff - 1)) / pl.achieved_Bps[t])
         mem_ideal = np.maximum(mem_ideal, b / pl.peak_Bps[t])
     if op.unit == "matrix":
         peak, eff = matrix_peak(hw, prec.dtype), hw.matrix.efficiency

@@ -33,6 +33,7 @@ import numpy as np
 from ..hardware_profiles import HardwareProfile
 from .errors import UserError, closest
 from .implementations import _load, fitted_defaults, overlap
+from .units import WEIGHT_STREAM_EFFICIENCY
 
 STACK_COSTS = ("host_per_layer_s", "w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "cpu_attention_Bps", "prefill")
 # the range a fitted cost may take: an efficiency between 1/50 of the achieved bandwidth (dequantising eager code) and
@@ -41,10 +42,11 @@ STACK_COSTS = ("host_per_layer_s", "w16", "w8", "w4", "kv16", "kv8", "kv4", "lin
 BOUNDS = {"w16": (0.02, 1.3), "w8": (0.02, 1.3), "w4": (0.02, 1.3), "kv16": (0.02, 1.3), "kv8": (0.02, 1.3),
           "kv4": (0.02, 1.3), "link": (0.1, 1.3), "prefill": (0.1, 1.3), "cpu_attention_Bps": (1e9, 200e9)}
 CPU_ATTENTION_PRIOR_BPS = 20e9   # assumption: host attention over an offloaded cache streams ~20 GB/s of DRAM
-# Weight-only quantised matmuls do not stream at the 16-bit rate: gpt-fast's README (pytorch-labs/gpt-fast@32971d3,
-# A100 80GB table, Llama-2-7B, batch 1) reports 1397 GB/s for bf16, 1069 GB/s for int8 and 862 GB/s for int4 (G=32)
-# weight-only: 0.77 and 0.62 of the bf16 rate. The same factors are the prior for a quantised KV cache.
-QUANT_PRIORS = {"w8": 0.77, "w4": 0.62, "kv8": 0.77, "kv4": 0.62}
+# Weight-only quantised matmuls do not stream at the 16-bit rate; `predict`'s roofline already reads int8 and int4
+# weights at units.WEIGHT_STREAM_EFFICIENCY (gpt-fast's A100 figures: 0.77 and 0.62), so a stack's w8 and w4 are
+# relative to that (prior 1). A quantised KV cache is dequantised by the attention kernels: the same factors are the
+# prior for kv8 and kv4 (an assumption).
+QUANT_PRIORS = {"w8": 1.0, "w4": 1.0, "kv8": WEIGHT_STREAM_EFFICIENCY["int8"], "kv4": WEIGHT_STREAM_EFFICIENCY["int4"]}
 WEIGHT_KEY = {"fp32": "w16", "tf32": "w16", "bf16": "w16", "fp16": "w16", "fp8": "w8", "int8": "w8", "int4": "w4"}
 KV_KEY = {"fp32": "kv16", "tf32": "kv16", "bf16": "kv16", "fp16": "kv16", "fp8": "kv8", "int8": "kv8", "int4": "kv4"}
 
@@ -108,6 +110,7 @@ class RowBase:
     prefill_W: float         # weight bytes per device of the prefill
     layers: int
     bw: float                # achieved bandwidth of the first memory tier (B/s)
+    w_bw: float              # the rate the roofline read the weights at (bw, less for int8 / int4 weights)
     link_bw: float           # achieved bandwidth of the host link (B/s)
     weights_key: str
     kv_key: str
@@ -136,6 +139,7 @@ def row_base(hw: HardwareProfile, model, level: str, batch: int, seq_len: int, g
     return RowBase(level=level, steps=cols["time_s"], W=cols["weight_bytes"] * per_dev, KV=kv,
                    prefill=float(first["prefill_time_s"][0]), prefill_W=float(first["weight_bytes"][0]) * per_dev,
                    layers=m.n_layers, bw=hw.memory[0].achieved_Bps * hw.bandwidth_scale,
+                   w_bw=hw.memory[0].achieved_Bps * hw.bandwidth_scale * WEIGHT_STREAM_EFFICIENCY.get(weights, 1.0),
                    link_bw=hw.host_link.achieved_Bps,
                    weights_key=WEIGHT_KEY[weights], kv_key=KV_KEY[kv_dtype], w_host=1.0 - float(weights_on_device),
                    kv_host=1.0 - float(kv_on_device), gen_len=n,
@@ -149,8 +153,8 @@ def step_times(stack: Stack, c: dict, b: RowBase) -> np.ndarray:
     w_eff, kv_eff = c[b.weights_key], c[b.kv_key]
     W_dev, KV_dev = b.W * (1 - b.w_host), b.KV * (1 - b.kv_host)
     # the roofline read all bytes at the achieved bandwidth: swap that for the stack's efficiencies and placement
-    device = b.steps + W_dev / b.bw * (1 / w_eff - 1) + KV_dev / b.bw * (1 / kv_eff - 1) \
-        - (b.W * b.w_host + b.KV * b.kv_host) / b.bw
+    device = b.steps + W_dev / b.w_bw * (1 / w_eff - 1) + KV_dev / b.bw * (1 / kv_eff - 1) \
+        - b.W * b.w_host / b.w_bw - b.KV * b.kv_host / b.bw
     device = np.maximum(device, 0.0)
     link_bw = b.link_bw * c["link"]
     link = b.W * b.w_host / link_bw

@@ -146,6 +146,18 @@ def row_base(hw: HardwareProfile, model, level: str, batch: int, seq_len: int, g
                    host_scale=(hw.calibration or {}).get("host_scale", 1.0))
 
 
+def scaled_base(b: RowBase, host_factor: float, bandwidth_factor: float) -> RowBase:
+    """The row on a device whose host is `host_factor` times as slow and whose memory achieves `bandwidth_factor`
+    times the bandwidth, to first order: the weight and cache reads of the roofline's steps scale with the bandwidth
+    (decode steps are memory bound), the prefill (compute bound) does not. For fitting those two factors
+    (fitting.fit_device) without evaluating `predict` again at every trial."""
+    import dataclasses
+
+    extra = (b.W / b.w_bw + b.KV / b.bw) * (1.0 / bandwidth_factor - 1.0)
+    return dataclasses.replace(b, steps=np.maximum(b.steps + extra, 0.0), bw=b.bw * bandwidth_factor,
+                               w_bw=b.w_bw * bandwidth_factor, host_scale=b.host_scale * host_factor)
+
+
 def step_times(stack: Stack, c: dict, b: RowBase) -> np.ndarray:
     """Seconds of each decode step of the row under the stack costs `c`."""
     if stack.roofline_only:

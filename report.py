@@ -1,6 +1,6 @@
 """Interactive plotly reports: `sparq-sim report -o report.html`, or `sparq_sim.report.figures(...)` in a notebook.
 
-The only module that imports plotly (DESIGN.md: reports live beside the CLI, imported only by `report`). It runs the
+The only module that imports plotly (reports live beside the CLI, imported only by `report`). It runs the
 core's `predict` over a sweep and draws, in one self-contained offline HTML file (plotly.js inlined once):
 
     roofline per device     memory roofs per tier (peak and achieved), compute roofs per dtype (matrix and vector),

@@ -11,7 +11,7 @@ Columns (one row per hardware, model, devices, dtype, kv_dtype, batch, seq_len, 
     r, k, local_window, page_size                 strategy parameters (0 = not used)
     weight_bytes, activation_bytes, kv_read_bytes, kv_write_bytes, metadata_bytes
                                                   bytes moved in one decode step, all devices together
-    attention_bytes                               kv_read + kv_write + metadata: the REFERENCE.md s2 formula's bytes
+    attention_bytes                               kv_read + kv_write + metadata (docs/traffic-model.md)
     attention_fraction                            attention_bytes / dense attention_bytes at the same point
     total_bytes, flops, arithmetic_intensity      FLOP per byte
     time_s, ideal_time_s                          realistic (achieved bandwidths and peaks, launch overhead) and

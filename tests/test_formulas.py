@@ -1,4 +1,4 @@
-"""The issue's hand-checked figures, and the ledger against the REFERENCE.md section 2 formulas."""
+"""The issue's hand-checked figures, and the ledger against the element formulas of docs/traffic-model.md."""
 
 import numpy as np
 import pytest
@@ -58,7 +58,7 @@ def test_compression_recipes(C):
 
 
 def test_reference_table_elements_by_hand():
-    """REFERENCE.md s2, each strategy at S = 1000, d_h = 64, r = 8, k = 96, P = 16, written out."""
+    """docs/traffic-model.md element table, each strategy at S = 1000, d_h = 64, r = 8, k = 96, P = 16, written out."""
     S, dh, r, k = 1000, 64, 8, 96
     by_hand = {
         "dense": 2 * S * dh + 2 * dh,

@@ -53,7 +53,7 @@ def test_every_figure_has_a_source(name):
 
 
 def test_profile_figures_match_reference_table():
-    """REFERENCE.md s4 peak bandwidth and bf16 peaks."""
+    """Datasheet peak bandwidth and bf16 peaks (docs/hardware.md)."""
     expect = {"a100-40gb": (1555e9, 312e12), "a100-80gb": (2039e9, 312e12), "h100-sxm": (3350e9, 989e12),
               "h100-pcie": (2000e9, 756e12), "h200": (4800e9, 989e12), "l4": (300e9, 121e12),
               "l40s": (864e9, 362e12), "b200": (8000e9, 2250e12), "mi300x": (5300e9, 1307e12)}

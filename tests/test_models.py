@@ -19,7 +19,7 @@ def test_parameter_counts(name):
 
 
 def test_smollm2_matches_the_bundled_model():
-    m = BUILTIN["smollm2-135m"]  # REFERENCE.md s8
+    m = BUILTIN["smollm2-135m"]  # HuggingFaceTB/SmolLM2-135M-Instruct's config
     assert (m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim, m.d_model, m.vocab_size) == (30, 9, 3, 64, 576, 49152)
     assert m.group_size == 3 and m.tied_embeddings
 

@@ -9,7 +9,7 @@ compression, dtypes, placement and K layout. What is checked:
 - dense has speedup_vs_dense == attention_speedup_vs_dense == 1.0 exactly;
 - ideal_time_s <= time_s and attention_time_s <= time_s;
 - attention = kv_read + kv_write + metadata; total = weight + activation + attention;
-- attention bytes (and their split into read / write / metadata) equal REFERENCE.md section 2's formulas, written out
+- attention bytes (and their split into read / write / metadata) equal docs/traffic-model.md's formulas, written out
   here independently of simulator/strategies.py, for the r, k, page_size each row reports;
 - the parameters follow the compression recipes (SparQ r = d_h/C, k = S/(2C); others k = S/C; Quest whole pages);
 - a vectorised sweep gives the same numbers as one call per point;
@@ -228,7 +228,7 @@ def test_dense_speedup_is_exactly_one(cfg, s, b):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# attention bytes against REFERENCE.md section 2, written out independently
+# attention bytes against docs/traffic-model.md's formulas, written out independently
 
 
 def reference_elements(strategy, S, dh, r, k, P):

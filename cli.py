@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from .simulator.errors import UserError
-from .simulator.interrupt import Interrupted
+from .simulator.interrupt import Interrupted, Terminated, catch_termination, ignore_signals, restore_signals
 
 app = typer.Typer(
     name="sparq-sim",
@@ -57,11 +57,11 @@ OUT = typer.Option(None, "--output", "-o", help="Write to this file (atomically)
 
 
 def _emit(text: str, output: Optional[str]) -> None:
-    from .simulator.output import write_atomic
+    from .simulator.output import write_atomic, write_stdout
     if output:
         write_atomic(output, text)
     else:
-        sys.stdout.write(text)
+        write_stdout(text)
 
 
 def _given(value: Optional[str], flag: str, what: str = "a value") -> Optional[str]:
@@ -196,11 +196,11 @@ def strategies(format: Optional[str] = FMT):
     from .simulator.strategies import STRATEGIES
     from .simulator.output import to_json
     if format == "json":
-        sys.stdout.write(to_json([s.__dict__ for s in STRATEGIES.values()]))
+        _emit(to_json([s.__dict__ for s in STRATEGIES.values()]), None)
         return
-    for s in STRATEGIES.values():
-        params = ", ".join(s.params) or "-"
-        print(f"{s.name:12s} {s.title}: {s.summary} [params: {params}] ({s.reference})")
+    lines = [f"{s.name:12s} {s.title}: {s.summary} [params: {', '.join(s.params) or '-'}] ({s.reference})"
+             for s in STRATEGIES.values()]
+    _emit("\n".join(lines) + "\n", None)
 
 
 @hardware_app.command("list")
@@ -211,16 +211,17 @@ def hardware_list(format: Optional[str] = FMT):
     from .simulator.output import to_json
     profs = list_profiles()
     if format == "json":
-        sys.stdout.write(to_json([p.to_dict() for p in profs]))
+        _emit(to_json([p.to_dict() for p in profs]), None)
         return
-    print(f"{'name':16s} {'kind':4s} {'memory':>10s} {'peak BW':>11s} {'eff':>5s} {'bf16/fp16':>11s}  aliases")
+    lines = [f"{'name':16s} {'kind':4s} {'memory':>10s} {'peak BW':>11s} {'eff':>5s} {'bf16/fp16':>11s}  aliases"]
     for p in profs:
         t = p.memory[0]
         mm = p.matrix.peak_flops
         f16 = mm.get("bf16", mm.get("fp16", 0))
         cap = sum(x.capacity_bytes for x in p.memory)
-        print(f"{p.name:16s} {p.kind:4s} {cap / 1e9:8.1f}GB {t.bandwidth_Bps / 1e9:7.0f}GB/s {t.efficiency:5.2f} "
-              f"{f16 / 1e12:6.1f}TFLOP/s  {', '.join(p.aliases)}")
+        lines.append(f"{p.name:16s} {p.kind:4s} {cap / 1e9:8.1f}GB {t.bandwidth_Bps / 1e9:7.0f}GB/s "
+                     f"{t.efficiency:5.2f} {f16 / 1e12:6.1f}TFLOP/s  {', '.join(p.aliases)}".rstrip())
+    _emit("\n".join(lines) + "\n", None)
 
 
 @hardware_app.command("show")
@@ -231,11 +232,10 @@ def hardware_show(name: str = typer.Argument(..., help="Profile name, alias or Y
     from .simulator.output import to_json
     p = load_hardware(name)
     if format == "json":
-        sys.stdout.write(to_json(p.to_dict()))
+        _emit(to_json(p.to_dict()), None)
     elif format == "yaml":
-        sys.stdout.write(f"# {p.path} (sha256 {p.digest})\n")
         with open(p.path, encoding="utf-8") as f:
-            sys.stdout.write(f.read())
+            _emit(f"# {p.path} (sha256 {p.digest})\n" + f.read(), None)
     else:
         raise UserError(f"unknown --format {format!r}; accepted: yaml, json")
 
@@ -247,15 +247,16 @@ def models_list(format: Optional[str] = FMT):
     from .simulator.models import BUILTIN
     from .simulator.output import to_json
     if format == "json":
-        sys.stdout.write(to_json([m.to_dict() for m in BUILTIN.values()]))
+        _emit(to_json([m.to_dict() for m in BUILTIN.values()]), None)
         return
-    print(f"{'name':14s} {'params':>8s} {'layers':>6s} {'d_model':>7s} {'heads':>5s} {'kv':>3s} {'d_h':>4s} "
-          f"{'d_ff':>6s} {'vocab':>7s} {'mlp':6s} {'tied':4s} {'KV/token':>10s}")
+    lines = [f"{'name':14s} {'params':>8s} {'layers':>6s} {'d_model':>7s} {'heads':>5s} {'kv':>3s} {'d_h':>4s} "
+             f"{'d_ff':>6s} {'vocab':>7s} {'mlp':6s} {'tied':4s} {'KV/token':>10s}"]
     for m in BUILTIN.values():
-        print(f"{m.name:14s} {m.n_params / 1e9:7.2f}B {m.n_layers:6d} {m.d_model:7d} {m.n_heads:5d} "
-              f"{m.n_kv_heads:3d} {m.head_dim:4d} {m.d_ff:6d} {m.vocab_size:7d} "
-              f"{'gated' if m.gated_mlp else 'plain':6s} {'yes' if m.tied_embeddings else 'no':4s} "
-              f"{m.kv_elements_per_token() * 2 / 1024:7.1f}KiB")
+        lines.append(f"{m.name:14s} {m.n_params / 1e9:7.2f}B {m.n_layers:6d} {m.d_model:7d} {m.n_heads:5d} "
+                     f"{m.n_kv_heads:3d} {m.head_dim:4d} {m.d_ff:6d} {m.vocab_size:7d} "
+                     f"{'gated' if m.gated_mlp else 'plain':6s} {'yes' if m.tied_embeddings else 'no':4s} "
+                     f"{m.kv_elements_per_token() * 2 / 1024:7.1f}KiB")
+    _emit("\n".join(lines) + "\n", None)
 
 
 @models_app.command("show")
@@ -268,11 +269,11 @@ def models_show(name: str = typer.Argument(..., help="Built-in name or path to a
     m = load_model_spec(name)
     d = m.to_dict()
     if format == "json":
-        sys.stdout.write(to_json(d))
+        _emit(to_json(d), None)
         return
-    for key, v in d.items():
-        print(f"{key:22s} {v}")
-    print(f"{'kv_bytes_per_token':22s} {m.kv_elements_per_token() * 2} (bf16)")
+    lines = [f"{key:22s} {v}" for key, v in d.items()]
+    lines.append(f"{'kv_bytes_per_token':22s} {m.kv_elements_per_token() * 2} (bf16)")
+    _emit("\n".join(lines) + "\n", None)
 
 
 # --- measurements: validate and calibrate (issue 5) ------------------------------------------------------------------
@@ -420,7 +421,6 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
 
     import yaml
 
-    from .hardware_profiles import parse_profile
     from .simulator.fitting import MIN_KERNEL_ROWS
     from .simulator.measured import calibrate_from_measurements
     from .simulator.output import write_atomic
@@ -451,7 +451,7 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
         set_threads(threads)
         data = profile_from_microbenchmarks(run_microbenchmarks(quick=quick), name or "this-cpu")
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
-        parse_profile(yaml.safe_load(text), output)
+        _check_profile(text, output)
         write_atomic(output, text)
         sys.stderr.write(f"wrote {output}: profile {data['name']} of this machine\n")
         return
@@ -461,8 +461,9 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
     source = (f"fitted by sparq-sim calibrate on {where} ({len(df)} rows, "
               f"{datetime.date.today().isoformat()}) from profile {hw.name} (sha256 {hw.digest})")
     _, block, dev = calibrate_from_measurements(df, hw, source)
+    from .hardware_profiles import load_yaml
     with open(hw.path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+        data = load_yaml(f.read())
     data["name"] = name or f"{hw.name}-calibrated"
     data["aliases"] = []
     data["description"] = f"{data.get('description', '')} (calibrated)".strip()
@@ -475,12 +476,25 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
         merged["source"] = f"{block['source']}; machine figures: {before['source']}"
     data["calibration"] = merged
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
-    parse_profile(yaml.safe_load(text), output)  # what we write must load
+    _check_profile(text, output)  # what we write must load
     write_atomic(output, text)
     sys.stderr.write(f"wrote {output}: host x{dev['host_scale']:g}, memory bandwidth x{dev['bandwidth_scale']:g} "
                      f"(error on the {dev['rows']} rows {dev['mape_before'] * 100:.1f}% -> "
                      f"{dev['mape_after'] * 100:.1f}%); {len(block['kernels'])} kernels with {MIN_KERNEL_ROWS}+ rows "
                      f"fitted on their own\n")
+
+
+def _check_profile(text: str, output: str) -> None:
+    """A profile about to be written must load; if not, say so without naming a file that was never written."""
+    import yaml
+
+    from .hardware_profiles import parse_profile
+
+    try:
+        parse_profile(yaml.safe_load(text), "(calibrated profile)")
+    except UserError as e:
+        raise UserError(f"the calibration gave a profile that does not validate, so {output!r} was not written: "
+                        f"{e}") from None
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim measure --device cpu -o measured.csv\n\n"
@@ -779,16 +793,6 @@ def replay(traces: list[str] = typer.Argument(..., metavar="TRACE.parquet...", h
     _emit(text, output)
 
 
-def _ignore_sigint() -> None:
-    """Interrupted and on the way out: a second Ctrl-C must not print a traceback while Python shuts down."""
-    import signal
-
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        pass
-
-
 def _one_line(msg: str) -> str:
     """The message as one printable line: a value quoted from a file may hold newlines or other line breaks
     (\\x1e, \\u2028, ...) and control characters; they are shown escaped."""
@@ -798,27 +802,75 @@ def _one_line(msg: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the typer app, turning bad input into one line on stderr and exit status 2."""
+    """Entry point: runs the typer app, turning bad input into one line on stderr and exit status 2; Ctrl-C into one
+    line and 130; SIGTERM, SIGHUP and SIGQUIT into one line and 128 + the signal (temporary files removed on the way);
+    a failing standard output into one line and 2; a reader that went away (`| head`) into a quiet 0."""
+    for stream in (sys.stdout, sys.stderr):   # a name a terminal cannot show (PYTHONIOENCODING=ascii) is escaped
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+    saved = catch_termination()
+    try:
+        return _run(argv)
+    finally:
+        if argv is None:   # the sparq-sim process: a late signal must not become a traceback or a death by signal
+            ignore_signals()
+        else:              # called in-process (tests, notebooks): leave the caller's handlers as they were
+            restore_signals(saved)
+
+
+def _say(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):   # stderr closed or failing too: the status still tells
+        pass
+
+
+def _quiet_stdout() -> None:
+    """Standard output failed or went away: point it at /dev/null so that Python's own flush at exit stays quiet."""
+    try:
+        sys.stdout = open(os.devnull, "w")
+    except OSError:
+        pass
+
+
+def _run(argv: list[str] | None) -> int:
+    from .simulator.output import ReaderGone
+
     try:
         rv = app(args=argv, prog_name="sparq-sim", standalone_mode=False)
-        sys.stdout.flush()
+        if rv == 130:   # typer turns a Ctrl-C into Exit(130) and, not standalone, returns the code
+            _say("interrupted\n")
+            return 130
+        if sys.stdout is not None:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                raise ReaderGone() from None
+            except OSError as e:
+                raise UserError(f"cannot write to standard output: {e.strerror or e}") from None
     except UserError as e:
-        sys.stderr.write(f"error: {_one_line(str(e))}\n")
+        _say(f"error: {_one_line(str(e))}\n")
         return 2
     except Interrupted as e:  # record, measure, evaluate: what was kept on disk
-        _ignore_sigint()
-        sys.stderr.write(f"interrupted: {e}\n")
+        _say(f"interrupted: {e}\n")
         return 130
     except KeyboardInterrupt:
-        _ignore_sigint()
-        sys.stderr.write("interrupted\n")
+        _say("interrupted\n")
         return 130
-    except BrokenPipeError:  # the reader (e.g. `head`) went away: not an error
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
+    except Terminated as e:
+        _say(f"terminated by {e.name}; no output file was left half-written\n")
+        return 128 + e.signum
+    except (BrokenPipeError, ReaderGone):  # the reader (e.g. `head`) went away: not an error
+        _quiet_stdout()
         return 0
+    except OSError as e:   # the environment failed under a command (an I/O error, a file gone): one line all the same
+        _quiet_stdout()
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        _say(f"error: {_one_line(e.strerror or str(e))}{where}\n")
+        return 2
     except Exception as e:  # click's exceptions (typer vendors its own copy of click in recent releases)
         kind = type(e).__name__
         if kind == "NoArgsIsHelpError":  # a bare group: show its help
@@ -827,13 +879,16 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(ctx.get_help() + "\n")
             return 0
         if kind == "Abort":
-            sys.stderr.write("interrupted\n")
+            _say("interrupted\n")
             return 130
         if kind == "Exit":
-            return int(getattr(e, "exit_code", 0) or 0)
+            code = int(getattr(e, "exit_code", 0) or 0)
+            if code == 130:   # typer turns a Ctrl-C into Exit(130) on its own
+                _say("interrupted\n")
+            return code
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):
             msg = " ".join(e.format_message().split())
-            sys.stderr.write(f"error: {msg} (see `sparq-sim --help`)\n")
+            _say(f"error: {msg} (see `sparq-sim --help`)\n")
             return 2
         raise
     return rv if isinstance(rv, int) else 0

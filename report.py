@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .hardware_profiles import HardwareProfile
-from .simulator.errors import UserError, read_json
+from .simulator.errors import UserError, input_file, read_json
 from .simulator.ledger import Parallel, Precision, attention_decode_ops
 from .simulator.models import DEFAULT_MODEL, ModelSpec
 from .simulator.predict import (Case, _evaluate_case, decoded, parse_compressions, predict_columns, resolve_hardware,
@@ -666,10 +666,7 @@ def _capacity_chart(req: Request, df) -> Chart:
 
 
 def _read_json(path: str, what: str):
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{what} {path!r} does not exist" if not p.exists() else f"{what} {path!r} is not a file")
-    return read_json(p, what)
+    return read_json(Path(path), what)   # a regular file of sane size (errors.input_file), then JSON
 
 
 def load_evaluation(path: str) -> list[dict]:
@@ -799,9 +796,7 @@ def read_trace_layers(path: str):
     installed, else reads the Parquet file with pyarrow (one row per step, layer, KV head)."""
     import pandas as pd
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--trace {path!r} does not exist" if not p.exists() else f"--trace {path!r} is not a file")
+    p = input_file(path, "--trace", "a trace file")
     need = ["layer", "alpha", "out_rel_err"]
     frame, meta = None, {}
     reader = _trace_reader()
@@ -973,10 +968,7 @@ def predict_microbench_times(df, notes: list[str] | None = None) -> np.ndarray:
 def load_measured(path: str):
     import pandas as pd
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--measured {path!r} does not exist" if not p.exists() else
-                        f"--measured {path!r} is not a file")
+    p = input_file(path, "--measured", "a CSV file")
     try:
         df = pd.read_csv(p)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
@@ -991,7 +983,8 @@ def load_measured(path: str):
     df = df[np.isfinite(df["time_s"]) & (df["time_s"] > 0)].reset_index(drop=True)
     if df.empty:
         raise UserError(f"--measured {path!r}: no row with a positive time_s")
-    df["k_layout"] = df["k_layout"].fillna("")
+    # an all-blank column reads as float NaN: fill through object (no pandas warning about the fill value's type)
+    df["k_layout"] = df["k_layout"].astype(object).where(df["k_layout"].notna(), "")
     return df
 
 

@@ -155,6 +155,18 @@ _DLINK = {"name", "bandwidth", "efficiency", "latency", "base_latency", "source"
 _UNIT = {"peak", "efficiency", "source"}
 
 
+# The range every figure of a profile must lie in (SI units): wide enough for any device from a phone to a cluster's
+# aggregate, narrow enough that no arithmetic on it overflows, underflows or divides by nearly nothing.
+PHYSICAL_RANGE = {
+    "bandwidth": (1e6, 1e16, "B/s"),      # 1 MB/s .. 10 PB/s
+    "bytes": (1.0, 1e16, "B"),            # 1 B .. 10 PB
+    "flops": (1e6, 1e20, "FLOP/s"),       # 1 MFLOP/s .. 100 EFLOP/s
+    "time": (1e-12, 10.0, "s"),           # 1 ps .. 10 s (latencies and overheads)
+}
+MIN_EFFICIENCY = 0.001                    # an achieved fraction of a peak below 0.1 % is a typo, not a device
+MAX_GRANULARITY_BYTES = 1 << 20           # a memory transaction of more than 1 MiB is no memory's
+
+
 class _Checker:
     def __init__(self, where: str):
         self.where = where
@@ -187,13 +199,15 @@ class _Checker:
             self.fail(fld, str(e))
         if positive and v <= 0:
             self.fail(fld, f"must be greater than zero, got {obj!r}")
-        if v > 1e30:
-            self.fail(fld, f"implausibly large value {obj!r}")
+        lo, hi, unit = PHYSICAL_RANGE[dimension]
+        if v != 0 and not lo <= v <= hi:   # zero where allowed; anything else within what a device can be
+            self.fail(fld, f"{obj!r} is outside the physical range of a {dimension} figure "
+                           f"({lo:g} to {hi:g} {unit}{' or 0' if not positive else ''})")
         return v
 
     def fraction(self, obj, fld: str) -> float:
-        if isinstance(obj, bool) or not isinstance(obj, (int, float)) or not (0 < obj <= 1):
-            self.fail(fld, f"expected a fraction in (0, 1], got {obj!r}")
+        if isinstance(obj, bool) or not isinstance(obj, (int, float)) or not (MIN_EFFICIENCY <= obj <= 1):
+            self.fail(fld, f"expected a fraction from {MIN_EFFICIENCY} to 1, got {obj!r}")
         return float(obj)
 
 
@@ -208,6 +222,14 @@ def _unit(c: _Checker, obj, fld: str) -> ComputeUnit:
             c.fail(f"{fld}.peak.{dt}", f"unknown dtype; accepted: {', '.join(DTYPE_BYTES)}")
         out[dt] = c.quantity(v, f"{fld}.peak.{dt}", "flops")
     return ComputeUnit(out, c.fraction(obj["efficiency"], f"{fld}.efficiency"), c.text(obj["source"], f"{fld}.source"))
+
+
+def _granularity(c: _Checker, obj) -> float:
+    v = c.quantity(obj, "access.granularity", "bytes")
+    if v > MAX_GRANULARITY_BYTES:
+        c.fail("access.granularity", f"{obj!r} is larger than any memory transaction (at most "
+                                     f"{MAX_GRANULARITY_BYTES} B)")
+    return v
 
 
 def parse_profile(data, where: str) -> HardwareProfile:
@@ -361,7 +383,7 @@ def parse_profile(data, where: str) -> HardwareProfile:
         vector=vector,
         cache_bytes=c.quantity(cache["size"], "cache.size", "bytes", positive=False),
         cache_source=c.text(cache["source"], "cache.source"),
-        granularity_bytes=c.quantity(access["granularity"], "access.granularity", "bytes"),
+        granularity_bytes=_granularity(c, access["granularity"]),
         granularity_source=c.text(access["source"], "access.source"),
         kernel_launch_s=c.quantity(over["kernel_launch"], "overheads.kernel_launch", "time", positive=False),
         overheads_source=c.text(over["source"], "overheads.source"),
@@ -371,12 +393,23 @@ def parse_profile(data, where: str) -> HardwareProfile:
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def load_yaml(text: str):
+    """Parse YAML without aliases. An alias (*name) repeats an anchored node; nested, a few of them expand a 2 KB file
+    into gigabytes (a "billion laughs"), so every YAML this tool reads refuses them, in every field, before a node
+    is built (the events are scanned first). Raises yaml.YAMLError."""
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not accepted: write the value out"
+                                 + (f" (line {event.start_mark.line + 1})" if event.start_mark else ""))
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_profile_file(path: str | os.PathLike) -> HardwareProfile:
     """Load and validate one profile file; every failure is a one-line UserError naming the file."""
     p = input_file(path, "hardware file", "a YAML file")
     try:
         raw = p.read_bytes()
-        data = yaml.load(raw.decode("utf-8"), Loader=_Loader)
+        data = load_yaml(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"hardware file {str(p)!r} cannot be read: {e}") from None
     except yaml.YAMLError as e:

@@ -33,9 +33,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from ..hardware_profiles import CPU_OPS, HardwareProfile
+from ..hardware_profiles import CPU_OPS, HardwareProfile, load_yaml
 from .errors import UserError, closest
 from .units import DTYPE_BYTES, parse_dtype, parse_quantity
 
@@ -93,7 +92,7 @@ def _load() -> dict:
     """The catalogue: implementations by name, the families' prior host cost per op, the fitted defaults, the
     software stacks of whole-model measurements (stacks.py)."""
     where = str(IMPLEMENTATIONS_FILE)
-    data = yaml.safe_load(IMPLEMENTATIONS_FILE.read_text(encoding="utf-8"))
+    data = load_yaml(IMPLEMENTATIONS_FILE.read_text(encoding="utf-8"))
     fams = {k: _quantity(v["host_per_op"], f"families.{k}.host_per_op", where) for k, v in data["families"].items()}
     out = {}
     for name, d in data["implementations"].items():

@@ -31,6 +31,63 @@ class Interrupted(Exception):
     """Ctrl-C stopped a command; the message (one line) says what was kept on disk. Exit status 130."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, SIGHUP or SIGQUIT stopped a command. A BaseException, like KeyboardInterrupt, so that no `except
+    Exception` swallows it and every cleanup that runs for Ctrl-C (temporary files removed) runs for it too; the CLI
+    prints one line and exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+TERMINATING = tuple(getattr(signal, s) for s in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, s))
+
+
+def _terminate(signum, frame):
+    ignore_signals()   # one is enough: the cleanups run undisturbed
+    raise Terminated(signum)
+
+
+def catch_termination() -> dict:
+    """Turn SIGTERM, SIGHUP and SIGQUIT into `Terminated` (where they still have their default action: a signal the
+    parent ignored, as under nohup, stays ignored). Returns the handlers before, for `restore_signals`."""
+    if not _main_thread():
+        return {}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT,) + TERMINATING}
+    for s in TERMINATING:
+        if saved[s] == signal.SIG_DFL:
+            signal.signal(s, _terminate)
+    return saved
+
+
+def restore_signals(saved: dict) -> None:
+    """Put back the handlers `catch_termination` found."""
+    if not _main_thread():
+        return
+    for s, h in saved.items():
+        try:
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        except (ValueError, OSError, TypeError):
+            pass
+
+
+def ignore_signals() -> None:
+    """On the way out (done, failed or interrupted): a late Ctrl-C or SIGTERM must not turn a finished command into
+    a traceback or a death by signal while Python shuts down."""
+    if not _main_thread():
+        return
+    for s in (signal.SIGINT,) + TERMINATING:
+        try:
+            signal.signal(s, signal.SIG_IGN)
+        except (ValueError, OSError):
+            pass
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 

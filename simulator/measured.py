@@ -175,6 +175,16 @@ def load_measurements(path):
             fail(i, str(e))
         if impl.strategy != strat:
             fail(i, f"kernel {kern} implements {impl.strategy}, but the row says strategy {strat!r}")
+    if "k_layout" in df.columns:   # K stored twice or once (the -oneK kernels say so in their name), or blank
+        lay = df["k_layout"].astype(object).where(df["k_layout"].notna(), "").astype(str).str.strip()
+        bad = ~lay.isin(["", "twice", "once"])
+        if bad.any():
+            fail(first(bad), f"column k_layout must be twice, once or blank, got {lay.iloc[first(bad)]!r}")
+    if "model" in df.columns:      # one model per row: a comma list would be read as two models
+        bad = np.array([isinstance(v, str) and "," in v for v in df["model"]], dtype=bool)
+        if bad.any():
+            fail(first(bad), f"column model holds {df['model'].iloc[first(bad)]!r}: one model per row (a built-in "
+                             f"name or a config.json path)")
     level, strat = df["level"].to_numpy(), df["strategy"].to_numpy()
     r, k, gen = col("r").astype(np.float64), col("k").astype(np.float64), col("gen_len").astype(np.float64)
     whole = level != "kernel"
@@ -207,7 +217,8 @@ def resolve_device(name: str) -> HardwareProfile:
     try:
         return load_hardware(name)
     except UserError:
-        pass
+        if str(name).endswith((".yaml", ".yml")) or "/" in str(name):   # a path: its own error says what is wrong
+            raise
     if _PROFILE_KEYS is None:
         from ..hardware_profiles import list_profiles
         keys = [(re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-"), p.name)

@@ -242,9 +242,7 @@ def load_config_file(path: str | Path) -> ModelSpec:
     p = Path(path)
     if p.is_dir():
         p = p / "config.json"
-    if not p.exists():
-        raise UserError(f"model config {str(p)!r} does not exist")
-    cfg = read_json(p, "model config")
+    cfg = read_json(p, "model config")   # a regular file of sane size, checked before reading
     name = p.parent.name or p.stem
     return spec_from_config(cfg, name, str(p))
 

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -165,24 +166,95 @@ def fsync_dir(folder) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def open_atomic(path: str, what: str = "--output", durable: bool = False):
-    """Yield the name of a temporary file beside `path`; rename it onto `path` when the block completes, remove it
-    when the block raises (KeyboardInterrupt included): the target ends up complete or as it was. `durable` also
-    fsyncs the file before the rename and the folder after it, and holds a Ctrl-C until the rename is done."""
-    from .interrupt import deferred
+NAME_MAX = 255   # bytes in one file name on the usual file systems (ext4, xfs, btrfs, APFS, NTFS)
 
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{what} {str(path)!r} is a directory, expected a file name")
+
+def output_target(path, what: str = "--output") -> tuple[Path, bool]:
+    """Where an output goes: (the regular file to replace atomically, False) or (a special file to write into
+    directly, True). A symlink is followed, so the file it points to is replaced and the link stays; a character
+    device or a FIFO that exists (/dev/null, /dev/stdout, a named pipe) is written in place, never replaced; anything
+    else that is not a regular file (a folder, a block device, a socket) is refused, as is a name ending in '/'
+    (a folder's name) or longer than a file system allows. Every refusal is one line naming the output."""
+    s = str(path)
+    if s.endswith(("/", os.sep)):
+        raise UserError(f"{what} {s!r} ends with '/', so it names a folder; give a file name")
+    p = Path(s)
+    size = len(p.name.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        raise UserError(f"{what} {s!r}: the file name is {size} bytes long; file systems allow {NAME_MAX}")
+    try:
+        if p.is_symlink():
+            p = Path(os.path.realpath(p))
+        st = os.stat(p)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise UserError(f"{what} {s!r} cannot be written: {e.strerror or e}") from None
+    except ValueError:   # a NUL byte in the name
+        raise UserError(f"{what} {s!r} is not a usable file name (it holds a NUL byte)") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{what} {s!r} is a folder, expected a file name")
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+            return p, True
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{what} {s!r} is not a regular file (a block device or a socket); give a file name")
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
-        raise UserError(f"{what} {str(path)!r}: folder {str(folder)!r} does not exist")
+        raise UserError(f"{what} {s!r}: folder {str(folder)!r} does not exist")
+    return p, False
+
+
+def temporary_beside(p: Path, what: str = "--output") -> str:
+    """A new empty temporary file in `p`'s folder, named after `p` but short enough for any file name limit."""
+    folder = p.parent if str(p.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name[:100]}.", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise UserError(f"{what} {str(path)!r} cannot be written: {e.strerror or e}") from None
+        raise UserError(f"{what} {str(p)!r} cannot be written: {e.strerror or e}") from None
     os.close(fd)
+    return tmp
+
+
+def _write_failed(what: str, path, e: OSError) -> UserError:
+    return UserError(f"{what} {str(path)!r} could not be written: {e.strerror or e}; nothing was written")
+
+
+@contextlib.contextmanager
+def open_atomic(path: str, what: str = "--output", durable: bool = False, seekable: bool = False):
+    """Yield the name of a temporary file beside `path`; rename it onto `path` when the block completes, remove it
+    when the block raises (KeyboardInterrupt included): the target ends up complete or as it was. `durable` also
+    fsyncs the file before the rename and the folder after it, and holds a Ctrl-C until the rename is done.
+    `path` is resolved by `output_target`: a symlink's target is replaced, a device or FIFO is written directly (a
+    writer that must seek, `seekable`, such as Parquet's, writes a temporary file that is then copied into it).
+    A write that fails (disk full, file too large) is one line, with the target left as it was."""
+    from .interrupt import deferred
+
+    p, direct = output_target(path, what)
+    if direct and not seekable:
+        try:
+            yield str(p)
+        except OSError as e:
+            raise _write_failed(what, path, e) from None
+        return
+    if direct:
+        fd, tmp = tempfile.mkstemp(prefix=".sparq-sim.", suffix=".tmp")
+        os.close(fd)
+        try:
+            yield tmp
+            with open(tmp, "rb") as src, open(p, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+        except OSError as e:
+            raise _write_failed(what, path, e) from None
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        return
+    folder = p.parent if str(p.parent) else Path(".")
+    tmp = temporary_beside(p, what)
     try:
         yield tmp
         umask_mode(tmp)
@@ -193,12 +265,33 @@ def open_atomic(path: str, what: str = "--output", durable: bool = False):
             fsync_dir(folder)
         else:
             os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _write_failed(what, path, e) from None
         raise
+
+
+class ReaderGone(Exception):
+    """The reader of standard output went away (`sparq-sim predict ... | head -1`): not an error; the CLI ends the
+    command quietly with status 0. Not an OSError, so that click's own EPIPE handling (exit 1) never sees it."""
+
+
+def write_stdout(text: str) -> None:
+    """Text to standard output; a closed or failing standard output (`>&-`, `> /dev/full`) is one line, and a reader
+    that went away (`| head`) ends the command quietly (ReaderGone)."""
+    if sys.stdout is None:
+        raise UserError("standard output is closed; give -o FILE to write the result to a file")
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise ReaderGone() from None
+    except OSError as e:
+        raise UserError(f"cannot write to standard output: {e.strerror or e}") from None
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -220,7 +313,7 @@ def write_text(output: str | None, pieces) -> None:
         write_text_atomic(output, pieces)
         return
     for piece in pieces:
-        sys.stdout.write(piece)
+        write_stdout(piece)
 
 
 def _arrow_table(cols: dict):
@@ -251,7 +344,7 @@ def write_parquet(path: str, chunks, row_group_rows: int | None = None, metadata
         raise UserError(f"Parquet output needs pyarrow ({e}); install it with `pip install pyarrow`, or write CSV "
                         f"(-f csv)") from None
     rows = 0
-    with open_atomic(path) as tmp:
+    with open_atomic(path, seekable=True) as tmp:
         writer = None
         pending: list = []
         pending_rows = 0

@@ -30,6 +30,7 @@ Columns (one row per hardware, model, devices, dtype, kv_dtype, batch, seq_len, 
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,11 +105,17 @@ class Case:
     k: int | None
 
 
-def _unique(items, key):
+def _unique(items, key, what: str = "", origin=None):
+    """Items once each, by `key`; two different items under one name are an error, never one dropped in silence
+    (a user's profile named like a built-in, two model folders with one name)."""
     out = []
     for x in items:
-        if key(x) not in [key(y) for y in out]:
+        same = [y for y in out if key(y) == key(x)]
+        if not same:
             out.append(x)
+        elif same[0] != x and origin is not None:
+            raise UserError(f"two {what} are both named {key(x)!r} ({origin(same[0])} and {origin(x)}); give one "
+                            f"of them another name, or give it once")
     return out
 
 
@@ -116,14 +123,16 @@ def resolve_hardware(value) -> list[HardwareProfile]:
     """A profile, a list, or a comma list of names / YAML paths -> profiles (each once)."""
     items = value if isinstance(value, (list, tuple)) else [value] if isinstance(value, HardwareProfile) else \
         parse_names(value, "--gpu")
-    return _unique([load_hardware(h) for h in items], lambda p: p.name)
+    return _unique([load_hardware(h) for h in items], lambda p: p.name, "hardware profiles",
+                   lambda p: f"the file {p.path}" if p.path and os.path.basename(p.path) != f"{p.name}.yaml"
+                   or "/hardware_profiles/" not in p.path.replace(os.sep, "/") else f"the built-in {p.name}")
 
 
 def resolve_models(value) -> list[ModelSpec]:
     """A spec, a list, or a comma list of built-in names / config.json paths -> specs (each once)."""
     items = value if isinstance(value, (list, tuple)) else [value] if isinstance(value, ModelSpec) else \
         parse_names(value, "--model")
-    return _unique([load_model_spec(m) for m in items], lambda m: m.name)
+    return _unique([load_model_spec(m) for m in items], lambda m: m.name, "models", lambda m: m.source or m.name)
 
 
 def parse_compressions(value) -> list[float]:
@@ -226,7 +235,7 @@ def _evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, pag
     common = before + after + head_ops("decode", m, tp, uB, prec)
     common_t = [time_op(op, hw, base, prec, tp.devices) for op in common]
     common_agg = _gather(_aggregate(common, common_t, tp.devices), invB)
-    T = B * S
+    T = B.astype(np.float64) * S   # tokens of the prefill: B and S are each at most 1e15, their product not int64
     uT, invT = np.unique(T, return_inverse=True)   # the prefill's projections depend on B x S tokens ...
     pf_before, pf_after = block_ops("prefill", m, tp, uT, prec)
     pf_block = pf_before + pf_after
@@ -285,7 +294,8 @@ def _evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, pag
                 best = np.maximum(best, room / per_seq)
         if w_dev > caps[wi]:  # the weights alone do not fit where they are: no batch fits
             best = np.zeros(n)
-        agg["max_batch"] = np.floor(np.where(np.isfinite(best), np.maximum(best, 0), 2**62)).astype(np.int64)
+        agg["max_batch"] = np.floor(np.minimum(np.where(np.isfinite(best), np.maximum(best, 0), 2**62), 2**62)
+                                    ).astype(np.int64)
         agg["fits"] = fits
         agg["kv_tier"] = ki_b
         agg["params"] = params
@@ -400,13 +410,29 @@ class Sweep:
         for case in self.cases:
             for lo in range(0, self.points, per):
                 B, S, C = self._grid(lo, min(lo + per, self.points))
-                yield _evaluate_case(case, list(self.strategies), B, S, C, self.local_window, self.page_size)
+                yield _finite(_evaluate_case(case, list(self.strategies), B, S, C, self.local_window,
+                                             self.page_size), case)
 
     def columns(self) -> dict:
         parts = list(self.chunks(0))
         if len(parts) == 1:
             return parts[0]
         return concat_columns(parts)
+
+
+_CHECKED = ("time_s", "ideal_time_s", "prefill_time_s", "total_bytes", "flops", "memory_required_bytes")
+
+
+def _finite(cols: dict, case: Case) -> dict:
+    """Every time, byte and FLOP count of a prediction is a finite number, or the sweep stops with one line."""
+    for c in _CHECKED:
+        bad = ~np.isfinite(cols[c])
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise UserError(f"the prediction for {case.hw.name}, {case.model.name}, batch {int(cols['batch'][i])}, "
+                            f"context {int(cols['seq_len'][i])} is not a finite number ({c}); check the profile's "
+                            f"figures and the sizes asked for")
+    return cols
 
 
 def concat_columns(parts: list[dict]) -> dict:

@@ -14,7 +14,8 @@ import re
 from .errors import UserError
 
 MAX_AXIS_VALUES = 10_000_000
-MAX_VALUE = 1e15  # beyond any real context, batch or device count; keeps int64 arithmetic exact
+MAX_VALUE = 1e15  # beyond any real context, batch or device count; exact in int64 and float64 (products of two such
+#                   values, batch x context, are formed in float64: simulator/predict.py)
 
 _SUFFIX = {"k": 1024, "K": 1024, "m": 1024**2, "M": 1024**2}
 

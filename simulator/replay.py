@@ -81,7 +81,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hardware_profiles import HardwareProfile, load_hardware
+from ..hardware_profiles import MAX_GRANULARITY_BYTES, HardwareProfile, load_hardware
 from .errors import UserError
 from .strategies import (DEFAULT_PAGE_SIZE, KV_READ, KV_WRITE, META_READ, META_WRITE, QUEST_DENSE_LAYERS,
                          get_strategy, traffic_components)
@@ -1527,8 +1527,9 @@ def replay(traces, hardware="a100", k_layout: str = "twice", granularity=None, p
     if isinstance(granularity, str):
         granularity = parse_granularity(granularity)
     if granularity is not None and not isinstance(granularity, str):
-        if isinstance(granularity, bool) or not (float(granularity) > 0) or not math.isfinite(float(granularity)):
-            raise UserError(f"--granularity must be a positive number of bytes or 'element', got {granularity!r}")
+        if isinstance(granularity, bool) or not (0.125 <= float(granularity) <= MAX_GRANULARITY_BYTES):
+            raise UserError(f"--granularity must be from 0.125 to {MAX_GRANULARITY_BYTES} bytes or 'element', got "
+                            f"{granularity!r}")
     hws = _hardware_list(hardware)
     frames = []
     for item in _traces_arg(traces):
@@ -1573,6 +1574,7 @@ def parse_granularity(value):
     except ValueError:
         raise UserError(f"--granularity {value!r}: expected bytes per memory transaction (32, 64 B, ...) or "
                         f"'element'") from None
-    if out <= 0:
-        raise UserError(f"--granularity must be greater than zero, got {value!r}")
+    if not 0.125 <= out <= MAX_GRANULARITY_BYTES:
+        raise UserError(f"--granularity {value!r}: expected from 0.125 B (one bit) to {MAX_GRANULARITY_BYTES} B per "
+                        f"memory transaction, or 'element'")
     return out

@@ -194,10 +194,11 @@ def _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, w
             _write_atomic(out, body)
             written.append(out)
         checkpoint("written")
+    from ..simulator.output import write_stdout
     if fmt == "json":
-        print(json.dumps(doc, indent=2))
+        write_stdout(json.dumps(doc, indent=2) + "\n")
     elif fmt == "csv":
-        sys.stdout.write(_csv(rows))
+        write_stdout(_csv(rows))
     else:
         _print_table(rows, doc)
     return 0
@@ -219,6 +220,8 @@ def _csv(rows) -> str:
 
 
 def _print_table(rows, doc) -> None:
+    import io
+
     from rich.console import Console
     from rich.table import Table
 
@@ -233,7 +236,10 @@ def _print_table(rows, doc) -> None:
         task = r["task"] + (" ↑" if r["higher_is_better"] else " ↓")
         table.add_row(task, r["strategy"], f"1/{r['compression']:g}", f"{r['score']:.3g}", f"{r['score_std']:.3g}",
                       f"{r['transfer_ratio']:.3f}", str(r["samples"]))
-    Console().print(table)
+    from ..simulator.output import write_stdout
+    console = Console(file=io.StringIO(), width=200)   # rendered first, then written as any other output
+    console.print(table)
+    write_stdout(console.file.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -451,9 +457,10 @@ def _record(model, task_name, cfg, steps, out, part, config, digest, done, opene
         part.unlink(missing_ok=True)
     checkpoint("written")
     if not quiet:
-        print(f"wrote {out}: {writer.rows} rows ({n_steps} steps x {lm.config.num_hidden_layers} layers x "
+        from ..simulator.output import write_stdout
+        write_stdout(f"wrote {out}: {writer.rows} rows ({n_steps} steps x {lm.config.num_hidden_layers} layers x "
               f"{n_kv} KV heads x {samples} sequence(s)); {task_name} "
-              f"{T.TASK_INFO[task_name][0]} {score:.4g}; transfer ratio {ratio:.3f}")
+              f"{T.TASK_INFO[task_name][0]} {score:.4g}; transfer ratio {ratio:.3f}\n")
     return 0
 
 

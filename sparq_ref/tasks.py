@@ -102,11 +102,11 @@ def stdlib_paragraphs() -> tuple[str, ...]:
 
 
 def file_paragraphs(path: str | Path) -> tuple[str, ...]:
-    p = Path(path)
+    from ..simulator.errors import input_file
+
+    p = input_file(path, "--text", "a UTF-8 text file")
     try:
         text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"--text {str(p)!r} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--text {str(p)!r} cannot be read as UTF-8 text: {e}") from None
     paras = tuple(" ".join(x.split()) for x in re.split(r"\n\s*\n", text) if x.strip())

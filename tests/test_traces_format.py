@@ -57,6 +57,7 @@ def test_nan_alpha_is_stored_as_null(tmp_path):
     r = rows()
     r["alpha"] = np.full(3, np.nan)
     r["components"] = [np.zeros(0, np.int32)] * 3
+    r["r"] = np.zeros(3)   # H2O picks no components
     p = tmp_path / "t.parquet"
     write_trace(p, r, {**META, "strategy": "h2o"})
     assert read_trace(p).table["alpha"].null_count == 3
@@ -65,8 +66,8 @@ def test_nan_alpha_is_stored_as_null(tmp_path):
 def test_streaming_writer_and_metadata_completed_late(tmp_path):
     p = tmp_path / "t.parquet"
     with TraceWriter(p, META, row_group_rows=4) as w:
-        for _ in range(5):
-            w.write(rows())
+        for i in range(5):
+            w.write({**rows(), "step": np.arange(3) + 3 * i})   # five batches of three steps
         w.metadata["task"]["score"] = 99.0
         assert not p.exists()                          # nothing at the target until closed
     t = read_trace(p)
@@ -184,7 +185,7 @@ def test_round_trip_property(tmp_path_factory, data):
     pos = [sorted({x % s for x in ps}) for s, ps in data]
     n = len(data)
     r = rows(n)
-    r.update(seq_len=seq, positions=[np.array(x, dtype=np.int64) for x in pos])
+    r.update(seq_len=seq, positions=[np.array(x, dtype=np.int64) for x in pos], k=np.array([len(x) for x in pos]))
     p = tmp_path_factory.mktemp("t") / "t.parquet"
     write_trace(p, r, META)
     assert read_trace(p).table["positions"].to_pylist() == pos

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -17,8 +16,8 @@ import pyarrow.parquet as pq
 
 from ..simulator.errors import UserError, input_file
 from ..simulator.interrupt import checkpoint, deferred
-from ..simulator.output import fsync_dir, fsync_file, umask_mode
-from ..simulator.strategies import STRATEGIES
+from ..simulator.output import fsync_dir, fsync_file, output_target, temporary_beside, umask_mode
+from ..simulator.strategies import QUEST_DENSE_LAYERS, STRATEGIES
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"sparq_sim.trace"
@@ -88,6 +87,14 @@ def _package_versions() -> dict:
     return out
 
 
+def _system_temporary() -> str:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".sparq-sim.", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
 class TraceWriter:
     """Streams rows to `path` through a temporary file in the same folder; `close()` renames it into place.
 
@@ -97,23 +104,20 @@ class TraceWriter:
     """
 
     def __init__(self, path: str | os.PathLike, metadata: Mapping, row_group_rows: int = 65_536):
-        self.path = Path(path)
-        parent = self.path.parent if str(self.path.parent) else Path(".")
-        if self.path.is_dir():
-            raise UserError(f"--output {str(self.path)!r} is a folder; give a file name such as trace.parquet")
-        if not parent.is_dir():
-            raise UserError(f"--output {str(self.path)!r}: folder {str(parent)!r} does not exist")
+        # a symlink's target is replaced; a device or FIFO (/dev/null, a named pipe) is written directly
+        self.path, self._direct = output_target(path)
+        self._given = str(path)
         self.metadata = {"schema_version": SCHEMA_VERSION, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(
             timespec="seconds"), "packages": _package_versions()}
         self.metadata.update(dict(metadata))
         self.row_group_rows = row_group_rows
+        # a device or FIFO cannot take Parquet's seeks: the trace is written aside, then copied into it on close
+        self._tmp = Path(_system_temporary()) if self._direct else Path(temporary_beside(self.path))
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
+            self._writer = pq.ParquetWriter(self._tmp, SCHEMA, compression="zstd")
         except OSError as e:
-            raise UserError(f"--output {str(self.path)!r} cannot be written: {e.strerror}") from None
-        os.close(fd)
-        self._tmp = Path(tmp)
-        self._writer = pq.ParquetWriter(self._tmp, SCHEMA, compression="zstd")
+            self._drop_temporary()
+            raise UserError(f"--output {self._given!r} cannot be written: {e.strerror or e}") from None
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self.rows = 0
@@ -128,7 +132,12 @@ class TraceWriter:
         self._pending_rows += t.num_rows
         self.rows += t.num_rows
         if self._pending_rows >= self.row_group_rows:
-            self._flush()
+            try:
+                self._flush()
+            except OSError as e:   # disk full, file too large: nothing half-written stays behind
+                self.abort()
+                raise UserError(f"--output {self._given!r} could not be written: {e.strerror or e}; nothing was "
+                                f"written") from None
 
     def _flush(self) -> None:
         if self._pending:
@@ -148,6 +157,12 @@ class TraceWriter:
             self._writer.add_key_value_metadata(
                 {METADATA_KEY.decode(): json.dumps(self.metadata, default=_json_default)})
             self._writer.close()
+            if self._direct:   # a device or FIFO: copied into, nothing to rename
+                with open(self._tmp, "rb") as src, open(self.path, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+                self.committed = True
+                return self.path
             umask_mode(self._tmp)
             fsync_file(self._tmp)
             checkpoint("write")
@@ -156,10 +171,14 @@ class TraceWriter:
                 self.committed = True
             fsync_dir(self.path.parent if str(self.path.parent) else Path("."))
         except OSError as e:
-            raise UserError(f"--output {str(self.path)!r} cannot be written: {e.strerror or e}") from None
+            raise UserError(f"--output {self._given!r} could not be written: {e.strerror or e}; nothing was "
+                            f"written") from None
         finally:
-            self._tmp.unlink(missing_ok=True)
+            self._drop_temporary()
         return self.path
+
+    def _drop_temporary(self) -> None:
+        self._tmp.unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Drop everything written so far; the target path is left untouched."""
@@ -170,7 +189,7 @@ class TraceWriter:
             except Exception:  # noqa: BLE001 - the file is being thrown away
                 pass
         self._pending = []
-        self._tmp.unlink(missing_ok=True)
+        self._drop_temporary()
 
     def __enter__(self):
         return self
@@ -236,7 +255,11 @@ def _where(path) -> str:
 def validate_table(table: pa.Table, metadata: dict, path=None) -> None:
     """Raise UserError naming the first problem: missing or mistyped columns, bad metadata, values out of range."""
     w = _where(path)
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    names = table.column_names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"{w}: column {twice[0]!r} appears more than once")
+    missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise UserError(f"{w}: missing column(s) {', '.join(missing)} (schema version {SCHEMA_VERSION} needs "
                         f"{', '.join(COLUMNS)})")
@@ -282,6 +305,8 @@ def validate_table(table: pa.Table, metadata: dict, path=None) -> None:
     for name, top in (("alpha", 1.0), ("oracle_mass", 1.0), ("out_rel_err", None)):
         a = table[name].to_numpy(zero_copy_only=False).astype(np.float64)  # nulls (alpha) come back as NaN
         bad = (a < 0) | ((a > top + 1e-3) if top is not None else False)  # 1e-3: float32 rounding of a sum
+        if name != "alpha":   # only alpha may be missing (strategies without an approximate mass)
+            bad = bad | ~np.isfinite(a)
         if np.any(bad):
             i = int(np.argmax(bad))
             raise UserError(f"{w}: row {i}: {name} {float(a[i])!r} is outside "
@@ -295,6 +320,40 @@ def validate_table(table: pa.Table, metadata: dict, path=None) -> None:
             i = int(pc.list_parent_indices(comp).to_numpy(zero_copy_only=False)[int(np.argmax(bad))])
             raise UserError(f"{w}: row {i}: component {int(cflat[int(np.argmax(bad))])} is outside "
                             f"[0, head_dim = {head_dim})")
+    # a row fetches at most its budget k of positions (fewer while the context or the cache is short; 0: no budget,
+    # as dense; Quest's first layers run dense) and exactly its r components (0: none)
+    n_pos = pc.list_value_length(table["positions"].combine_chunks()).to_numpy(zero_copy_only=False)
+    n_comp = pc.list_value_length(table["components"].combine_chunks()).to_numpy(zero_copy_only=False)
+    k, r = table["k"].to_numpy(), table["r"].to_numpy()
+    exempt = table["layer"].to_numpy() < QUEST_DENSE_LAYERS if metadata.get("strategy") == "quest" else False
+    for bad, what in (((k > 0) & (n_pos > k) & ~exempt, "k is {want} but the row lists {n} positions"),
+                      ((r > 0) & (n_comp != r), "r is {want} but the row lists {n} components")):
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            want, n = (k, n_pos) if what.startswith("k") else (r, n_comp)
+            raise UserError(f"{w}: row {i} {_at(table, i)}: " + what.format(want=int(want[i]), n=int(n[i])))
+    # one row per (step, layer, kv_head, batch), or one per query head of the KV head's group when the run did not
+    # share its index sets (replay reads their union): more rows than the group has heads repeat a row
+    model = metadata.get("model") or {}
+    heads, kv_heads = model.get("n_heads"), model.get("n_kv_heads")
+    group = heads // kv_heads if isinstance(heads, int) and isinstance(kv_heads, int) and kv_heads > 0 else None
+    cols = [table[c].to_numpy().astype(np.int64) for c in ("batch", "kv_head", "layer", "step")]
+    if group is not None and len(cols[0]) > group:
+        order = np.lexsort(cols)
+        new = np.ones(len(order), dtype=bool)
+        new[1:] = ~np.logical_and.reduce([c[order][1:] == c[order][:-1] for c in cols])
+        start = np.flatnonzero(new)
+        runs = np.diff(np.append(start, len(order)))
+        if (runs > group).any():
+            j = int(np.argmax(runs > group))
+            i = int(order[start[j] + group])
+            raise UserError(f"{w}: row {i} {_at(table, i)}: batch {table['batch'][i].as_py()} has {int(runs[j])} rows "
+                            f"for this step, layer and KV head; at most {group} (one per query head of its group)")
+
+
+def _at(table: pa.Table, i: int) -> str:
+    return (f"(step {table['step'][i].as_py()}, layer {table['layer'][i].as_py()}, kv_head "
+            f"{table['kv_head'][i].as_py()})")
 
 
 def _validate_metadata(metadata: dict, w: str) -> None:

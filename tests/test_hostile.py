@@ -408,3 +408,17 @@ def test_an_invalid_calibrated_profile_names_no_file(tmp_path):
     with pytest.raises(UserError, match="was not written"):
         _check_profile(A100.read_text().replace("efficiency: 0.86", "efficiency: 7", 1), str(tmp_path / "o.yaml"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_measure_writes_through_a_symlink_and_into_dev_null(tmp_path, capsys):
+    pytest.importorskip("torch")
+    args = ["measure", "--device", "cpu", "--kernels", "attn-torch", "--batch", "1", "--seq", "64", "--heads", "2",
+            "--head-dim", "16", "--repeats", "1", "--warmup", "0"]
+    (tmp_path / "t.csv").write_text("old")
+    (tmp_path / "l.csv").symlink_to("t.csv")
+    rc, _, err = run(capsys, *args, "-o", tmp_path / "l.csv")
+    assert rc == 0 and (tmp_path / "l.csv").is_symlink() and "attn-torch" in (tmp_path / "t.csv").read_text(), err
+    rc, _, err = run(capsys, *args, "-o", os.devnull)
+    assert rc == 0 and stat.S_ISCHR(os.stat(os.devnull).st_mode), err
+    err = one_line(*run(capsys, *args, "-o", str(tmp_path / "new") + "/")[::2])
+    assert "names a folder" in err and leftovers(tmp_path) == []

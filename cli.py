@@ -29,6 +29,24 @@ models_app = typer.Typer(help="List and show model specs.", no_args_is_help=True
 app.add_typer(hardware_app, name="hardware")
 app.add_typer(models_app, name="models")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            v = metadata.version("sparq-sim")
+        except metadata.PackageNotFoundError:   # run from a checkout that was never installed
+            v = "unknown (not installed)"
+        _emit(f"sparq-sim {v}\n", None)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")) -> None:
+    """Bytes, time and speedup of SparQ and other sparse-attention methods in LLM decoding, per device."""
+
 # --- shared options ---------------------------------------------------------------------------------------------------
 GPU = typer.Option(None, "--gpu", "--hardware", help="Device profile(s), comma list: a100, h100, h200, ipu, ... "
                    "(see `sparq-sim hardware list`). Default a100.")
@@ -41,7 +59,8 @@ STRATS = typer.Option("all", "--strategies", help="Comma list of dense, sparq, h
                       "or all.")
 COMP = typer.Option("8", "--compression", "-c", help="Target compression C (list or range); sets r = d_h/C, "
                     "k = S/(2C) for SparQ, k = S/C for the others.")
-DTYPE = typer.Option("bf16", "--dtype", help="Weights and activations: fp32, bf16, fp16, fp8, int8, int4.")
+DTYPE = typer.Option("auto", "--dtype", help="Weights and activations: auto (bf16 where the device has it, else "
+                     "fp16), fp32, bf16, fp16, fp8, int8, int4.")
 KV_DTYPE = typer.Option(None, "--kv-dtype", help="KV cache dtype (default: --dtype).")
 DEVICES = typer.Option("1", "--devices", "-n", help="Tensor-parallel devices (list allowed).")
 R = typer.Option(None, "--r", help="SparQ: query components r (overrides the recipe).")
@@ -102,7 +121,9 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
             format: Optional[str] = typer.Option(None, "--format", "-f", help="table, json, csv or parquet (default: "
                                                  "from --output's suffix, else table). parquet needs --output."),
             output: Optional[str] = typer.Option(None, "--output", "-o", help="Write to this file (atomically) "
-                                                 "instead of standard output; FILE.parquet writes Parquet.")):
+                                                 "instead of standard output; FILE.parquet writes Parquet."),
+            legend: bool = typer.Option(True, "--legend/--no-legend", help="Explain the table's columns and the "
+                                        "strategies' accuracy under it (table format).")):
     """Predict bytes moved, time and speedup of one decode step for each strategy."""
     from .simulator.output import (STREAM_FORMATS, csv_chunks, json_chunks, render_table, resolve_format,
                                    write_parquet, write_text)
@@ -124,10 +145,18 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
         if sw.rows > PREDICT_TABLE_MAX_ROWS:
             raise UserError(f"the sweep has {sw.rows:,} rows, too many for a table (at most "
                             f"{PREDICT_TABLE_MAX_ROWS:,}); write them with -f csv or -o FILE.parquet (both stream)")
+        from .simulator import explain
+        from .simulator.output import PREDICT_HEADER_COLUMNS
         cols = decoded(sw.columns())
-        text = render_table(cols, title="decode step per strategy (step ms: realistic; ideal ms: datasheet roofline)")
+        text = render_table(cols, title=explain.header(cols, auto_dtype=dtype.strip().lower() == "auto"),
+                            drop_constant=PREDICT_HEADER_COLUMNS, titled=True)
         if not cols["fits"].all():
             text += "NO in 'fits': weights + KV cache exceed device memory (try --devices N or --kv-location host)\n"
+        if legend:
+            notes = explain.legend(cols) + [n for c in dict.fromkeys(cols["compression"].tolist())
+                                            if (n := explain.accuracy_note(dict.fromkeys(cols["strategy"].tolist()),
+                                                                           c))]
+            text += "".join(explain.wrap(n) for n in notes)
         _emit(text, output)
 
 
@@ -135,7 +164,8 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
 def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, model: str = MODEL, seq: str = SEQ,
            batch: str = BATCH, strategies: str = typer.Option("sparq", "--strategies", help="Comma list or all."),
            compression: str = COMP, dtype: str = DTYPE, kv_dtype: Optional[str] = KV_DTYPE,
-           devices: int = typer.Option(1, "--devices", "-n"), r: Optional[int] = R, k: Optional[int] = K,
+           devices: int = typer.Option(1, "--devices", "-n", help="Tensor-parallel devices."),
+           r: Optional[int] = R, k: Optional[int] = K,
            local_window: Optional[int] = LW, page_size: Optional[int] = PAGE, k_layout: str = KLAYOUT,
            kv_location: str = KVLOC, weights_location: str = WLOC,
            phase: str = typer.Option("decode", "--phase", help="decode, prefill or both."),
@@ -157,28 +187,53 @@ def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mod
                       r=r, k=k, local_window=local_window, page_size=page_size, k_layout=k_layout,
                       kv_location=kv_location, weights_location=weights_location,
                       phases=("decode", "prefill") if phase == "both" else (phase,))
-    df["tiers"] = df["tier_bytes"].map(lambda d: ",".join(f"{k}={v / 1e6:.3g}MB" for k, v in d.items()))
+    df["tiers"] = df["tier_bytes"].map(lambda d: ",".join(f"{k}={v:.0f}" for k, v in d.items()))
     cols = {c: df[c].to_numpy() for c in df.columns if c != "tier_bytes"}
     if fmt == "json":
         text = to_json(records({**cols, "tier_bytes": df["tier_bytes"].to_numpy()}))
     elif fmt == "csv":
         text = to_csv(cols)
     else:
+        cols = _with_totals(df)
         fmt_b = lambda v: f"{v / 1e6:.3f}"  # noqa: E731
         spec = [("hardware", "hardware", str), ("strategy", "strategy", str), ("phase", "phase", str),
-                ("op", "op", str), ("layers", "layers", lambda v: f"{v:g}"), ("weights MB", "weight_bytes", fmt_b),
+                ("op", "op", str), ("layers", "layers", lambda v: "-" if v != v else f"{v:g}"), ("weights MB", "weight_bytes", fmt_b),
                 ("act MB", "act_read_bytes", lambda v: "-"), ("KV rd MB", "kv_read_bytes", fmt_b),
                 ("KV wr MB", "kv_write_bytes", fmt_b), ("meta MB", "meta_read_bytes", lambda v: "-"),
                 ("GFLOP", "flops", lambda v: f"{v / 1e9:.3f}"), ("FLOP/B", "arithmetic_intensity", lambda v: f"{v:.2f}"),
                 ("ms", "time_s", lambda v: f"{v * 1e3:.4f}"), ("ideal ms", "ideal_time_s", lambda v: f"{v * 1e3:.4f}"),
-                ("bound", "bound", str), ("tiers", "tiers", str)]
+                ("bound", "bound", str), ("tiers MB", "tiers", str)]
         cols["act_total"] = cols["act_read_bytes"] + cols["act_write_bytes"]
         cols["meta_total"] = cols["meta_read_bytes"] + cols["meta_write_bytes"]
         spec[6] = ("act MB", "act_total", fmt_b)
         spec[9] = ("meta MB", "meta_total", fmt_b)
-        text = render_table(cols, spec, title="per-operator ledger (bytes and FLOPs per step, all layers)",
-                            drop_constant=("hardware",))
+        text = render_table(cols, spec, title="per-operator ledger: bytes (MB) and FLOPs per step, all layers; one "
+                            "total row per strategy and phase", drop_constant=("hardware",))
     _emit(text, output)
+
+
+def _with_totals(df) -> dict:
+    """The ledger's columns for its table: every operator, then after each (hardware, strategy, phase) a total row
+    (bytes, FLOPs and times summed; tiers in MB like the byte columns)."""
+    import numpy as np
+
+    sums = ["weight_bytes", "act_read_bytes", "act_write_bytes", "kv_read_bytes", "kv_write_bytes", "meta_read_bytes",
+            "meta_write_bytes", "bytes", "flops", "time_s", "ideal_time_s"]
+    rows = []
+    for _, g in df.groupby(["hardware", "strategy", "phase"], sort=False):
+        for _, r in g.iterrows():
+            rows.append({**r.to_dict(), "tiers": ",".join(f"{k}={v / 1e6:.3f}" for k, v in r["tier_bytes"].items())})
+        tot = {c: g[c].sum() for c in sums}
+        tiers: dict = {}
+        for d in g["tier_bytes"]:
+            for k, v in d.items():
+                tiers[k] = tiers.get(k, 0.0) + v
+        rows.append({**g.iloc[0].to_dict(), **tot, "op": "total", "layers": np.nan, "bound": "-",
+                     "arithmetic_intensity": tot["flops"] / tot["bytes"] if tot["bytes"] else 0.0,
+                     "tiers": ",".join(f"{k}={v / 1e6:.3f}" for k, v in tiers.items())})
+    keys = [c for c in rows[0] if c != "tier_bytes"]
+    return {c: np.asarray([r[c] for r in rows], dtype=object if isinstance(rows[0][c], str) else None)
+            for c in keys}
 
 
 def _listing_format(fmt: Optional[str]) -> str:
@@ -503,14 +558,17 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
             kernels: str = typer.Option("attn-torch,sparq-attn-torch,sparq-attn-torch-oneK,h2o-attn-torch,"
                                         "lm-infinite-attn-torch,flexgen-attn-torch,quest-attn-torch", "--kernels",
                                         help="Comma list of kernels (sparq_ref/kernels.py)."),
-            batch: str = typer.Option("1,4", "--batch", "-b"), seq: str = typer.Option("1024,4096", "--seq", "-s"),
+            batch: str = typer.Option("1,4", "--batch", "-b", help="Batch sizes (list)."),
+            seq: str = typer.Option("1024,4096", "--seq", "-s", help="Context lengths (list)."),
             heads: str = typer.Option("8", "--heads", help="Query heads (list)."),
             kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="KV heads, one per --heads value "
                                                    "(default: the same: no GQA)."),
-            head_dim: str = typer.Option("128", "--head-dim"), dtype: str = typer.Option("fp32", "--dtype",
-                                                                                          help="fp32, fp16, bf16."),
-            r: str = typer.Option("16,32", "--r"), k: str = typer.Option("64,256", "--k"),
-            repeats: int = typer.Option(7, "--repeats"), warmup: int = typer.Option(2, "--warmup"),
+            head_dim: str = typer.Option("128", "--head-dim", help="Head dimension (list)."),
+            dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16, bf16."),
+            r: str = typer.Option("16,32", "--r", help="SparQ's r (list)."),
+            k: str = typer.Option("64,256", "--k", help="Positions / cache tokens k (list)."),
+            repeats: int = typer.Option(7, "--repeats", help="Timed calls per point (their median is kept)."),
+            warmup: int = typer.Option(2, "--warmup", help="Untimed calls before them."),
             threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: "
                                                   "torch's own choice)."),
             model_step: bool = typer.Option(False, "--model-step", help="Time whole decode steps of a real model "
@@ -611,7 +669,8 @@ def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_RE
              output: Optional[str] = typer.Option(None, "--output", "-o", help="Write to FILE (.json, else CSV)."),
              length: int = typer.Option(1024, "--length", help="Context tokens per sample."),
              text: Optional[str] = typer.Option(None, "--text", help="Your own text file instead of the stdlib's."),
-             batch_size: int = typer.Option(8, "--batch-size"), seed: int = typer.Option(0, "--seed"),
+             batch_size: int = typer.Option(8, "--batch-size", help="Samples decoded at a time."),
+             seed: int = typer.Option(0, "--seed", help="Seed of the sampled passages and pass keys."),
              depth: Optional[float] = typer.Option(None, "--depth", help="Pass-key depth 0..1 (default: spread)."),
              device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
              dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16."),
@@ -629,10 +688,13 @@ def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_RE
 def record(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF),
            task: str = typer.Option("repetition", "--task", help="repetition, passkey or bpc."),
            strategy: str = typer.Option("sparq", "--strategy", help="One registered strategy."),
-           compression: float = typer.Option(8.0, "--compression", "-c"),
-           r: Optional[int] = typer.Option(None, "--r"), k: Optional[int] = typer.Option(None, "--k"),
-           local_window: Optional[int] = typer.Option(None, "--local-window"),
-           page_size: Optional[int] = typer.Option(None, "--page-size"),
+           compression: float = typer.Option(8.0, "--compression", "-c", help="Target compression C: the "
+                                             "strategy's r and k from the recipe (see `sparq-sim strategies`)."),
+           r: Optional[int] = typer.Option(None, "--r", help="SparQ: query components r (overrides the recipe)."),
+           k: Optional[int] = typer.Option(None, "--k", help="Positions / cache tokens k (overrides the recipe)."),
+           local_window: Optional[int] = typer.Option(None, "--local-window", help="Local window l (SparQ default "
+                                                      "k/4, H2O k/2)."),
+           page_size: Optional[int] = typer.Option(None, "--page-size", help="Quest page size (default 16)."),
            sinks: Optional[int] = typer.Option(None, "--sinks", help="LM-Infinite sink tokens."),
            steps: int = typer.Option(64, "--steps", help="Decode steps to record."),
            output: str = typer.Option("trace.parquet", "--output", "-o", help="The trace to write (atomically)."),
@@ -643,10 +705,16 @@ def record(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF)
                                        "OUTPUT.partial (same options required); the trace is the one an "
                                        "uninterrupted run writes."),
            restart: bool = typer.Option(False, "--restart", help="Discard OUTPUT.partial and record from the start."),
-           length: int = typer.Option(1024, "--length"), text: Optional[str] = typer.Option(None, "--text"),
-           seed: int = typer.Option(0, "--seed"), depth: Optional[float] = typer.Option(None, "--depth"),
-           device: Optional[str] = typer.Option(None, "--device"), dtype: Optional[str] = typer.Option(None, "--dtype"),
-           reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate")):
+           length: int = typer.Option(1024, "--length", help="Context tokens of the prompt."),
+           text: Optional[str] = typer.Option(None, "--text", help="Your own UTF-8 text file instead of the "
+                                              "standard library's docstrings."),
+           seed: int = typer.Option(0, "--seed", help="Seed of the sampled passages and pass keys."),
+           depth: Optional[float] = typer.Option(None, "--depth", help="Pass-key depth 0..1 (default: spread)."),
+           device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
+           dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16 (default: fp32 on CPU, "
+                                               "bf16 on GPU)."),
+           reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value "
+                                           "reallocation); the paper dropped it for GQA models.")):
     """Decode a task with one strategy and write, step by step, what it fetched: a Parquet trace for replay.
 
     Ctrl-C leaves no trace (or the whole one); batches already decoded stay in OUTPUT.partial for --resume."""

@@ -34,8 +34,8 @@ from .hardware_profiles import HardwareProfile
 from .simulator.errors import UserError, input_file, read_json
 from .simulator.ledger import Parallel, Precision, attention_decode_ops
 from .simulator.models import DEFAULT_MODEL, ModelSpec
-from .simulator.predict import (Case, _evaluate_case, decoded, parse_compressions, predict_columns, resolve_hardware,
-                                resolve_models)
+from .simulator.predict import (Case, _evaluate_case, auto_dtype, decoded, parse_compressions, predict_columns,
+                                resolve_hardware, resolve_models)
 from .simulator.ranges import parse_axis, parse_names
 from .simulator.roofline import BOUNDS, Placement, matrix_peak, tier_table, time_op
 from .simulator.strategies import parse_strategies, resolve_params
@@ -152,7 +152,8 @@ def _request(hardware, model, seq_len, batch, strategies, compression, dtype, kv
         batches=sorted(set(int(b) for b in parse_axis(batch, "--batch", minimum=1))),
         strategies=parse_strategies(strategies),
         compressions=comps,
-        dtypes=list(dict.fromkeys(parse_dtype(d) for d in parse_names(dtype, "--dtype"))),
+        dtypes=list(dict.fromkeys(d.strip().lower() if d.strip().lower() == "auto" else parse_dtype(d)
+                                  for d in parse_names(dtype, "--dtype"))),
         kv_dtype=parse_dtype(kv_dtype, "kv dtype") if kv_dtype is not None else None,
         devices=sorted(set(int(d) for d in parse_axis(devices, "--devices", minimum=1))),
         r=_one(r, "--r", 1), k=_one(k, "--k", 1), local_window=_one(local_window, "--local-window", 0),
@@ -212,7 +213,7 @@ def _operator_points(req: Request, hw: HardwareProfile, m: ModelSpec, dtype: str
                      case_label: str) -> list[dict]:
     """Every decode operator at every (batch, seq_len) of the sweep on one device: intensity, attained FLOP/s per
     device, and what the hover shows. Non-attention operators depend on the batch only: kept once per batch."""
-    prec = Precision.of(dtype, req.kv_dtype)
+    prec = Precision.of(auto_dtype(hw) if dtype == "auto" else dtype, req.kv_dtype)
     case = Case(hw, m, prec, devices, req.k_layout, req.kv_location, req.weights_location, req.r, req.k)
     Bg, Sg = (a.ravel() for a in np.meshgrid(np.asarray(req.batches, dtype=np.int64),
                                              np.asarray(req.seqs, dtype=np.int64), indexing="ij"))
@@ -1182,7 +1183,7 @@ def _file_digest(path: str) -> str:
 
 
 def build(hardware=DEFAULT_HARDWARE, model=DEFAULT_MODEL, seq_len=DEFAULT_SEQ, batch=DEFAULT_BATCH, strategies=None,
-          compression=8, dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
+          compression=8, dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
           k_layout="twice", kv_location="auto", weights_location="auto", trace=None, evaluation=None,
           measured=None) -> Report:
     """Compute everything a report shows: the charts (plain plotly dictionaries) and the header facts."""
@@ -1210,7 +1211,7 @@ def build(hardware=DEFAULT_HARDWARE, model=DEFAULT_MODEL, seq_len=DEFAULT_SEQ, b
 
 
 def figures(hardware=DEFAULT_HARDWARE, model=DEFAULT_MODEL, seq_len=DEFAULT_SEQ, batch=DEFAULT_BATCH, strategies=None,
-            compression=8, dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
+            compression=8, dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
             k_layout="twice", kv_location="auto", weights_location="auto", trace=None, evaluation=None,
             measured=None) -> dict:
     """The report's charts as `plotly.graph_objects.Figure`s, by chart id (roofline-<device>, bytes, speedup-seq,
@@ -1341,7 +1342,7 @@ def _json_default(v):
 
 
 def write_report(path, hardware=DEFAULT_HARDWARE, model=DEFAULT_MODEL, seq_len=DEFAULT_SEQ, batch=DEFAULT_BATCH,
-                 strategies=None, compression=8, dtype="bf16", kv_dtype=None, devices=1, r=None, k=None,
+                 strategies=None, compression=8, dtype="auto", kv_dtype=None, devices=1, r=None, k=None,
                  local_window=None, page_size=None, k_layout="twice", kv_location="auto", weights_location="auto",
                  trace=None, evaluation=None, measured=None, command: str | None = None) -> Report:
     """Write the report to `path` (one self-contained HTML file, written atomically) and return what it holds.

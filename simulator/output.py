@@ -388,27 +388,33 @@ def _ms(v):
 
 PREDICT_TABLE = [
     # header, column, formatter
-    ("hardware", "hardware", str), ("model", "model", str), ("B", "batch", str), ("S", "seq_len", str),
-    ("strategy", "strategy", str), ("r", "r", lambda v: str(v) if v else "-"), ("k", "k", lambda v: str(v) if v else "-"),
+    ("hardware", "hardware", str), ("model", "model", str), ("dtype", "dtype", str), ("kv", "kv_dtype", str),
+    ("C", "compression", lambda v: f"{v:g}"), ("devices", "devices", str), ("B", "batch", str),
+    ("S", "seq_len", str), ("strategy", "strategy", str), ("r", "r", lambda v: str(v) if v else "-"),
+    ("k", "k", lambda v: str(v) if v else "-"),
     ("attn bytes", "attention_bytes", _bytes), ("attn frac", "attention_fraction", lambda v: f"{v:.4f}"),
     ("total bytes", "total_bytes", _bytes), ("step ms", "time_s", _ms), ("ideal ms", "ideal_time_s", _ms),
     ("attn ms", "attention_time_s", _ms), ("speedup", "speedup_vs_dense", lambda v: f"{v:.2f}x"),
-    ("attn speedup", "attention_speedup_vs_dense", lambda v: f"{v:.2f}x"), ("bound", "bound", str),
+    ("attn speedup", "attention_speedup_vs_dense", lambda v: f"{v:.2f}x"),
+    ("ideal attn", "attention_ideal_speedup_vs_dense", lambda v: f"{v:.2f}x"), ("bound", "bound", str),
     ("fits", "fits", lambda v: "yes" if v else "NO"),
 ]
+PREDICT_HEADER_COLUMNS = ("hardware", "model", "dtype", "kv_dtype", "compression", "devices", "batch", "seq_len")
 
 
 def render_table(cols: dict[str, np.ndarray], spec=PREDICT_TABLE, title: str | None = None,
-                 drop_constant=("hardware", "model", "batch", "seq_len")) -> str:
-    """A plain-text table (fixed-width, no colour codes, so it pipes and diffs cleanly)."""
+                 drop_constant=("hardware", "model", "batch", "seq_len"), titled: bool = False) -> str:
+    """A plain-text table (fixed-width, no colour codes, no trailing blanks, so it pipes and diffs cleanly). Columns of
+    `drop_constant` that hold one value on every row leave the table: their values join the title, or, with `titled`,
+    the caller's title already states them."""
     n = len(next(iter(cols.values()))) if cols else 0
     use = [(h, c, f) for h, c, f in spec if c in cols]
-    if n > 1:  # columns that are the same on every row move to the title
-        const = [(h, c, f) for h, c, f in use if c in drop_constant and len(set(cols[c].tolist())) == 1]
-        if const and len(use) > len(const):
+    const = [(h, c, f) for h, c, f in use if c in drop_constant and len(set(cols[c].tolist())) == 1]
+    if const and len(use) > len(const):
+        if not titled:
             extra = ", ".join(f"{h}={f(cols[c][0])}" for h, c, f in const)
             title = f"{title}  ({extra})" if title else extra
-            use = [u for u in use if u not in const]
+        use = [u for u in use if u not in const]
     cells = [[f(v) for v in cols[c].tolist()] for _, c, f in use]
     widths = [max([len(h)] + [len(x) for x in col]) for (h, _, _), col in zip(use, cells)]
     numeric = [cols[c].dtype.kind in "iuf" for _, c, _ in use]
@@ -420,4 +426,4 @@ def render_table(cols: dict[str, np.ndarray], spec=PREDICT_TABLE, title: str | N
     for i in range(n):
         lines.append("  ".join(col[i].rjust(w) if num else col[i].ljust(w)
                                for col, w, num in zip(cells, widths, numeric)))
-    return "\n".join(lines) + "\n"
+    return "\n".join(line.rstrip() for line in lines) + "\n"

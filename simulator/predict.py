@@ -19,7 +19,8 @@ Columns (one row per hardware, model, devices, dtype, kv_dtype, batch, seq_len, 
     attention_time_s, attention_ideal_time_s      the attention operators' share of those
     overhead_time_s                               kernel launch overhead in time_s
     tokens_per_s                                  batch / time_s
-    speedup_vs_dense, attention_speedup_vs_dense, ideal_speedup_vs_dense
+    speedup_vs_dense, attention_speedup_vs_dense, ideal_speedup_vs_dense, attention_ideal_speedup_vs_dense
+                                                  realistic and ideal speedups of the step and of attention alone
     bound                                         memory | compute | link | overhead: what takes most of time_s
     prefill_time_s, prefill_ideal_time_s          the dense prefill of seq_len prompt tokens
     weights_location, kv_location                 memory tier (or 'host') holding weights and the KV cache
@@ -51,7 +52,8 @@ COLUMNS = [
     "weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes", "metadata_bytes", "attention_bytes",
     "attention_fraction", "total_bytes", "flops", "arithmetic_intensity",
     "time_s", "ideal_time_s", "attention_time_s", "attention_ideal_time_s", "overhead_time_s", "tokens_per_s",
-    "speedup_vs_dense", "attention_speedup_vs_dense", "ideal_speedup_vs_dense", "bound",
+    "speedup_vs_dense", "attention_speedup_vs_dense", "ideal_speedup_vs_dense", "attention_ideal_speedup_vs_dense",
+    "bound",
     "prefill_time_s", "prefill_ideal_time_s",
     "weights_location", "kv_location", "memory_required_bytes", "memory_capacity_bytes", "fits", "max_batch",
 ]
@@ -133,6 +135,15 @@ def resolve_models(value) -> list[ModelSpec]:
     items = value if isinstance(value, (list, tuple)) else [value] if isinstance(value, ModelSpec) else \
         parse_names(value, "--model")
     return _unique([load_model_spec(m) for m in items], lambda m: m.name, "models", lambda m: m.source or m.name)
+
+
+AUTO = "auto"
+
+
+def auto_dtype(hw: HardwareProfile) -> str:
+    """The default precision on a device: bf16 where its matrix unit has it, else fp16 (an IPU, a T4), else fp32."""
+    peaks = hw.matrix.peak_flops
+    return next((d for d in ("bf16", "fp16", "fp32") if d in peaks), next(iter(peaks)))
 
 
 def parse_compressions(value) -> list[float]:
@@ -344,6 +355,7 @@ def _evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, pag
         put("speedup_vs_dense", j, dense["time_s"] / a["time_s"])
         put("attention_speedup_vs_dense", j, dense["attention_time_s"] / a["attention_time_s"])
         put("ideal_speedup_vs_dense", j, dense["ideal_time_s"] / a["ideal_time_s"])
+        put("attention_ideal_speedup_vs_dense", j, dense["attention_ideal_time_s"] / a["attention_ideal_time_s"])
         put("bound", j, a["bound_index"], np.int8)
         put("prefill_time_s", j, a["prefill_time_s"])
         put("prefill_ideal_time_s", j, a["prefill_ideal_time_s"])
@@ -442,7 +454,7 @@ def concat_columns(parts: list[dict]) -> dict:
 
 
 def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
-          dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
+          dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
           k_layout="twice", kv_location="auto", weights_location="auto") -> Sweep:
     """Parse and check the arguments of `predict_columns` (same meaning) into a `Sweep`, evaluating nothing."""
     hws = resolve_hardware(hardware)
@@ -451,7 +463,8 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
     batches = parse_axis(batch, "--batch", minimum=1)
     comps = parse_compressions(compression)
     strats = parse_strategies(strategies)
-    dtypes = [parse_dtype(d) for d in parse_names(dtype, "--dtype")]
+    dtype_names = parse_names(dtype, "--dtype")
+    dtypes = [d if str(d).strip().lower() == AUTO else parse_dtype(d) for d in dtype_names]
     kv_dtypes = [None] if kv_dtype is None else [parse_dtype(d, "kv dtype") for d in parse_names(kv_dtype, "--kv-dtype")]
     devs = parse_axis(devices, "--devices", minimum=1)
     rs = [None] if r is None else parse_axis(r, "--r", minimum=1)
@@ -474,14 +487,16 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
                 raise UserError(f"--r {rr} exceeds head_dim {m.head_dim} of {m.name}; accepted: 1 <= r <= head_dim")
     cases = []
     for hw, m, dt, kvd, dv, rr, kk in itertools.product(hws, models, dtypes, kv_dtypes, devs, rs, ks):
-        prec = Precision.of(dt, kvd)
-        cases.append(Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk))
+        prec = Precision.of(auto_dtype(hw) if dt == AUTO else dt, kvd)
+        case = Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk)
+        if case not in cases:   # auto,bf16 on a bf16 device: one case
+            cases.append(case)
     return Sweep(tuple(cases), tuple(strats), np.asarray(batches, dtype=np.int64), np.asarray(seqs, dtype=np.int64),
                  np.asarray(comps, dtype=np.float64), local_window, page_size)
 
 
 def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
-                    dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
+                    dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
                     k_layout="twice", kv_location="auto", weights_location="auto") -> dict[str, np.ndarray]:
     """The prediction as ordered columns: numpy arrays, and `Labels` (codes + categories) for the string columns
     (see the module docstring; `decoded()` turns those into strings). Arguments take one value or a list; strings
@@ -492,7 +507,7 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
 
 
 def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
-            dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
+            dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
             k_layout="twice", kv_location="auto", weights_location="auto"):
     """Predict one decode step for every combination of the arguments; returns a pandas DataFrame (columns in the
     module docstring). Example: `predict(hardware="a100", seq_len=[1024, 4096], strategies=["dense", "sparq"])`."""
@@ -515,7 +530,7 @@ LEDGER_COLUMNS = [
 
 
 def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
-           dtype="bf16", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
+           dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
            k_layout="twice", kv_location="auto", weights_location="auto", phases=("decode", "prefill")):
     """The per-operator ledger: one row per (hardware, model, strategy, phase, operator) at one batch and seq_len.
 
@@ -531,8 +546,9 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
     hws = resolve_hardware(hardware)
     models = resolve_models(model)
     strats = parse_strategies(strategies)
-    dt = parse_dtype(dtype)
-    prec = Precision.of(dt, parse_dtype(kv_dtype, "kv dtype") if kv_dtype is not None else None)
+    auto = str(dtype).strip().lower() == AUTO
+    dt = None if auto else parse_dtype(dtype)
+    kvd = parse_dtype(kv_dtype, "kv dtype") if kv_dtype is not None else None
     if k_layout not in ("twice", "once"):
         raise UserError(f"--k-layout must be twice or once, got {k_layout!r}")
     B = np.asarray(batches, dtype=np.int64)
@@ -541,6 +557,7 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
     rows = []
     for hw, m in itertools.product(hws, models):
         log: dict = {}
+        prec = Precision.of(auto_dtype(hw) if auto else dt, kvd)
         case = Case(hw, m, prec, int(devices), k_layout, kv_location, weights_location, r, k)
         _evaluate_case(case, strats, B, S, C, local_window, page_size, keep_ops=log)
         for strat in strats:

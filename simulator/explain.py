@@ -1,0 +1,117 @@
+"""What the headline table of `sparq-sim predict` says about itself: its header (every assumption), its legend, and
+the accuracy of the strategies at the compression shown, from the bundled evaluation.
+
+A reader must not have to guess what was assumed (model, precision, batch, context, compression, devices), what a
+column means, why SparQ's k is half the others', or conclude that a method which moves fewer bytes but loses the
+task is simply better. Pure Python (the evaluation is a small JSON file in data/evaluation/).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+EVALUATION_FILE = Path(__file__).resolve().parent.parent / "data" / "evaluation" / "smollm2-135m.json"
+# a strategy "fails" a task when it keeps less than half of dense's score (higher is better) or adds more than a
+# tenth to it (lower is better: bits per character)
+FAIL_BELOW, FAIL_ABOVE = 0.5, 1.1
+
+
+WIDTH = 118
+
+
+def wrap(note: str) -> str:
+    """A note as lines of at most WIDTH characters, the continuation lines indented."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(note, WIDTH, subsequent_indent="  ", break_on_hyphens=False)) + "\n"
+
+
+def _one(cols: dict, c: str):
+    vals = list(dict.fromkeys(np.asarray(cols[c]).tolist()))
+    return vals[0] if len(vals) == 1 else None
+
+
+def header(cols: dict, auto_dtype: bool = False) -> str:
+    """The assumptions behind every row, in one line: the values that are the same on all rows (the others are
+    columns of the table). `auto_dtype`: the precision was chosen per device (--dtype auto)."""
+    parts = []
+    model, hw = _one(cols, "model"), _one(cols, "hardware")
+    what = "decode step" + (f" of {model}" if model else "") + (f" on {hw}" if hw else "")
+    b, s = _one(cols, "batch"), _one(cols, "seq_len")
+    if b is not None:
+        parts.append(f"batch {b}")
+    if s is not None:
+        parts.append(f"context {s}")
+    dt, kv = _one(cols, "dtype"), _one(cols, "kv_dtype")
+    if dt is not None:
+        parts.append(f"{dt} weights" + (f", {kv} KV cache" if kv is not None and kv != dt else
+                                         " and KV cache" if kv is not None else "")
+                     + (" (--dtype auto)" if auto_dtype else ""))
+    elif auto_dtype:
+        parts.append("--dtype auto: bf16 where the device has it, else fp16")
+    c = _one(cols, "compression")
+    if c is not None:
+        parts.append(f"compression 1/{c:g}")
+    d = _one(cols, "devices")
+    if d is not None:
+        parts.append(f"{d} device{'s' if d != 1 else ''}")
+    return what + (": " + ", ".join(parts) if parts else "")
+
+
+def varying(cols: dict) -> list[str]:
+    """The columns of the header's assumptions that differ between rows (the table shows them)."""
+    return [c for c in ("hardware", "model", "batch", "seq_len", "dtype", "kv_dtype", "compression", "devices")
+            if _one(cols, c) is None]
+
+
+def legend(cols: dict) -> list[str]:
+    """The lines under the table: what the columns mean and why the strategies' k differ."""
+    strategies = set(np.asarray(cols["strategy"]).tolist())
+    out = ["step ms: realistic (achieved bandwidths and peaks, plus each kernel's launch overhead); ideal ms: the "
+           "datasheet roofline, no overhead. speedup, attn speedup: vs dense at the same point, realistic, for the "
+           "step and for attention alone; ideal attn: attention's on the datasheet roofline. They part where a "
+           "strategy's extra kernels cost launches the bytes saved cannot repay, and where the step is not memory "
+           "bound.",
+           "attn frac: the strategy's attention bytes (KV read and written, its metadata) over dense's. bound: what "
+           "takes most of the step (memory, compute, link, launch overhead). fits: weights + KV cache (+ the "
+           "strategy's extra storage) within the device memory."]
+    if "sparq" in strategies and len(strategies) > 1:
+        out.append("k: positions attended. SparQ first reads r = d_h/C columns of K over all positions, then k = "
+                   "S/(2C) rows of K and V, so its total is about 1/C of dense; the others read k = S/C tokens.")
+    return out
+
+
+@lru_cache(maxsize=1)
+def evaluation_rows() -> tuple:
+    if not EVALUATION_FILE.is_file():
+        return ()
+    doc = json.loads(EVALUATION_FILE.read_text(encoding="utf-8"))
+    return tuple(doc.get("rows", []))
+
+
+def accuracy_note(strategies, compression) -> str | None:
+    """One line when the bundled evaluation saw a strategy of the table fail a task at this compression (None when
+    none did, or the compression was not evaluated)."""
+    rows = [r for r in evaluation_rows() if abs(float(r["compression"]) - float(compression)) < 1e-9]
+    dense = {r["task"]: r for r in evaluation_rows() if r["strategy"] == "dense"}
+    if not rows or not dense:
+        return None
+    fails = []
+    for s in strategies:
+        if s == "dense":
+            continue
+        for r in rows:
+            if r["strategy"] != s or r["task"] not in dense:
+                continue
+            d, v = float(dense[r["task"]]["score"]), float(r["score"])
+            bad = v < FAIL_BELOW * d if r["higher_is_better"] else v > FAIL_ABOVE * d
+            if bad:
+                fails.append(f"{s} {r['task']} {v:.3g} (dense {d:.3g})")
+    if not fails:
+        return None
+    return (f"accuracy at 1/{float(compression):g} on the bundled evaluation (SmolLM2-135M, `sparq-sim evaluate`): "
+            + "; ".join(fails) + ". Fewer bytes are not a win where the task is lost.")

@@ -34,7 +34,7 @@ from .hardware_profiles import HardwareProfile
 from .simulator.errors import UserError, input_file, read_json
 from .simulator.ledger import Parallel, Precision, attention_decode_ops
 from .simulator.models import DEFAULT_MODEL, ModelSpec
-from .simulator.predict import (Case, _evaluate_case, auto_dtype, decoded, parse_compressions, predict_columns,
+from .simulator.predict import (Case, evaluate_case, auto_dtype, decoded, parse_compressions, predict_columns,
                                 resolve_hardware, resolve_models)
 from .simulator.ranges import parse_axis, parse_names
 from .simulator.roofline import BOUNDS, Placement, matrix_peak, tier_table, time_op
@@ -219,7 +219,7 @@ def _operator_points(req: Request, hw: HardwareProfile, m: ModelSpec, dtype: str
                                              np.asarray(req.seqs, dtype=np.int64), indexing="ij"))
     Cg = np.full(Bg.shape, float(comp))
     log: dict = {}
-    _evaluate_case(case, req.strategies, Bg, Sg, Cg, req.local_window, req.page_size, keep_ops=log)
+    evaluate_case(case, req.strategies, Bg, Sg, Cg, req.local_window, req.page_size, keep_ops=log)
     n = Bg.shape[0]
     first_of_batch = np.unique(Bg, return_index=True)[1]
     points = []

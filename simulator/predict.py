@@ -215,7 +215,7 @@ def _add(a: dict, b: dict) -> dict:
     return out
 
 
-def _evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page_size,
+def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page_size,
                    keep_ops: dict | None = None) -> dict:
     """All strategies for one categorical case over the flat numeric grid (B, S, C); rows grid-point major.
 
@@ -422,7 +422,7 @@ class Sweep:
         for case in self.cases:
             for lo in range(0, self.points, per):
                 B, S, C = self._grid(lo, min(lo + per, self.points))
-                yield _finite(_evaluate_case(case, list(self.strategies), B, S, C, self.local_window,
+                yield _finite(evaluate_case(case, list(self.strategies), B, S, C, self.local_window,
                                              self.page_size), case)
 
     def columns(self) -> dict:
@@ -559,7 +559,7 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
         log: dict = {}
         prec = Precision.of(auto_dtype(hw) if auto else dt, kvd)
         case = Case(hw, m, prec, int(devices), k_layout, kv_location, weights_location, r, k)
-        _evaluate_case(case, strats, B, S, C, local_window, page_size, keep_ops=log)
+        evaluate_case(case, strats, B, S, C, local_window, page_size, keep_ops=log)
         for strat in strats:
             pl, entries = log[strat]
             for op, t in entries:

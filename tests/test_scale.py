@@ -143,7 +143,7 @@ def test_cli_text_streams_equal_the_whole_text(fmt, tmp_path, monkeypatch):
 
 
 def _boom_after(n_calls, exc):
-    real = P._evaluate_case
+    real = P.evaluate_case
     calls = {"n": 0}
 
     def evaluate(*a, **kw):
@@ -158,7 +158,7 @@ def _boom_after(n_calls, exc):
 def test_failure_mid_write_leaves_no_file(tmp_path, monkeypatch, exc):
     monkeypatch.setattr(P, "DEFAULT_CHUNK_ROWS", 60)
     evaluate, calls = _boom_after(5, exc)
-    monkeypatch.setattr(P, "_evaluate_case", evaluate)
+    monkeypatch.setattr(P, "evaluate_case", evaluate)
     path = tmp_path / "sweep.parquet"
     if isinstance(exc, KeyboardInterrupt):
         handler = signal.getsignal(signal.SIGINT)

@@ -286,11 +286,20 @@ def decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params, dense_pa
 
 def prefill_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params, p: Precision, k_layout: str) -> list[Op]:
     """The dense prefill of S prompt tokens per sequence, writing what the strategy keeps."""
+    T = np.asarray(B, dtype=np.float64) * np.asarray(S, dtype=np.float64)
+    before, after = block_ops("prefill", m, tp, T, p)
+    attn = prefill_attention_ops(m, tp, strategy, B, S, params, p, k_layout)
+    return before + attn + after + head_ops("prefill", m, tp, np.asarray(B, dtype=np.float64), p)
+
+
+def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params, p: Precision,
+                          k_layout: str) -> list[Op]:
+    """The prefill's attention and the store of what the strategy keeps (the operators of `prefill_ops` that depend
+    on the strategy)."""
     B = np.asarray(B, dtype=np.float64)
     S = np.asarray(S, dtype=np.float64)
     T = B * S
     hd, hq, hkv, L = m.head_dim, tp.heads, tp.kv_heads, m.n_layers
-    before, after = block_ops("prefill", m, tp, T, p)
     kept = cache_tokens(strategy, S, params)
     extra = extra_cache_elements(strategy, S, hd, params, k_layout)
     causal_pairs = S * (S + 1) / 2
@@ -302,7 +311,7 @@ def prefill_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params, p: Prec
         Op("prefill", "kv_store", "attention", "vector", L, 1, flops=_z(B),
            kv_write=2 * B * hkv * kept * hd * p.kv, meta_write=B * hkv * extra * p.kv),
     ]
-    return before + attn + after + head_ops("prefill", m, tp, B, p)
+    return attn
 
 
 def cache_bytes_per_device(m: ModelSpec, tp: Parallel, strategy: str, B, S, params, p: Precision, k_layout: str):

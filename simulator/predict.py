@@ -39,10 +39,10 @@ import numpy as np
 from ..hardware_profiles import HardwareProfile, load_hardware
 from .errors import UserError
 from .ledger import (FP32, Op, Parallel, Precision, attention_ops, block_ops, cache_bytes_per_device, head_ops,
-                     prefill_ops, weight_bytes_per_device)
+                     prefill_attention_ops, weight_bytes_per_device)
 from .models import DEFAULT_MODEL, ModelSpec, load_model_spec
 from .ranges import parse_axis, parse_names
-from .roofline import BOUNDS, Placement, tier_table, time_op
+from .roofline import BOUNDS, Placement, StackedTimes, tier_table, time_op, time_ops
 from .strategies import parse_strategies, resolve_params
 from .units import parse_dtype
 
@@ -198,6 +198,18 @@ def _aggregate(ops: list[Op], times, devices: int) -> dict:
     return agg
 
 
+def _aggregate_stacked(t: StackedTimes, devices: int) -> dict:
+    """`_aggregate` of operators timed together (`roofline.time_ops`)."""
+    f, L = t.fields, t.layers[:, None]
+    agg = {name: devices * sum((f[x] * L).sum(axis=0) for x in fs) for name, fs in _KIND_SUMS}
+    agg["time_s"] = (t.time_s * L).sum(axis=0)
+    agg["ideal_time_s"] = (t.ideal_s * L).sum(axis=0)
+    agg["overhead_time_s"] = float((t.overhead_s * t.layers).sum())
+    busy = (t.time_s - t.overhead_s[:, None]) * L
+    agg["by_bound"] = [np.where(t.bound == b, busy, 0.0).sum(axis=0) for b in range(3)] + [agg["overhead_time_s"]]
+    return agg
+
+
 def _gather(agg: dict, index: np.ndarray) -> dict:
     """Expand totals computed on unique values back to the rows of the grid."""
     out = {}
@@ -244,17 +256,17 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     uB, invB = np.unique(B, return_inverse=True)
     before, after = block_ops("decode", m, tp, uB, prec)
     common = before + after + head_ops("decode", m, tp, uB, prec)
-    common_t = [time_op(op, hw, base, prec, tp.devices) for op in common]
-    common_agg = _gather(_aggregate(common, common_t, tp.devices), invB)
+    common_agg = _gather(_aggregate_stacked(time_ops(common, hw, base, prec, tp.devices, len(uB)), tp.devices), invB)
     T = B.astype(np.float64) * S   # tokens of the prefill: B and S are each at most 1e15, their product not int64
     uT, invT = np.unique(T, return_inverse=True)   # the prefill's projections depend on B x S tokens ...
     pf_before, pf_after = block_ops("prefill", m, tp, uT, prec)
-    pf_block = pf_before + pf_after
-    pf_block_t = [time_op(op, hw, base, prec, tp.devices) for op in pf_block]
+    pf_block_t = time_ops(pf_before + pf_after, hw, base, prec, tp.devices, len(uT))
     pf_head = head_ops("prefill", m, tp, uB, prec)  # ... its lm_head on the last position of each sequence: on B
-    pf_head_t = [time_op(op, hw, base, prec, tp.devices) for op in pf_head]
-    pf_time = _sum_over(pf_block, pf_block_t, "time_s")[invT] + _sum_over(pf_head, pf_head_t, "time_s")[invB]
-    pf_ideal = _sum_over(pf_block, pf_block_t, "ideal_s")[invT] + _sum_over(pf_head, pf_head_t, "ideal_s")[invB]
+    pf_head_t = time_ops(pf_head, hw, base, prec, tp.devices, len(uB))
+    pf_time = ((pf_block_t.time_s * pf_block_t.layers[:, None]).sum(axis=0)[invT]
+               + (pf_head_t.time_s * pf_head_t.layers[:, None]).sum(axis=0)[invB])
+    pf_ideal = ((pf_block_t.ideal_s * pf_block_t.layers[:, None]).sum(axis=0)[invT]
+                + (pf_head_t.ideal_s * pf_head_t.layers[:, None]).sum(axis=0)[invB])
 
     dense_params = resolve_params("dense", Sa, m.head_dim, C)
     results = {}
@@ -272,16 +284,14 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
             ki = ki_arr if n_dev_tiers > 1 else 0
         pl = placement(ki)
         attn_ops = attention_ops(m, tp, strat, B, Sa, params, dense_params, prec)
-        attn_t = [time_op(op, hw, pl, prec, tp.devices) for op in attn_ops]
-        attn_agg = _aggregate(attn_ops, attn_t, tp.devices)
+        attn_agg = _aggregate_stacked(time_ops(attn_ops, hw, pl, prec, tp.devices, n), tp.devices)
         agg = _add(common_agg, attn_agg)
         agg["attention_time_s"] = attn_agg["time_s"]
         agg["attention_ideal_time_s"] = attn_agg["ideal_time_s"]
-        pf_attn = [op for op in prefill_ops(m, tp, strat, B, Sa, params, prec, case.k_layout)
-                   if op.group == "attention"]
-        pf_attn_t = [time_op(op, hw, pl, prec, tp.devices) for op in pf_attn]
-        agg["prefill_time_s"] = pf_time + _sum_over(pf_attn, pf_attn_t, "time_s")
-        agg["prefill_ideal_time_s"] = pf_ideal + _sum_over(pf_attn, pf_attn_t, "ideal_s")
+        pf_attn = prefill_attention_ops(m, tp, strat, B, Sa, params, prec, case.k_layout)
+        pf_attn_t = time_ops(pf_attn, hw, pl, prec, tp.devices, n)
+        agg["prefill_time_s"] = pf_time + (pf_attn_t.time_s * pf_attn_t.layers[:, None]).sum(axis=0)
+        agg["prefill_ideal_time_s"] = pf_ideal + (pf_attn_t.ideal_s * pf_attn_t.layers[:, None]).sum(axis=0)
         by = np.stack(np.broadcast_arrays(*[np.asarray(x, dtype=np.float64) for x in agg.pop("by_bound")]))
         agg["bound_index"] = by.argmax(axis=0)
 

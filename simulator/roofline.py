@@ -126,3 +126,59 @@ def time_op(op: Op, hw: HardwareProfile, pl: Placement, prec: Precision, devices
         memory_s=mem_real, compute_s=comp_real, link_s=link_real, overhead_s=overhead,
         bound=bound,
     )
+
+
+_BYTE_FIELDS = ("weight", "act_read", "act_write", "kv_read", "kv_write", "meta_read", "meta_write", "flops", "comm")
+
+
+@dataclass
+class StackedTimes:
+    """`time_op` for a list of operators at once: every array has the operators on its first axis (ops x rows)."""
+    fields: dict            # name of a byte / FLOP field -> (ops x rows) array
+    layers: np.ndarray      # (ops,) occurrences per step
+    time_s: np.ndarray
+    ideal_s: np.ndarray
+    overhead_s: np.ndarray  # (ops,)
+    bound: np.ndarray
+
+
+def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision, devices: int,
+             rows: int) -> StackedTimes:
+    """What `time_op` gives for each operator, computed with the operators stacked on one axis (one numpy call per
+    term, not one per term and operator: a single-configuration prediction is dominated by that overhead). Rows are
+    the sweep's points (every field broadcasts to `rows`). Same formulas and the same result as `time_op`."""
+    k = len(ops)
+    f = {name: np.empty((k, rows)) for name in _BYTE_FIELDS}
+    for i, op in enumerate(ops):
+        for name in _BYTE_FIELDS:
+            f[name][i] = getattr(op, name)
+    layers = np.array([op.layers for op in ops], dtype=np.float64)
+    unit = np.array([op.unit for op in ops])
+    kv_bytes = f["kv_read"] + f["kv_write"] + f["meta_read"] + f["meta_write"]
+    act_bytes = f["act_read"] + f["act_write"]
+    kv_tier = np.broadcast_to(pl.kv, (rows,))
+    mem_real = np.zeros((k, rows))
+    mem_ideal = np.zeros((k, rows))
+    for t in range(len(pl.tiers)):
+        w = f["weight"] * (pl.weights == t)
+        b = w + kv_bytes * (kv_tier == t) + act_bytes * (pl.act == t)
+        mem_real = np.maximum(mem_real, (b + w * (1 / prec.w_eff - 1)) / pl.achieved_Bps[t])
+        mem_ideal = np.maximum(mem_ideal, b / pl.peak_Bps[t])
+    matrix = (unit == "matrix")[:, None]
+    peak = np.where(matrix, matrix_peak(hw, prec.dtype) if matrix.any() else 1.0, vector_peak(hw))
+    eff = np.where(matrix, hw.matrix.efficiency, hw.vector.efficiency)
+    comp_ideal = f["flops"] / peak
+    comp_real = comp_ideal / eff
+    link = (unit == "link")[:, None] & (devices > 1)
+    if link.any():
+        link_ideal = np.where(link, 2 * (devices - 1) / devices * f["comm"] / hw.device_link.bandwidth_Bps, 0.0)
+        link_real = np.where(link, allreduce_time(f["comm"], devices, hw.device_link), 0.0)
+    else:
+        link_ideal = link_real = np.zeros((k, rows))
+    busy = np.maximum(np.maximum(mem_real, comp_real), link_real)
+    bound = np.where(link_real > np.maximum(mem_real, comp_real), 2, np.where(comp_real > mem_real, 1, 0)).astype(
+        np.int8)
+    overhead = np.array([op.launches for op in ops], dtype=np.float64) * hw.kernel_launch_s
+    return StackedTimes(fields=f, layers=layers, time_s=busy + overhead[:, None],
+                        ideal_s=np.maximum(np.maximum(mem_ideal, comp_ideal), link_ideal),
+                        overhead_s=overhead, bound=bound)

@@ -198,16 +198,28 @@ def _aggregate(ops: list[Op], times, devices: int) -> dict:
     return agg
 
 
-def _aggregate_stacked(t: StackedTimes, devices: int) -> dict:
-    """`_aggregate` of operators timed together (`roofline.time_ops`)."""
+def _segment_sums(t: StackedTimes, starts: list[int], devices: int) -> list[dict]:
+    """`_aggregate` of consecutive runs of operators timed together (`roofline.time_ops`), one dict per run starting
+    at each of `starts`: all runs summed at once (np.add.reduceat over rows laid out operator-last, so each row's sum
+    is the same whatever the number of rows: a sweep evaluated in chunks equals the whole to the last bit)."""
     f, L = t.fields, t.layers[:, None]
-    agg = {name: devices * sum((f[x] * L).sum(axis=0) for x in fs) for name, fs in _KIND_SUMS}
-    agg["time_s"] = (t.time_s * L).sum(axis=0)
-    agg["ideal_time_s"] = (t.ideal_s * L).sum(axis=0)
-    agg["overhead_time_s"] = float((t.overhead_s * t.layers).sum())
-    busy = (t.time_s - t.overhead_s[:, None]) * L
-    agg["by_bound"] = [np.where(t.bound == b, busy, 0.0).sum(axis=0) for b in range(3)] + [agg["overhead_time_s"]]
-    return agg
+
+    def sums(a):   # (ops x rows) -> (rows x runs)
+        return np.add.reduceat(np.ascontiguousarray((a * L).T), starts, axis=1)
+
+    kinds = {name: devices * sums(sum(f[x] for x in fs) if len(fs) > 1 else f[fs[0]]) for name, fs in _KIND_SUMS}
+    time_s, ideal = sums(t.time_s), sums(t.ideal_s)
+    busy = t.time_s - t.overhead_s[:, None]
+    bound = [sums(np.where(t.bound == b, busy, 0.0)) for b in range(3)]
+    overhead = np.add.reduceat(t.overhead_s * t.layers, starts)
+    out = []
+    for j in range(len(starts)):
+        agg = {name: v[:, j] for name, v in kinds.items()}
+        agg["time_s"], agg["ideal_time_s"] = time_s[:, j], ideal[:, j]
+        agg["overhead_time_s"] = float(overhead[j])
+        agg["by_bound"] = [b[:, j] for b in bound] + [agg["overhead_time_s"]]
+        out.append(agg)
+    return out
 
 
 def _gather(agg: dict, index: np.ndarray) -> dict:
@@ -256,22 +268,23 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     uB, invB = np.unique(B, return_inverse=True)
     before, after = block_ops("decode", m, tp, uB, prec)
     common = before + after + head_ops("decode", m, tp, uB, prec)
-    common_agg = _gather(_aggregate_stacked(time_ops(common, hw, base, prec, tp.devices, len(uB)), tp.devices), invB)
+    pf_head = head_ops("prefill", m, tp, uB, prec)  # the prefill's lm_head on the last position of each sequence
+    on_b = time_ops(common + pf_head, hw, base, prec, tp.devices, len(uB))   # everything that depends on B only
+    common_sums, head_sums = _segment_sums(on_b, [0, len(common)], tp.devices)
+    common_agg = _gather(common_sums, invB)
     T = B.astype(np.float64) * S   # tokens of the prefill: B and S are each at most 1e15, their product not int64
-    uT, invT = np.unique(T, return_inverse=True)   # the prefill's projections depend on B x S tokens ...
+    uT, invT = np.unique(T, return_inverse=True)   # the prefill's projections depend on B x S tokens
     pf_before, pf_after = block_ops("prefill", m, tp, uT, prec)
-    pf_block_t = time_ops(pf_before + pf_after, hw, base, prec, tp.devices, len(uT))
-    pf_head = head_ops("prefill", m, tp, uB, prec)  # ... its lm_head on the last position of each sequence: on B
-    pf_head_t = time_ops(pf_head, hw, base, prec, tp.devices, len(uB))
-    pf_time = ((pf_block_t.time_s * pf_block_t.layers[:, None]).sum(axis=0)[invT]
-               + (pf_head_t.time_s * pf_head_t.layers[:, None]).sum(axis=0)[invB])
-    pf_ideal = ((pf_block_t.ideal_s * pf_block_t.layers[:, None]).sum(axis=0)[invT]
-                + (pf_head_t.ideal_s * pf_head_t.layers[:, None]).sum(axis=0)[invB])
+    pf_block = _segment_sums(time_ops(pf_before + pf_after, hw, base, prec, tp.devices, len(uT)), [0], tp.devices)[0]
+    pf_time = pf_block["time_s"][invT] + head_sums["time_s"][invB]
+    pf_ideal = pf_block["ideal_time_s"][invT] + head_sums["ideal_time_s"][invB]
 
+    # every strategy's attention (decode and prefill) timed together: one placement per strategy, its KV tier
     dense_params = resolve_params("dense", Sa, m.head_dim, C)
-    results = {}
-    ops_log = {}
-    for strat in (["dense"] + [s for s in strategies if s != "dense"]):
+    order = ["dense"] + [s for s in strategies if s != "dense"]
+    found = {}
+    stacked, tiers, starts = [], [], []
+    for strat in order:
         params = dense_params if strat == "dense" else resolve_params(
             strat, Sa, m.head_dim, C, r=case.r, k=case.k, local_window=local_window, page_size=page_size)
         kv_dev = cache_bytes_per_device(m, tp, strat, B, Sa, params, prec, case.k_layout)
@@ -282,16 +295,25 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
                 used = (w_dev if wi == i else 0.0) + (workspace if act_i == i else 0.0)
                 ki_arr = np.where(used + kv_dev <= caps[i], i, ki_arr)
             ki = ki_arr if n_dev_tiers > 1 else 0
-        pl = placement(ki)
         attn_ops = attention_ops(m, tp, strat, B, Sa, params, dense_params, prec)
-        attn_agg = _aggregate_stacked(time_ops(attn_ops, hw, pl, prec, tp.devices, n), tp.devices)
+        pf_attn = prefill_attention_ops(m, tp, strat, B, Sa, params, prec, case.k_layout)
+        starts += [len(stacked), len(stacked) + len(attn_ops)]   # its decode attention, then its prefill's
+        stacked += attn_ops + pf_attn
+        tiers += [np.broadcast_to(ki, (n,))] * (len(attn_ops) + len(pf_attn))
+        found[strat] = (params, kv_dev, ki, attn_ops, pf_attn)
+    runs = _segment_sums(time_ops(stacked, hw, placement(np.stack(tiers)), prec, tp.devices, n), starts, tp.devices)
+
+    results = {}
+    ops_log = {}
+    for j, strat in enumerate(order):
+        params, kv_dev, ki, attn_ops, pf_attn = found[strat]
+        pl = placement(ki)
+        attn_agg, pre = runs[2 * j], runs[2 * j + 1]
         agg = _add(common_agg, attn_agg)
         agg["attention_time_s"] = attn_agg["time_s"]
         agg["attention_ideal_time_s"] = attn_agg["ideal_time_s"]
-        pf_attn = prefill_attention_ops(m, tp, strat, B, Sa, params, prec, case.k_layout)
-        pf_attn_t = time_ops(pf_attn, hw, pl, prec, tp.devices, n)
-        agg["prefill_time_s"] = pf_time + (pf_attn_t.time_s * pf_attn_t.layers[:, None]).sum(axis=0)
-        agg["prefill_ideal_time_s"] = pf_ideal + (pf_attn_t.ideal_s * pf_attn_t.layers[:, None]).sum(axis=0)
+        agg["prefill_time_s"] = pf_time + pre["time_s"]
+        agg["prefill_ideal_time_s"] = pf_ideal + pre["ideal_time_s"]
         by = np.stack(np.broadcast_arrays(*[np.asarray(x, dtype=np.float64) for x in agg.pop("by_bound")]))
         agg["bound_index"] = by.argmax(axis=0)
 
@@ -332,47 +354,46 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
 
     ns = len(strategies)
     N = n * ns
-    out: dict = {}
 
-    def put(c, j, v, dtype=np.float64):  # rows: grid point major, strategy minor
-        if c not in out:
-            out[c] = np.empty(N, dtype=dtype)
-        out[c][j::ns] = v
+    def grid(key=None, values=None, dtype=np.float64):  # (points x strategies) -> rows: point major, strategy minor
+        vals = values if values is not None else [results[s][key] for s in strategies]
+        if any(np.ndim(v) == 0 for v in vals):
+            vals = [np.full(n, v) if np.ndim(v) == 0 else v for v in vals]
+        return np.array(vals, dtype=dtype).T
+
+    def flat(a):
+        return np.ascontiguousarray(a).reshape(N)
 
     dense = results["dense"]
-    dense_attn = dense["kv_read_bytes"] + dense["kv_write_bytes"] + dense["metadata_bytes"]
-    for j, strat in enumerate(strategies):
-        a = results[strat]
-        p = a["params"]
-        attn_bytes = a["kv_read_bytes"] + a["kv_write_bytes"] + a["metadata_bytes"]
-        total = a["weight_bytes"] + a["activation_bytes"] + attn_bytes
-        put("batch", j, B, np.int64)
-        put("seq_len", j, S, np.int64)
-        put("attended_len", j, Sa, np.int64)
-        put("compression", j, C)
-        for c in ("r", "k", "local_window", "page_size"):
-            put(c, j, p[c], np.int64)
-        for c in ("weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes", "metadata_bytes"):
-            put(c, j, a[c])
-        put("attention_bytes", j, attn_bytes)
-        put("attention_fraction", j, attn_bytes / dense_attn)
-        put("total_bytes", j, total)
-        put("flops", j, a["flops"])
-        put("arithmetic_intensity", j, a["flops"] / total)
-        for c in ("time_s", "ideal_time_s", "attention_time_s", "attention_ideal_time_s", "overhead_time_s"):
-            put(c, j, a[c])
-        put("tokens_per_s", j, B / a["time_s"])
-        put("speedup_vs_dense", j, dense["time_s"] / a["time_s"])
-        put("attention_speedup_vs_dense", j, dense["attention_time_s"] / a["attention_time_s"])
-        put("ideal_speedup_vs_dense", j, dense["ideal_time_s"] / a["ideal_time_s"])
-        put("attention_ideal_speedup_vs_dense", j, dense["attention_ideal_time_s"] / a["attention_ideal_time_s"])
-        put("bound", j, a["bound_index"], np.int8)
-        put("prefill_time_s", j, a["prefill_time_s"])
-        put("prefill_ideal_time_s", j, a["prefill_ideal_time_s"])
-        put("kv_location", j, a["kv_tier"], np.int8)
-        put("memory_required_bytes", j, a["memory_required_bytes"])
-        put("fits", j, a["fits"], bool)
-        put("max_batch", j, a["max_batch"], np.int64)
+    col = {c: grid(c) for c in ("weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes",
+                                 "metadata_bytes", "flops", "time_s", "ideal_time_s", "attention_time_s",
+                                 "attention_ideal_time_s", "overhead_time_s", "prefill_time_s", "prefill_ideal_time_s",
+                                 "memory_required_bytes")}
+    attn_bytes = col["kv_read_bytes"] + col["kv_write_bytes"] + col["metadata_bytes"]
+    dense_attn = (dense["kv_read_bytes"] + dense["kv_write_bytes"] + dense["metadata_bytes"])[:, None]
+    total = col["weight_bytes"] + col["activation_bytes"] + attn_bytes
+    out: dict = {"batch": flat(grid(values=[B] * ns, dtype=np.int64)),
+                 "seq_len": flat(grid(values=[S] * ns, dtype=np.int64)),
+                 "attended_len": flat(grid(values=[Sa] * ns, dtype=np.int64)),
+                 "compression": flat(grid(values=[C] * ns))}
+    for c in ("r", "k", "local_window", "page_size"):
+        out[c] = flat(grid(values=[results[st]["params"][c] for st in strategies], dtype=np.int64))
+    for c, v in col.items():
+        out[c] = flat(v)
+    out["attention_bytes"] = flat(attn_bytes)
+    out["attention_fraction"] = flat(attn_bytes / dense_attn)
+    out["total_bytes"] = flat(total)
+    out["arithmetic_intensity"] = flat(col["flops"] / total)
+    out["tokens_per_s"] = flat(B[:, None] / col["time_s"])
+    out["speedup_vs_dense"] = flat(dense["time_s"][:, None] / col["time_s"])
+    out["attention_speedup_vs_dense"] = flat(dense["attention_time_s"][:, None] / col["attention_time_s"])
+    out["ideal_speedup_vs_dense"] = flat(dense["ideal_time_s"][:, None] / col["ideal_time_s"])
+    out["attention_ideal_speedup_vs_dense"] = flat(dense["attention_ideal_time_s"][:, None]
+                                                   / col["attention_ideal_time_s"])
+    out["bound"] = flat(grid("bound_index", dtype=np.int8))
+    out["kv_location"] = flat(grid("kv_tier", dtype=np.int8))
+    out["fits"] = flat(grid("fits", dtype=bool))
+    out["max_batch"] = flat(grid("max_batch", dtype=np.int64))
     fixed = {"hardware": hw.name, "model": m.name, "dtype": prec.dtype, "kv_dtype": prec.kv_dtype,
              "k_layout": case.k_layout, "weights_location": names[wi]}
     for c, v in fixed.items():

@@ -1,7 +1,8 @@
-"""Prediction speed: rows evaluated per second by a large sweep, and the cold start of `sparq-sim predict`.
+"""Prediction speed: rows evaluated per second by a large sweep, the cost of one single-configuration call of the API,
+and the cold start of `sparq-sim predict`.
 
-Targets (issue 2): at least 1,000,000 (config x strategy) rows/s on one core; `sparq-sim predict --gpu a100
---seq 4096` under 0.5 s of whole-process wall time. Prints medians of several runs (this machine is shared and noisy),
+Targets: at least 1,000,000 (config x strategy) rows/s on one core and `sparq-sim predict --gpu a100 --seq 4096`
+under 0.5 s of whole-process wall time (issue 2); at most 1 ms per single-configuration call (issue 16). Prints medians of several runs (this machine is shared and noisy),
 then the figures for `benchmarks/run` (common.emit).
 
     python benchmarks/predict_speed.py [--repeats 5] [--quick]
@@ -43,6 +44,24 @@ def bench_sweep(kwargs, repeats):
     return rows, statistics.median(times)
 
 
+def bench_single_calls(calls):
+    """Per-call cost of the API for one configuration (issue 16: <= 1 ms): `predict_columns` and the DataFrame of
+    `sparq_sim.predict`, six strategies at one (batch, context), each the median of `calls` calls."""
+    import sparq_sim
+
+    out = {}
+    for name, f in (("predict_columns", lambda: predict_columns(hardware="a100", seq_len=4096)),
+                    ("sparq_sim.predict (DataFrame)", lambda: sparq_sim.predict(hardware="a100", seq_len=4096))):
+        f()
+        times = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+        out[name] = (statistics.median(times), min(times), max(times))
+    return out
+
+
 def bench_cold_start(repeats):
     exe = os.path.join(os.path.dirname(sys.executable), "sparq-sim")
     cmd = [exe, "predict", "--gpu", "a100", "--seq", "4096"]
@@ -70,6 +89,11 @@ def main(argv=None):
               f"{'>= 1.00 M rows/s':>16s} {'ok' if rate >= 1e6 else 'MISSED'}")
         figures.append(figure(f"predict sweep, {name}", f"rows/s (median of {repeats})", rate / 1e6, "M rows/s",
                               ">= 1 M rows/s", lambda v: v >= 1.0))
+    for name, (med, lo, hi) in bench_single_calls(200 if args.quick else 1000).items():
+        print(f"{'one configuration: ' + name:58s} {med * 1e3:9.3f} ms (min {lo * 1e3:.3f}, max {hi * 1e3:.3f}) "
+              f"{'<= 1 ms':>16s} {'ok' if med <= 1e-3 else 'MISSED'}")
+        figures.append(figure(f"one configuration (a100, llama2-7b, 6 strategies), {name}",
+                              "per-call time (median)", med * 1e3, "ms", "<= 1 ms", lambda v: v <= 1.0))
     med, lo, hi = bench_cold_start(repeats)
     print(f"{'cold start: sparq-sim predict --gpu a100 --seq 4096':58s} {med:9.3f} s (min {lo:.3f}, max {hi:.3f}) "
           f"{'< 0.5 s':>16s} {'ok' if med < 0.5 else 'MISSED'}")

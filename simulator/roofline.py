@@ -146,7 +146,8 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
              rows: int) -> StackedTimes:
     """What `time_op` gives for each operator, computed with the operators stacked on one axis (one numpy call per
     term, not one per term and operator: a single-configuration prediction is dominated by that overhead). Rows are
-    the sweep's points (every field broadcasts to `rows`). Same formulas and the same result as `time_op`."""
+    the sweep's points (every field broadcasts to `rows`); the placement's KV tier may also be per operator and row
+    (ops x rows: several strategies timed together). Same formulas and the same result as `time_op`."""
     k = len(ops)
     f = {name: np.empty((k, rows)) for name in _BYTE_FIELDS}
     for i, op in enumerate(ops):
@@ -156,7 +157,7 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
     unit = np.array([op.unit for op in ops])
     kv_bytes = f["kv_read"] + f["kv_write"] + f["meta_read"] + f["meta_write"]
     act_bytes = f["act_read"] + f["act_write"]
-    kv_tier = np.broadcast_to(pl.kv, (rows,))
+    kv_tier = np.broadcast_to(pl.kv, (k, rows)) if np.ndim(pl.kv) == 2 else np.broadcast_to(pl.kv, (rows,))
     mem_real = np.zeros((k, rows))
     mem_ideal = np.zeros((k, rows))
     for t in range(len(pl.tiers)):

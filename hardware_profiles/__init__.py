@@ -28,8 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from ..simulator.errors import UserError, closest, input_file
-from ..simulator.units import DTYPE_BYTES, parse_quantity
+from ..common.errors import UserError, closest, input_file
+from ..common.units import DTYPE_BYTES, parse_quantity
 
 SCHEMA_VERSION = 1
 PROFILE_DIR = Path(__file__).resolve().parent

@@ -929,7 +929,7 @@ def test_measurement_random_bytes(capsys, tmp_path_factory, data):
 
 
 # ====================================================================================================================
-# evaluation JSON (sparq-sim report --evaluation; report.py load_evaluation)
+# evaluation JSON (sparq-sim report --evaluation; report/accuracy.py load_evaluation)
 
 BASE_EVAL = {"rows": [
     {"task": "repetition", "strategy": "dense", "compression": 1, "score": 213.0, "transfer_ratio": 1.0},

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..simulator.errors import UserError, input_file
+from ..common.errors import UserError, input_file
 from ..simulator.interrupt import checkpoint, deferred
 from ..simulator.output import fsync_dir, fsync_file, output_target, temporary_beside, umask_mode
 from ..simulator.strategies import QUEST_DENSE_LAYERS, STRATEGIES
@@ -384,7 +384,7 @@ def _validate_metadata(metadata: dict, w: str) -> None:
 
 
 def _dtype_names() -> tuple[str, ...]:
-    from ..simulator.units import DTYPE_ALIASES, DTYPE_BYTES
+    from ..common.units import DTYPE_ALIASES, DTYPE_BYTES
     return tuple(DTYPE_BYTES) + tuple(DTYPE_ALIASES)
 
 

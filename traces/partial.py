@@ -19,7 +19,7 @@ from typing import Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..simulator.errors import UserError
+from ..common.errors import UserError
 from ..simulator.output import open_atomic
 from .format import SCHEMA
 

@@ -402,7 +402,7 @@ def test_an_ascii_only_terminal_gets_escaped_names(tmp_path):
 
 
 def test_an_invalid_calibrated_profile_names_no_file(tmp_path):
-    from sparq_sim.cli import _check_profile
+    from sparq_sim.cli.measurements import _check_profile
     from sparq_sim.simulator.errors import UserError
 
     with pytest.raises(UserError, match="was not written"):

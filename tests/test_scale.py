@@ -200,7 +200,7 @@ def test_write_parquet_failure_in_the_chunk_stream(tmp_path):
 
 
 def test_table_of_too_many_rows_is_refused(monkeypatch):
-    monkeypatch.setattr(cli, "PREDICT_TABLE_MAX_ROWS", 100)
+    monkeypatch.setattr(cli.predict, "PREDICT_TABLE_MAX_ROWS", 100)
     rc, out, err = _run(["predict", "--seq", "1:17"])   # 17 x 6 = 102 rows
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and "102 rows" in err and "parquet" in err and "csv" in err

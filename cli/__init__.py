@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Optional
 
 import typer
@@ -138,13 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         except (AttributeError, ValueError, OSError):
             pass
     saved = catch_termination()
+    shown = warnings.showwarning
+    warnings.showwarning = _warning_line   # a warning is one line, "warning: ...", as the CLI's errors are
     try:
         return _run(argv)
     finally:
+        warnings.showwarning = shown
         if argv is None:   # the sparq-sim process: a late signal must not become a traceback or a death by signal
             ignore_signals()
         else:              # called in-process (tests, notebooks): leave the caller's handlers as they were
             restore_signals(saved)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    _say(f"warning: {message}\n")
 
 
 def _say(text: str) -> None:

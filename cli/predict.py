@@ -1,14 +1,16 @@
-"""`sparq-sim predict` and `sparq-sim ledger`: one decode step, per strategy and per operator."""
+"""`sparq-sim predict` and `sparq-sim ledger`: one decode step (or a whole generation), per strategy and per
+operator."""
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import typer
 
 from ..simulator.errors import UserError
 from . import (BATCH, COMP, DEVICES, DTYPE, FMT, GPU, HW_FILE, K, KLAYOUT, KV_DTYPE, KVLOC, LW, MODEL, OUT, PAGE, R,
-               SEQ, STRATS, WLOC, _emit, _hardware_arg, app)
+               SEQ, STRATS, WLOC, _emit, _given, _hardware_arg, app)
 
 PREDICT_TABLE_MAX_ROWS = 100_000  # a table is for reading; larger sweeps go to CSV, JSON or Parquet (streamed)
 
@@ -18,6 +20,7 @@ PREDICT_TABLE_MAX_ROWS = 100_000  # a table is for reading; larger sweeps go to 
              "  sparq-sim predict --model llama3-8b --compression 4,8,16 --format json -o pred.json\n\n"
              "  sparq-sim predict --gpu ipu --dtype fp16 --devices 4 --kv-location streaming\n\n"
              "  sparq-sim predict --gpu a100,h100 --seq 1:1000000 --batch 1,8 -o sweep.parquet\n\n"
+             "  sparq-sim predict --gpu h100 --model llama3-8b --prompt-len 8k --gen-len 512 --batch 16\n\n"
              "Large sweeps: CSV, JSON and Parquet are evaluated and written in chunks of about 128k rows, so memory "
              "stays bounded whatever the number of rows (Parquet: one row group per chunk; a file is renamed into "
              "place only when complete). The table refuses more than 100,000 rows: use -f csv or -o FILE.parquet.")
@@ -32,8 +35,13 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
             output: Optional[str] = typer.Option(None, "--output", "-o", help="Write to this file (atomically) "
                                                  "instead of standard output; FILE.parquet writes Parquet."),
             legend: bool = typer.Option(True, "--legend/--no-legend", help="Explain the table's columns and the "
-                                        "strategies' accuracy under it (table format).")):
-    """Predict bytes moved, time and speedup of one decode step for each strategy."""
+                                        "strategies' accuracy under it (table format)."),
+            gen_len: Optional[str] = typer.Option(None, "--gen-len", help="Whole generations of this many tokens: "
+                                                  "time to first token, mean decode step as the context grows, "
+                                                  "end-to-end time and throughput (each step summed exactly)."),
+            prompt_len: Optional[str] = typer.Option(None, "--prompt-len", help="With --gen-len: the prompt's "
+                                                     "length(s), the context when decoding starts (default: --seq).")):
+    """Predict bytes moved, time and speedup of one decode step (or a whole generation) for each strategy."""
     from ..simulator.output import (STREAM_FORMATS, csv_chunks, json_chunks, render_table, resolve_format,
                                    write_parquet, write_text)
     from ..simulator.predict import DEFAULT_CHUNK_ROWS, decoded, sweep
@@ -41,10 +49,16 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
     fmt = resolve_format(format, output, STREAM_FORMATS)
     if fmt == "parquet" and not output:
         raise UserError("--format parquet writes a file: give --output FILE.parquet")
+    if prompt_len is not None:
+        if gen_len is None:
+            raise UserError("--prompt-len goes with --gen-len (a whole generation); for one decode step give --seq")
+        seq = _given(prompt_len, "--prompt-len", "the prompt's length(s)")
     sw = sweep(hardware=_hardware_arg(gpu, hardware_file), model=model, seq_len=seq, batch=batch,
                strategies=strategies, compression=compression, dtype=dtype, kv_dtype=kv_dtype, devices=devices, r=r,
                k=k, local_window=local_window, page_size=page_size, k_layout=k_layout, kv_location=kv_location,
-               weights_location=weights_location)
+               weights_location=weights_location, gen_len=_given(gen_len, "--gen-len", "tokens to generate"))
+    for note in sw.warnings:
+        sys.stderr.write(f"warning: {note}\n")
     if fmt == "parquet":
         write_parquet(output, sw.chunks(), row_group_rows=DEFAULT_CHUNK_ROWS // 2)  # small cases: merged
     elif fmt in ("csv", "json"):
@@ -55,11 +69,12 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
             raise UserError(f"the sweep has {sw.rows:,} rows, too many for a table (at most "
                             f"{PREDICT_TABLE_MAX_ROWS:,}); write them with -f csv or -o FILE.parquet (both stream)")
         from ..simulator import explain
-        from ..simulator.output import PREDICT_HEADER_COLUMNS
+        from ..simulator.output import PREDICT_GENERATION_TABLE, PREDICT_HEADER_COLUMNS, PREDICT_TABLE
         cols = decoded(sw.columns())
-        text = render_table(cols, title=explain.header(cols, auto_dtype=dtype.strip().lower() == "auto"),
+        text = render_table(cols, PREDICT_TABLE if sw.gen_len is None else PREDICT_GENERATION_TABLE,
+                            title=explain.header(cols, auto_dtype=dtype.strip().lower() == "auto"),
                             drop_constant=PREDICT_HEADER_COLUMNS, titled=True)
-        if not cols["fits"].all():
+        if not cols["fits_at_end" if sw.gen_len is not None else "fits"].all():
             text += "NO in 'fits': weights + KV cache exceed device memory (try --devices N or --kv-location host)\n"
         if legend:
             notes = explain.legend(cols) + [n for c in dict.fromkeys(cols["compression"].tolist())

@@ -10,19 +10,24 @@ from typing import Optional
 import typer
 
 from ..simulator.errors import UserError
-from . import (COMP, DEVICES, DTYPE, FMT, GPU, HW_FILE, K, KLAYOUT, KV_DTYPE, KVLOC, LW, MODEL, OUT, PAGE, R, STRATS,
+from . import (COMP, DEVICES, DTYPE, FMT, GPU, HW_FILE, K, KLAYOUT, KV_DTYPE, KVLOC, LW, OUT, PAGE, R, STRATS,
                WLOC, _command_line, _emit, _given, _hardware_arg, app)
 
 # --- report (issue 6): interactive plotly HTML; plotly is imported only here, through report.py -----------------------
 
+REPORT_MODEL = "llama3.1-8b"   # a model whose context reaches the report's default 128k (Llama 2's ends at 4k)
+
+
 @app.command(epilog="Examples:\n\n  sparq-sim report -o report.html\n\n"
-             "  sparq-sim report --gpu a100,h100,h200 --model llama3-8b --seq 1k:128k:x2 --batch 1,8,64 -o r.html\n\n"
+             "  sparq-sim report --gpu a100,h100,h200 --model llama3.1-70b --seq 1k:128k:x2 --batch 1,8,64 -o r.html\n\n"
              "  sparq-sim report --gpu a10g --measured validation.csv --evaluation eval.json --trace t1.parquet "
              "--trace t2.parquet -o r.html")
-
 def report(ctx: typer.Context, gpu: Optional[str] = typer.Option("a100,h100,h200", "--gpu", "--hardware", help="Device profile(s), "
                                              "comma list (see `sparq-sim hardware list`); one roofline each."),
-           hardware_file: Optional[str] = HW_FILE, model: str = MODEL,
+           hardware_file: Optional[str] = HW_FILE,
+           model: str = typer.Option(REPORT_MODEL, "--model", "-m", help="Model(s), comma list: built-in name (see "
+                                     "`sparq-sim models list`), config.json or a folder holding one. The default "
+                                     "reaches the default contexts (128k)."),
            seq: str = typer.Option("1k:128k:x2", "--seq", "-s", help="Context lengths: a list or range "
                                    "(4096, 1k,4k, 1024:131072:x2)."),
            batch: str = typer.Option("1,8,64", "--batch", "-b", help="Batch sizes: a list or range (1,8,64)."),

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..simulator.models import DEFAULT_MODEL
 from .accuracy import _evaluation_chart, load_evaluation
 from .bytes_moved import _bytes_chart
 from .capacity import _capacity_chart
 from .figure import _FONT, Chart, tokens
 from .measured import _measured_charts
-from .request import DEFAULT_BATCH, DEFAULT_HARDWARE, DEFAULT_SEQ, Request, _predict_frame, _request
+from .request import DEFAULT_BATCH, DEFAULT_HARDWARE, DEFAULT_MODEL, DEFAULT_SEQ, Request, _predict_frame, _request
 from .roofline import _roofline_chart
 from .speedup import _speedup_chart
 from .trace_layers import _trace_chart

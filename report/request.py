@@ -16,6 +16,7 @@ from ..simulator.strategies import parse_strategies
 
 DEFAULT_HARDWARE = "a100,h100,h200"
 DEFAULT_SEQ = "1k:128k:x2"
+DEFAULT_MODEL = "llama3.1-8b"   # its context reaches DEFAULT_SEQ's 128k
 DEFAULT_BATCH = "1,8,64"
 
 

@@ -42,10 +42,15 @@ def header(cols: dict, auto_dtype: bool = False) -> str:
     model, hw = _one(cols, "model"), _one(cols, "hardware")
     what = "decode step" + (f" of {model}" if model else "") + (f" on {hw}" if hw else "")
     b, s = _one(cols, "batch"), _one(cols, "seq_len")
+    gen = _one(cols, "gen_len") if "gen_len" in cols else None
+    if gen is not None:
+        what = "generation" + what[len("decode step"):]
     if b is not None:
         parts.append(f"batch {b}")
     if s is not None:
-        parts.append(f"context {s}")
+        parts.append(f"prompt {s}" if gen is not None else f"context {s}")
+    if gen is not None:
+        parts.append(f"{gen} token{'' if gen == 1 else 's'} generated")
     dt, kv = _one(cols, "dtype"), _one(cols, "kv_dtype")
     if dt is not None:
         parts.append(f"{dt} weights" + (f", {kv} KV cache" if kv is not None and kv != dt else
@@ -64,21 +69,30 @@ def header(cols: dict, auto_dtype: bool = False) -> str:
 
 def varying(cols: dict) -> list[str]:
     """The columns of the header's assumptions that differ between rows (the table shows them)."""
-    return [c for c in ("hardware", "model", "batch", "seq_len", "dtype", "kv_dtype", "compression", "devices")
-            if _one(cols, c) is None]
+    return [c for c in ("hardware", "model", "batch", "seq_len", "dtype", "kv_dtype", "compression", "devices",
+                        "gen_len") if c in cols and _one(cols, c) is None]
 
 
 def legend(cols: dict) -> list[str]:
     """The lines under the table: what the columns mean and why the strategies' k differ."""
     strategies = set(np.asarray(cols["strategy"]).tolist())
-    out = ["step ms: realistic (achieved bandwidths and peaks, plus each kernel's launch overhead); ideal ms: the "
-           "datasheet roofline, no overhead. speedup, attn speedup: vs dense at the same point, realistic, for the "
-           "step and for attention alone; ideal attn: attention's on the datasheet roofline. They part where a "
-           "strategy's extra kernels cost launches the bytes saved cannot repay, and where the step is not memory "
-           "bound.",
-           "attn frac: the strategy's attention bytes (KV read and written, its metadata) over dense's. bound: what "
-           "takes most of the step (memory, compute, link, launch overhead). fits: weights + KV cache (+ the "
-           "strategy's extra storage) within the device memory."]
+    if "e2e_time_s" in cols:
+        out = ["whole generation: ttft = the prompt's prefill, which yields the first token; tpot = the mean of the N - "
+               "1 decode steps that follow, the context growing one token a step (each step evaluated, realistic: "
+               "achieved bandwidths and peaks plus each kernel's launch overhead); e2e = ttft + those steps; tok/s = "
+               "batch x N / e2e; e2e speedup: dense's e2e over the strategy's. attn frac: the strategy's attention "
+               "bytes over dense's at the prompt's length. fits at end: weights + KV cache (+ the strategy's extra "
+               "storage) within the device memory at the last context. Per-step detail: predict --seq without "
+               "--gen-len."]
+    else:
+        out = ["step ms: realistic (achieved bandwidths and peaks, plus each kernel's launch overhead); ideal ms: the "
+               "datasheet roofline, no overhead. speedup, attn speedup: vs dense at the same point, realistic, for "
+               "the step and for attention alone; ideal attn: attention's on the datasheet roofline. They part where "
+               "a strategy's extra kernels cost launches the bytes saved cannot repay, and where the step is not "
+               "memory bound.",
+               "attn frac: the strategy's attention bytes (KV read and written, its metadata) over dense's. bound: "
+               "what takes most of the step (memory, compute, link, launch overhead). fits: weights + KV cache (+ the "
+               "strategy's extra storage) within the device memory."]
     if "sparq" in strategies and len(strategies) > 1:
         out.append("k: positions attended. SparQ first reads r = d_h/C columns of K over all positions, then k = "
                    "S/(2C) rows of K and V, so its total is about 1/C of dense; the others read k = S/C tokens.")

@@ -399,7 +399,16 @@ PREDICT_TABLE = [
     ("ideal attn", "attention_ideal_speedup_vs_dense", lambda v: f"{v:.2f}x"), ("bound", "bound", str),
     ("fits", "fits", lambda v: "yes" if v else "NO"),
 ]
-PREDICT_HEADER_COLUMNS = ("hardware", "model", "dtype", "kv_dtype", "compression", "devices", "batch", "seq_len")
+# whole generations (predict --gen-len): the per-step detail gives way to the generation's figures
+PREDICT_GENERATION_TABLE = PREDICT_TABLE[:11] + [
+    ("attn frac", "attention_fraction", lambda v: f"{v:.4f}"),
+    ("ttft ms", "ttft_s", _ms), ("tpot ms", "tpot_s", lambda v: "-" if v != v else _ms(v)),
+    ("e2e s", "e2e_time_s", lambda v: f"{v:.3f}"), ("tok/s", "throughput_tokens_s", lambda v: f"{v:.1f}"),
+    ("e2e speedup", "e2e_speedup_vs_dense", lambda v: f"{v:.2f}x"),
+    ("fits at end", "fits_at_end", lambda v: "yes" if v else "NO"),
+]
+PREDICT_HEADER_COLUMNS = ("hardware", "model", "dtype", "kv_dtype", "compression", "devices", "batch", "seq_len",
+                          "gen_len")
 
 
 def render_table(cols: dict[str, np.ndarray], spec=PREDICT_TABLE, title: str | None = None,

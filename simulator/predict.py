@@ -26,12 +26,22 @@ Columns (one row per hardware, model, devices, dtype, kv_dtype, batch, seq_len, 
     weights_location, kv_location                 memory tier (or 'host') holding weights and the KV cache
     memory_required_bytes, memory_capacity_bytes  per device: weights + KV (+ strategy extras) + workspace vs tiers
     fits, max_batch                               whether it fits, and the largest batch that would
+
+With gen_len (whole generations of N tokens after a prompt of seq_len), also:
+    gen_len, ttft_s                               N; time to first token: the prompt's prefill, which yields it
+    tpot_s                                        the mean decode step over the N - 1 further tokens, the context
+                                                  growing from seq_len + 1 to seq_len + N - 1 (each step evaluated:
+                                                  an exact sum, not the step at seq_len)
+    e2e_time_s, throughput_tokens_s               ttft + every decode step; batch x N / e2e_time_s
+    e2e_speedup_vs_dense, fits_at_end             dense's e2e_time_s over this one; whether the cache still fits
+                                                  at the last context
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +81,9 @@ class Labels:
 
     def __len__(self):
         return len(self.codes)
+
+    def take(self, rows) -> "Labels":
+        return Labels(self.codes[rows], self.categories)
 
     def decode(self) -> np.ndarray:
         return np.asarray(self.categories, dtype=object)[self.codes]
@@ -408,6 +421,9 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     return {c: out[c] for c in COLUMNS}
 
 
+GENERATION_CHUNK_POINTS = 16_384   # decode steps of a whole generation evaluated at a time
+GENERATION_COLUMNS = ["gen_len", "ttft_s", "tpot_s", "e2e_time_s", "throughput_tokens_s", "e2e_speedup_vs_dense",
+                      "fits_at_end"]
 DEFAULT_CHUNK_ROWS = 131_072  # rows per chunk when a sweep is streamed (`Sweep.chunks`): ~45 MB of columns,
 #                              ~300 MB peak for the whole command
 
@@ -426,6 +442,8 @@ class Sweep:
     comps: np.ndarray
     local_window: int | None
     page_size: int | None
+    gen_len: int | None = None          # whole generations of this many tokens (GENERATION_COLUMNS)
+    warnings: tuple = ()                # what the caller should tell the user (a context beyond the model's)
 
     @property
     def points(self) -> int:
@@ -453,8 +471,46 @@ class Sweep:
         for case in self.cases:
             for lo in range(0, self.points, per):
                 B, S, C = self._grid(lo, min(lo + per, self.points))
-                yield _finite(evaluate_case(case, list(self.strategies), B, S, C, self.local_window,
-                                             self.page_size), case)
+                if self.gen_len is None:
+                    yield _finite(evaluate_case(case, list(self.strategies), B, S, C, self.local_window,
+                                                self.page_size), case)
+                else:
+                    yield _finite(self._generation(case, B, S, C), case)
+
+    def _generation(self, case: Case, B, S, C) -> dict:
+        """The step columns at the prompt's length S, and the whole generation of `gen_len` tokens: the prefill of the
+        prompt gives the first token (ttft_s), then one decode step per further token at contexts S + 1 ... S + N - 1,
+        each evaluated and summed exactly (a grid expanded along the generation, in pieces of bounded size)."""
+        want = list(self.strategies)
+        strats = want if "dense" in want else ["dense"] + want
+        ns, N = len(strats), int(self.gen_len)
+        cols = evaluate_case(case, strats, B, S, C, self.local_window, self.page_size)
+        m = len(B)
+        steps = np.zeros((m, ns))
+        fits_end = cols["fits"].reshape(m, ns).copy()
+        if N > 1:
+            per = max(1, GENERATION_CHUNK_POINTS // (N - 1))
+            t = np.arange(1, N, dtype=np.int64)
+            for lo in range(0, m, per):
+                sl = slice(lo, min(lo + per, m))
+                k = sl.stop - sl.start
+                x = evaluate_case(case, strats, np.repeat(B[sl], N - 1), (S[sl, None] + t).ravel(),
+                                  np.repeat(C[sl], N - 1), self.local_window, self.page_size)
+                steps[sl] = x["time_s"].reshape(k, N - 1, ns).sum(axis=1)
+                fits_end[sl] = x["fits"].reshape(k, N - 1, ns)[:, -1]
+        ttft = cols["prefill_time_s"].reshape(m, ns)
+        e2e = ttft + steps
+        gen = {"gen_len": np.full((m, ns), N, dtype=np.int64), "ttft_s": ttft,
+               "tpot_s": steps / (N - 1) if N > 1 else np.full((m, ns), np.nan), "e2e_time_s": e2e,
+               "throughput_tokens_s": B[:, None] * N / e2e, "e2e_speedup_vs_dense": e2e[:, :1] / e2e,
+               "fits_at_end": fits_end}
+        keep = [strats.index(s) for s in want]
+        rows = (np.arange(m)[:, None] * ns + np.asarray(keep)[None, :]).ravel()
+        out = {c: (v.take(rows) if isinstance(v, Labels) else v[rows]) for c, v in cols.items()}
+        if isinstance(cols["strategy"], Labels):
+            out["strategy"] = Labels(np.tile(np.arange(len(want), dtype=np.int8), m), tuple(want))
+        out.update({c: v[:, keep].ravel() for c, v in gen.items()})
+        return out
 
     def columns(self) -> dict:
         parts = list(self.chunks(0))
@@ -486,7 +542,7 @@ def concat_columns(parts: list[dict]) -> dict:
 
 def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
           dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
-          k_layout="twice", kv_location="auto", weights_location="auto") -> Sweep:
+          k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None) -> Sweep:
     """Parse and check the arguments of `predict_columns` (same meaning) into a `Sweep`, evaluating nothing."""
     hws = resolve_hardware(hardware)
     models = resolve_models(model)
@@ -522,30 +578,47 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
         case = Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk)
         if case not in cases:   # auto,bf16 on a bf16 device: one case
             cases.append(case)
+    if gen_len is not None:
+        gl = parse_axis(gen_len, "--gen-len", minimum=1)
+        if len(gl) != 1:
+            raise UserError("--gen-len takes one value (tokens generated per sequence)")
+        gen_len = int(gl[0])
+    longest = max(seqs) + (gen_len or 1) - 1
+    notes = tuple(f"a context of {longest:,} tokens exceeds {m.name}'s maximum of {m.max_position:,} positions; the "
+                  f"prediction assumes the model could attend that far" for m in models if longest > m.max_position)
     return Sweep(tuple(cases), tuple(strats), np.asarray(batches, dtype=np.int64), np.asarray(seqs, dtype=np.int64),
-                 np.asarray(comps, dtype=np.float64), local_window, page_size)
+                 np.asarray(comps, dtype=np.float64), local_window, page_size, gen_len, notes)
 
 
 def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
                     dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
-                    k_layout="twice", kv_location="auto", weights_location="auto") -> dict[str, np.ndarray]:
+                    k_layout="twice", kv_location="auto", weights_location="auto",
+                    gen_len=None) -> dict[str, np.ndarray]:
     """The prediction as ordered columns: numpy arrays, and `Labels` (codes + categories) for the string columns
     (see the module docstring; `decoded()` turns those into strings). Arguments take one value or a list; strings
     take comma lists and, for numbers, ranges such as '1024:131072:x2'. For sweeps too large to hold, use
-    `sweep(...).chunks()` (the same rows, a chunk at a time)."""
-    return sweep(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
-                 local_window, page_size, k_layout, kv_location, weights_location).columns()
+    `sweep(...).chunks()` (the same rows, a chunk at a time). With `gen_len`, also GENERATION_COLUMNS: whole
+    generations of that many tokens after a prompt of `seq_len`. A context beyond a model's maximum is a warning."""
+    sw = sweep(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
+               local_window, page_size, k_layout, kv_location, weights_location, gen_len)
+    if sw.warnings:
+        import warnings
+
+        for w in sw.warnings:   # attributed to the caller's line, through predict() too
+            warnings.warn(w, stacklevel=3 if sys._getframe(1).f_code is predict.__code__ else 2)
+    return sw.columns()
 
 
 def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
             dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
-            k_layout="twice", kv_location="auto", weights_location="auto"):
-    """Predict one decode step for every combination of the arguments; returns a pandas DataFrame (columns in the
-    module docstring). Example: `predict(hardware="a100", seq_len=[1024, 4096], strategies=["dense", "sparq"])`."""
+            k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None):
+    """Predict one decode step (and with `gen_len`, a whole generation) for every combination of the arguments;
+    returns a pandas DataFrame (columns in the module docstring). Example:
+    `predict(hardware="a100", seq_len=[1024, 4096], strategies=["dense", "sparq"], gen_len=256)`."""
     import pandas as pd
 
     cols = predict_columns(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
-                           local_window, page_size, k_layout, kv_location, weights_location)
+                           local_window, page_size, k_layout, kv_location, weights_location, gen_len)
     small = len(cols["time_s"]) <= 10_000
     df = pd.DataFrame({c: (v.decode().astype(str) if small else pd.Categorical.from_codes(v.codes, v.categories))
                        if isinstance(v, Labels) else v for c, v in cols.items()})

@@ -158,7 +158,7 @@ def _limited(limit_bytes):
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, fmt):
-    res = subprocess.run(CMD + ["predict", "--seq", "1:20000", "-o", str(tmp_path / f"big.{fmt}")], env=ENV,
+    res = subprocess.run(CMD + ["predict", "--model", "mistral-7b", "--seq", "1:20000", "-o", str(tmp_path / f"big.{fmt}")], env=ENV,
                          capture_output=True, text=True, preexec_fn=_limited(64 * 1024), timeout=120)
     one_line(res.returncode, res.stderr)
     assert "could not be written" in res.stderr and "nothing was written" in res.stderr
@@ -247,7 +247,7 @@ def test_yaml_aliases_are_refused_in_any_field(tmp_path, capsys, where):
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129),
                                         (signal.SIGQUIT, 131)])
 def test_a_signal_during_a_streamed_sweep_leaves_no_file(tmp_path, sig, status):
-    p = subprocess.Popen(CMD + ["predict", "--gpu", "a100,h100", "--seq", "1:400000", "--batch", "1,8", "-o",
+    p = subprocess.Popen(CMD + ["predict", "--gpu", "a100,h100", "--model", "mistral-7b", "--seq", "1:32768", "--batch", "1:25", "-o",
                                 str(tmp_path / "sweep.csv")], env=ENV, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
@@ -382,7 +382,7 @@ def test_bad_measurement_cells_are_refused(tmp_path, capsys, cell, needle):
 # --- 10. smaller ones ---------------------------------------------------------------------------------------------
 
 def test_a_reader_that_goes_away_ends_the_command_quietly():
-    p = subprocess.Popen(CMD + ["predict", "--seq", "1:100000", "-f", "csv"], env=ENV, stdout=subprocess.PIPE,
+    p = subprocess.Popen(CMD + ["predict", "--seq", "1:4096", "--batch", "1:25", "-f", "csv"], env=ENV, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     p.stdout.readline()
     p.stdout.close()

@@ -122,7 +122,7 @@ def test_model_dropdown_switches_visibility():
 def test_bytes_stack_to_total():
     df = report._predict_frame(report._request("a100", "llama2-7b", "4k", "1", None, 8, "bf16", None, 1, None, None,
                                                None, None, "twice", "auto", "auto", None, None, None))
-    fig = report.figures(hardware="a100", seq_len="4k", batch="1")["bytes"]
+    fig = report.figures(hardware="a100", model="llama2-7b", seq_len="4k", batch="1")["bytes"]
     stacked = np.sum([np.asarray(tr.y, dtype=float) for tr in fig.data], axis=0)
     np.testing.assert_allclose(stacked, df["total_bytes"].to_numpy(), rtol=1e-12)
 

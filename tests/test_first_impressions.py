@@ -36,8 +36,7 @@ def test_the_layout_does_not_depend_on_the_number_of_strategies(capsys):
 def test_the_accuracy_note_names_strategies_that_lose_the_task(capsys):
     from sparq_sim.simulator import explain
 
-    if not explain.evaluation_rows():
-        pytest.skip("no bundled evaluation")
+    assert explain.evaluation_rows(), "the bundled evaluation (data/evaluation/smollm2-135m.json) is missing"
     out = run(capsys, "predict", "--seq", "4096")
     assert "accuracy at 1/8" in out and "passkey" in out
     assert explain.accuracy_note(["dense"], 8) is None

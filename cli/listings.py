@@ -79,13 +79,35 @@ def models_list(format: Optional[str] = FMT):
     if format == "json":
         _emit(to_json([m.to_dict() for m in BUILTIN.values()]), None)
         return
-    lines = [f"{'name':14s} {'params':>8s} {'layers':>6s} {'d_model':>7s} {'heads':>5s} {'kv':>3s} {'d_h':>4s} "
-             f"{'d_ff':>6s} {'vocab':>7s} {'mlp':6s} {'tied':4s} {'KV/token':>10s}"]
+    def attention(m):
+        kind = (f"MLA {m.kv_lora_rank}+{m.qk_rope_head_dim}" if m.is_mla else
+                "MHA" if m.n_kv_heads == m.n_heads else "MQA" if m.n_kv_heads == 1 else f"GQA g={m.group_size}")
+        if m.sliding_window is not None:
+            kind += (f", window {m.sliding_window}" if m.global_every is None else
+                     f", window {m.sliding_window} ({m.global_every - 1} of {m.global_every} layers)")
+        return kind
+
+    def mlp(m):
+        base = "gated" if m.gated_mlp else "plain"
+        if not m.is_moe:
+            return f"{base} {m.d_ff}"
+        shared = f" +{m.n_shared_experts} shared" if m.n_shared_experts else ""
+        return f"MoE {m.experts_per_token}/{m.n_experts} x {m.d_ff_expert}{shared}"
+
+    rows = [("name", "params", "active", "layers", "d_model", "heads", "kv", "d_h", "attention", "mlp", "vocab",
+             "context", "tied", "KV/token")]
     for m in BUILTIN.values():
-        lines.append(f"{m.name:14s} {m.n_params / 1e9:7.2f}B {m.n_layers:6d} {m.d_model:7d} {m.n_heads:5d} "
-                     f"{m.n_kv_heads:3d} {m.head_dim:4d} {m.d_ff:6d} {m.vocab_size:7d} "
-                     f"{'gated' if m.gated_mlp else 'plain':6s} {'yes' if m.tied_embeddings else 'no':4s} "
-                     f"{m.kv_elements_per_token() * 2 / 1024:7.1f}KiB")
+        rows.append((m.name, f"{m.n_params / 1e9:.2f}B", f"{m.active_params / 1e9:.2f}B", str(m.n_layers),
+                     str(m.d_model), str(m.n_heads), str(m.n_kv_heads), str(m.head_dim), attention(m), mlp(m),
+                     str(m.vocab_size), f"{m.max_position:,}", "yes" if m.tied_embeddings else "no",
+                     f"{m.kv_elements_per_token() * 2 / 1024:.1f}KiB"))
+    right = {1, 2, 3, 4, 5, 6, 7, 10, 11, 13}
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in rows]
+    lines += ["KV/token: bf16 K and V (MLA: its latent row) one token adds in every layer; a windowed layer keeps at "
+              "most its window.", "active: parameters one token uses (MoE: its experts only). --model also takes a "
+              "Hugging Face id (local cache, or the aliases in `sparq-sim models show NAME`) or a config.json."]
     _emit("\n".join(lines) + "\n", None)
 
 
@@ -103,4 +125,8 @@ def models_show(name: str = typer.Argument(..., help="Built-in name or path to a
         return
     lines = [f"{key:22s} {v}" for key, v in d.items()]
     lines.append(f"{'kv_bytes_per_token':22s} {m.kv_elements_per_token() * 2} (bf16)")
+    from ..simulator.models import HF_ALIASES
+    ids = [i for i, n in HF_ALIASES.items() if n == m.name]
+    if ids:
+        lines.append(f"{'hugging_face_ids':22s} {', '.join(ids)} (--model takes these too)")
     _emit("\n".join(lines) + "\n", None)

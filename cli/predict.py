@@ -40,7 +40,10 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
                                                   "time to first token, mean decode step as the context grows, "
                                                   "end-to-end time and throughput (each step summed exactly)."),
             prompt_len: Optional[str] = typer.Option(None, "--prompt-len", help="With --gen-len: the prompt's "
-                                                     "length(s), the context when decoding starts (default: --seq).")):
+                                                     "length(s), the context when decoding starts (default: --seq)."),
+            mla_decode: Optional[str] = typer.Option(None, "--mla-decode", help="Multi-head latent attention "
+                                                     "(deepseek-v3): absorbed (default: attention over the cached "
+                                                     "latent) or unabsorbed (rows expanded per head each step).")):
     """Predict bytes moved, time and speedup of one decode step (or a whole generation) for each strategy."""
     from ..simulator.output import (STREAM_FORMATS, csv_chunks, json_chunks, render_table, resolve_format,
                                    write_parquet, write_text)
@@ -56,7 +59,8 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
     sw = sweep(hardware=_hardware_arg(gpu, hardware_file), model=model, seq_len=seq, batch=batch,
                strategies=strategies, compression=compression, dtype=dtype, kv_dtype=kv_dtype, devices=devices, r=r,
                k=k, local_window=local_window, page_size=page_size, k_layout=k_layout, kv_location=kv_location,
-               weights_location=weights_location, gen_len=_given(gen_len, "--gen-len", "tokens to generate"))
+               weights_location=weights_location, gen_len=_given(gen_len, "--gen-len", "tokens to generate"),
+               mla_decode=mla_decode)
     for note in sw.warnings:
         sys.stderr.write(f"warning: {note}\n")
     if fmt == "parquet":

@@ -18,6 +18,18 @@ Assumptions, one line each (they are what a reviewer checks a number against):
   are replicated when there are fewer than N; two all-reduces of B x d_model activations per layer.
 - Prefill is dense for every strategy (as in all SparQ implementations); its attention reads K and V once (flash
   attention's re-reads across query tiles hit on-chip memory); lm_head runs on the last position only.
+- Local layers (a sliding window w) attend to min(S, w) positions and cache that many; global layers to all S. Each
+  group of layers is its own set of attention operators (`layer_groups`), with the strategy's k and r for its span.
+- Mixture of experts: T tokens, each routed to k of E experts, read E (1 - (1 - k/E)^T) distinct experts per layer
+  on average (routing uniform and independent across tokens: a token misses a given expert with probability
+  1 - k/E), plus the shared experts; FLOPs are T (k + shared) experts' worth. Experts are split across devices
+  like the dense MLP (tensor parallel within each expert); the router (d_model x E) is replicated.
+- Multi-head latent attention: the latent projections (q_a, kv_a, d_model -> rank) and their norms are replicated
+  on every device, the per-head ones (q_b, kv_b, o) split by heads; the cache row is replicated. Absorbed decode
+  (FlashMLA, DeepSeek's inference code) folds kv_b's key half into the query (q_absorb) and its value half into the
+  output (o_absorb): attention runs over the rows as one KV head of d_c + d_r with the g = heads queries. Unabsorbed
+  decode expands every attended row to per-head keys and values (kv_b read, the expansion written and read back),
+  then runs multi-head attention over them.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import numpy as np
 from .errors import UserError
 from .models import ModelSpec
 from .units import DTYPE_BYTES, WEIGHT_STREAM_EFFICIENCY
-from .strategies import QUEST_DENSE_LAYERS, cache_tokens, extra_cache_elements, traffic_components
+from .strategies import QUEST_DENSE_LAYERS, KVGeometry, cache_tokens, extra_cache_elements, traffic_components
 
 FP32 = 4.0
 INDEX_BYTES = 4.0  # int32 indices
@@ -84,9 +96,10 @@ class Parallel:
     """Per-device shapes under tensor parallelism over `devices`."""
     devices: int
     heads: int
-    kv_heads: int
+    kv_heads: int          # KV heads cached per device (MLA: 1, the latent row, replicated)
     d_ff: float
     vocab: float
+    d_ff_expert: float = 0.0
 
     @classmethod
     def of(cls, m: ModelSpec, devices: int) -> "Parallel":
@@ -96,8 +109,23 @@ class Parallel:
             raise UserError(f"model {m.name} has {m.n_heads} attention heads, which {devices} devices cannot split "
                             f"evenly; accepted: a divisor of {m.n_heads}")
         # fewer KV heads than devices: each device holds (a replica of) one KV head
-        return cls(devices, m.n_heads // devices, math.ceil(m.n_kv_heads / devices), m.d_ff / devices,
-                   m.vocab_size / devices)
+        kv = 1 if m.is_mla else math.ceil(m.n_kv_heads / devices)
+        return cls(devices, m.n_heads // devices, kv, m.d_ff / devices, m.vocab_size / devices,
+                   m.d_ff_expert / devices)
+
+
+def kv_geometry(m: ModelSpec) -> KVGeometry:
+    """What one KV head caches per token (strategies.KVGeometry): K and V of head_dim, or MLA's shared row."""
+    if m.is_mla:
+        return KVGeometry(m.kv_lora_rank + m.qk_rope_head_dim, m.kv_lora_rank, shared=True,
+                          columns_whole=not m.mla_absorb)
+    return KVGeometry(m.head_dim, m.head_dim)
+
+
+def experts_read(m: ModelSpec, T):
+    """Expected distinct routed experts one MoE layer reads for T tokens: E (1 - (1 - k/E)^T)."""
+    E, k = float(m.n_experts), float(m.experts_per_token)
+    return E * -np.expm1(np.asarray(T, dtype=np.float64) * np.log1p(-k / E)) if k < E else np.full(np.shape(T), E)
 
 
 def _z(B):
@@ -116,43 +144,98 @@ def block_ops(phase: str, m: ModelSpec, tp: Parallel, T, p: Precision):
     """
     d, hd, L = m.d_model, m.head_dim, m.n_layers
     T = np.asarray(T, dtype=np.float64)
-    qkv_out = (tp.heads + 2 * tp.kv_heads) * hd
-    attn_out = tp.heads * hd
-    bias_qkv = qkv_out if (m.linear_bias or m.qkv_bias) else 0
+    attn_out = tp.heads * m.value_dim
     bias_o = d if m.linear_bias else 0
-    n_in = 2 if m.gated_mlp else 1
-    bias_mlp_in = n_in * tp.d_ff if m.linear_bias else 0
-    bias_mlp_out = d if m.linear_bias else 0
     before = [
         Op(phase, "embedding", "embedding", "vector", 1, 1, flops=_z(T), weight=T * d * p.w, act_write=T * d * p.a),
         _norm_op(phase, "attn_norm", m, T, p, L),
-        Op(phase, "qkv_proj", "projection", "matrix", L, 1, flops=2 * T * d * qkv_out,
-           weight=(d * qkv_out + bias_qkv) * p.w, act_read=T * d * p.a, act_write=T * qkv_out * p.a),
-        # rotary embedding on q and k (GPT-NeoX rotates part of head_dim; counted whole: an upper bound)
-        Op(phase, "rope", "projection", "vector", L, 1, flops=6 * T * (tp.heads + tp.kv_heads) * hd,
-           act_read=T * (tp.heads + tp.kv_heads) * hd * p.a, act_write=T * (tp.heads + tp.kv_heads) * hd * p.a),
     ]
-    after = [
-        Op(phase, "o_proj", "projection", "matrix", L, 1, flops=2 * T * attn_out * d,
-           weight=(attn_out * d + bias_o) * p.w, act_read=T * attn_out * p.a, act_write=T * d * p.a),
-    ]
+    if m.is_mla:
+        H, rope, c = tp.heads, m.qk_rope_head_dim, m.kv_lora_rank
+        q_in = m.q_lora_rank or d
+        q_w = (d * m.q_lora_rank + m.q_lora_rank if m.q_lora_rank else 0) + q_in * H * hd
+        before += [
+            # queries: d -> q_lora (replicated, with its norm) -> heads x (nope + rope)
+            Op(phase, "q_proj", "projection", "matrix", L, 2 if m.q_lora_rank else 1,
+               flops=2 * T * ((d * m.q_lora_rank if m.q_lora_rank else 0) + q_in * H * hd), weight=q_w * p.w,
+               act_read=T * d * p.a, act_write=T * H * hd * p.a),
+            # the new token's latent and RoPE key (replicated), with the latent's norm
+            Op(phase, "kv_a_proj", "projection", "matrix", L, 1, flops=2 * T * d * (c + rope),
+               weight=(d * (c + rope) + c) * p.w, act_read=T * d * p.a, act_write=T * (c + rope) * p.a),
+            Op(phase, "rope", "projection", "vector", L, 1, flops=6 * T * (H + 1) * rope,
+               act_read=T * (H + 1) * rope * p.a, act_write=T * (H + 1) * rope * p.a),
+        ]
+        if m.mla_absorb:   # q_nope through W_UK: the query meets the latent directly
+            before.append(Op(phase, "q_absorb", "projection", "matrix", L, 1, flops=2 * T * H * m.qk_nope_head_dim * c,
+                             weight=c * H * m.qk_nope_head_dim * p.w, act_read=T * H * m.qk_nope_head_dim * p.a,
+                             act_write=T * H * c * p.a))
+    else:
+        qkv_out = (tp.heads + 2 * tp.kv_heads) * hd
+        bias_qkv = qkv_out if (m.linear_bias or m.qkv_bias) else 0
+        before += [
+            Op(phase, "qkv_proj", "projection", "matrix", L, 1, flops=2 * T * d * qkv_out,
+               weight=(d * qkv_out + bias_qkv + (2 * hd if m.qk_norm else 0)) * p.w, act_read=T * d * p.a,
+               act_write=T * qkv_out * p.a),
+            # rotary embedding on q and k (GPT-NeoX rotates part of head_dim; counted whole: an upper bound)
+            Op(phase, "rope", "projection", "vector", L, 1, flops=6 * T * (tp.heads + tp.kv_heads) * hd,
+               act_read=T * (tp.heads + tp.kv_heads) * hd * p.a, act_write=T * (tp.heads + tp.kv_heads) * hd * p.a),
+        ]
+    after = []
+    if m.is_mla and m.mla_absorb:   # the attention's latent output through W_UV
+        after.append(Op(phase, "o_absorb", "projection", "matrix", L, 1, flops=2 * T * tp.heads * m.kv_lora_rank *
+                        m.v_head_dim, weight=m.kv_lora_rank * tp.heads * m.v_head_dim * p.w,
+                        act_read=T * tp.heads * m.kv_lora_rank * p.a, act_write=T * attn_out * p.a))
+    after.append(Op(phase, "o_proj", "projection", "matrix", L, 1, flops=2 * T * attn_out * d,
+                    weight=(attn_out * d + bias_o) * p.w, act_read=T * attn_out * p.a, act_write=T * d * p.a))
+    if m.norms_per_layer > 2:   # Gemma 2/3: a norm after attention and after the MLP too
+        after.append(_norm_op(phase, "post_attn_norm", m, T, p, L * (m.norms_per_layer - 2) / 2))
     if tp.devices > 1:
         after.append(Op(phase, "attn_allreduce", "communication", "link", L, 1, flops=T * d,
                         act_read=T * d * p.a, act_write=T * d * p.a, comm=T * d * p.a))
-    after += [
-        _norm_op(phase, "mlp_norm", m, T, p, L),
-        Op(phase, "mlp_up", "mlp", "matrix", L, 1, flops=2 * T * d * n_in * tp.d_ff,
-           weight=(d * n_in * tp.d_ff + bias_mlp_in) * p.w, act_read=T * d * p.a,
-           act_write=T * n_in * tp.d_ff * p.a),
-        Op(phase, "mlp_act", "mlp", "vector", L, 1, flops=(8 if m.gated_mlp else 7) * T * tp.d_ff,
-           act_read=T * n_in * tp.d_ff * p.a, act_write=T * tp.d_ff * p.a),
-        Op(phase, "mlp_down", "mlp", "matrix", L, 1, flops=2 * T * tp.d_ff * d,
-           weight=(tp.d_ff * d + bias_mlp_out) * p.w, act_read=T * tp.d_ff * p.a, act_write=T * d * p.a),
-    ]
+    after.append(_norm_op(phase, "mlp_norm", m, T, p, L))
+    after += mlp_ops(phase, m, tp, T, p)
+    if m.norms_per_layer > 2:
+        after.append(_norm_op(phase, "post_mlp_norm", m, T, p, L * (m.norms_per_layer - 2) / 2))
     if tp.devices > 1:
         after.append(Op(phase, "mlp_allreduce", "communication", "link", L, 1, flops=T * d,
                         act_read=T * d * p.a, act_write=T * d * p.a, comm=T * d * p.a))
     return before, after
+
+
+def _mlp_triplet(phase, m: ModelSpec, T, p: Precision, layers, width, tag: str, experts_w=None, tokens=None):
+    """up (gate and up), activation, down of an MLP of `width` columns (per device); for experts, `experts_w` is the
+    number of expert matrices read and `tokens` the token-expert pairs computed."""
+    d = m.d_model
+    n_in = 2 if m.gated_mlp else 1
+    bias_in = n_in * width if m.linear_bias else 0
+    bias_out = d if m.linear_bias else 0
+    mats = 1.0 if experts_w is None else experts_w
+    Tw = T if tokens is None else tokens
+    return [
+        Op(phase, f"{tag}_up", "mlp", "matrix", layers, 1, flops=2 * Tw * d * n_in * width,
+           weight=mats * (d * n_in * width + bias_in) * p.w, act_read=Tw * d * p.a, act_write=Tw * n_in * width * p.a),
+        Op(phase, f"{tag}_act", "mlp", "vector", layers, 1, flops=(8 if m.gated_mlp else 7) * Tw * width,
+           act_read=Tw * n_in * width * p.a, act_write=Tw * width * p.a),
+        Op(phase, f"{tag}_down", "mlp", "matrix", layers, 1, flops=2 * Tw * width * d,
+           weight=mats * (width * d + bias_out) * p.w, act_read=Tw * width * p.a, act_write=Tw * d * p.a),
+    ]
+
+
+def mlp_ops(phase: str, m: ModelSpec, tp: Parallel, T, p: Precision) -> list[Op]:
+    """The MLP of every layer: dense (d_ff), or an MoE layer's router, routed experts and shared experts."""
+    T = np.asarray(T, dtype=np.float64)
+    dense_layers = m.n_layers - m.moe_layers
+    ops = _mlp_triplet(phase, m, T, p, dense_layers, tp.d_ff, "mlp") if dense_layers else []
+    if m.moe_layers:
+        E, k, sh = m.n_experts, m.experts_per_token, m.n_shared_experts
+        ops.append(Op(phase, "moe_router", "mlp", "matrix", m.moe_layers, 2, flops=2 * T * m.d_model * E + 4 * T * E,
+                      weight=m.d_model * E * p.w, act_read=T * m.d_model * p.a, act_write=T * (E * FP32 + k *
+                                                                                                   INDEX_BYTES)))
+        ops += _mlp_triplet(phase, m, T, p, m.moe_layers, tp.d_ff_expert, "experts", experts_w=experts_read(m, T),
+                            tokens=T * k)
+        if sh:
+            ops += _mlp_triplet(phase, m, T, p, m.moe_layers, tp.d_ff_expert * sh, "shared_experts")
+    return ops
 
 
 def head_ops(phase: str, m: ModelSpec, tp: Parallel, B, p: Precision):
@@ -174,8 +257,12 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
     """
     B = np.asarray(B, dtype=np.float64)
     S = np.asarray(S, dtype=np.float64)
-    hd, hq, hkv = m.head_dim, tp.heads, tp.kv_heads
-    comps = {name: (kind, e) for name, kind, e in traffic_components(strategy, S, hd, params)}
+    hq, hkv = tp.heads, tp.kv_heads
+    geo = kv_geometry(m)
+    comps = {name: (kind, e) for name, kind, e in traffic_components(strategy, S, geo, params)}
+    # widths the arithmetic runs at: q.k and p.v per head (absorbed MLA: the latent row; unabsorbed: expanded heads)
+    dq, dvf = (m.head_dim, m.v_head_dim) if geo.columns_whole else (geo.d_k, geo.d_v)
+    hd = dq
 
     def kv(name):  # bytes of one component for all sequences and this device's KV heads
         return B * hkv * comps[name][1] * p.kv
@@ -183,16 +270,24 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
     k = params["k"].astype(np.float64)
     z = _z(B)
     name = (lambda n: f"{tag}{n}")
-    ops = [Op("decode", name("kv_append"), "attention", "vector", layers, 1, flops=z, act_read=2 * B * hkv * hd * p.a,
+    ops = [Op("decode", name("kv_append"), "attention", "vector", layers, 1, flops=z, act_read=B * hkv * geo.row * p.a,
               kv_write=kv("kv_append"))]
-    q_in = B * hq * hd * p.a
-    out = B * hq * hd * p.a
+    q_in = B * hq * dq * p.a
+    out = B * hq * dvf * p.a
+    if geo.columns_whole:   # unabsorbed MLA: expand the attended rows to per-head keys and values first
+        rows_k = S if strategy in ("dense", "flexgen", "sparq") else k
+        rows_v = S if strategy == "dense" else k
+        c, nope, v = m.kv_lora_rank, m.qk_nope_head_dim, m.v_head_dim
+        expanded = B * hq * (rows_k * nope + rows_v * v)
+        ops.append(Op("decode", name("mla_expand"), "attention", "matrix", layers, 2,
+                      flops=2 * c * expanded, weight=c * hq * (nope + v) * p.w, act_write=expanded * p.a,
+                      act_read=expanded * p.a))
     if strategy == "dense":
         ops += [
             Op("decode", name("attn_scores"), "attention", "matrix", layers, 1, flops=2 * B * hq * S * hd,
                act_read=q_in, kv_read=kv("k_all")),
             Op("decode", name("attn_softmax"), "attention", "vector", layers, 0, flops=SOFTMAX_FLOPS * B * hq * S),
-            Op("decode", name("attn_values"), "attention", "matrix", layers, 0, flops=2 * B * hq * S * hd,
+            Op("decode", name("attn_values"), "attention", "matrix", layers, 0, flops=2 * B * hq * S * dvf,
                kv_read=kv("v_all"), act_write=out),
         ]
     elif strategy == "sparq":
@@ -212,10 +307,10 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
             Op("decode", name("sparq_exact_scores"), "attention", "matrix", layers, 1,
                flops=2 * B * hq * k * hd + SOFTMAX_FLOPS * B * hq * k,
                act_read=q_in + B * hkv * k * INDEX_BYTES, kv_read=kv("k_rows"), act_write=B * hq * k * FP32),
-            Op("decode", name("sparq_values"), "attention", "matrix", layers, 1, flops=2 * B * hq * k * hd,
+            Op("decode", name("sparq_values"), "attention", "matrix", layers, 1, flops=2 * B * hq * k * dvf,
                act_read=B * hq * k * FP32 + B * hkv * k * INDEX_BYTES, kv_read=kv("v_rows"), act_write=out),
             # Step 3: y = alpha y + (1 - alpha) v_bar, and the running mean update
-            Op("decode", name("sparq_mean_value"), "attention", "vector", layers, 1, flops=4 * B * hq * hd,
+            Op("decode", name("sparq_mean_value"), "attention", "vector", layers, 1, flops=4 * B * hq * dvf,
                act_read=out, act_write=out, meta_read=kv("v_mean_read"), meta_write=kv("v_mean_write")),
         ]
     elif strategy == "h2o":
@@ -223,7 +318,7 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
             Op("decode", name("attn_scores"), "attention", "matrix", layers, 1,
                flops=2 * B * hq * k * hd + SOFTMAX_FLOPS * B * hq * k, act_read=q_in, kv_read=kv("k_rows"),
                act_write=B * hq * k * FP32),
-            Op("decode", name("attn_values"), "attention", "matrix", layers, 0, flops=2 * B * hq * k * hd,
+            Op("decode", name("attn_values"), "attention", "matrix", layers, 0, flops=2 * B * hq * k * dvf,
                kv_read=kv("v_rows"), act_write=out),
             # accumulate this step's attention into the heavy-hitter statistics, then evict the lightest
             Op("decode", name("h2o_score_update"), "attention", "vector", layers, 1, flops=B * hq * k + B * hkv * k,
@@ -233,7 +328,7 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
         ops += [
             Op("decode", name("attn_scores"), "attention", "matrix", layers, 1,
                flops=2 * B * hq * k * hd + SOFTMAX_FLOPS * B * hq * k, act_read=q_in, kv_read=kv("k_rows")),
-            Op("decode", name("attn_values"), "attention", "matrix", layers, 0, flops=2 * B * hq * k * hd,
+            Op("decode", name("attn_values"), "attention", "matrix", layers, 0, flops=2 * B * hq * k * dvf,
                kv_read=kv("v_rows"), act_write=out),
         ]
     elif strategy == "flexgen":
@@ -243,7 +338,7 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
                act_write=B * hq * S * FP32),
             Op("decode", name("flexgen_top_k"), "attention", "vector", layers, 1, flops=B * hq * S,
                act_read=B * hq * S * FP32, act_write=B * hq * k * INDEX_BYTES),
-            Op("decode", name("attn_values"), "attention", "matrix", layers, 1, flops=2 * B * hq * k * hd,
+            Op("decode", name("attn_values"), "attention", "matrix", layers, 1, flops=2 * B * hq * k * dvf,
                act_read=B * hq * k * (FP32 + INDEX_BYTES), kv_read=kv("v_rows"), act_write=out),
         ]
     elif strategy == "quest":
@@ -256,7 +351,7 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
                act_read=B * hkv * pages * FP32, act_write=B * hkv * k / params["page_size"] * INDEX_BYTES),
             Op("decode", name("attn_scores"), "attention", "matrix", layers, 1,
                flops=2 * B * hq * k * hd + SOFTMAX_FLOPS * B * hq * k, act_read=q_in, kv_read=kv("k_rows")),
-            Op("decode", name("attn_values"), "attention", "matrix", layers, 0, flops=2 * B * hq * k * hd,
+            Op("decode", name("attn_values"), "attention", "matrix", layers, 0, flops=2 * B * hq * k * dvf,
                kv_read=kv("v_rows"), act_write=out),
         ]
     else:
@@ -265,70 +360,132 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
     return ops
 
 
-def attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params, dense_params, p: Precision) -> list[Op]:
-    """The attention operators of one decode step, all layers (Quest runs its first layers dense)."""
-    L = m.n_layers
-    if strategy == "quest":
-        nd = min(QUEST_DENSE_LAYERS, L)
-        attn = attention_decode_ops(m, tp, "dense", B, S, dense_params, p, nd, tag="dense_layers.")
-        if L > nd:
-            attn += attention_decode_ops(m, tp, "quest", B, S, params, p, L - nd)
-        return attn
-    return attention_decode_ops(m, tp, strategy, B, S, params, p, L)
+def layer_groups(m: ModelSpec, strategy: str) -> list[tuple[int | None, int, bool]]:
+    """(window, layers, dense) for each group of layers attended alike: one per distinct window (None = global), and
+    Quest's first QUEST_DENSE_LAYERS layers, which run dense, apart. In order of first appearance."""
+    nd = min(QUEST_DENSE_LAYERS, m.n_layers) if strategy == "quest" else 0
+    counts: dict = {}
+    for i, w in enumerate(m.layer_windows()):
+        counts[(w, i < nd)] = counts.get((w, i < nd), 0) + 1
+    return [(w, n, dense) for (w, dense), n in counts.items()]
 
 
-def decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params, dense_params, p: Precision) -> list[Op]:
+def windows(m: ModelSpec) -> list[int | None]:
+    """The distinct attention windows of a model's layers (None = the whole context)."""
+    return list(dict.fromkeys(m.layer_windows()))
+
+
+def span(S, window):
+    """Positions a layer with this window attends to at context S."""
+    S = np.asarray(S)
+    return S if window is None else np.minimum(S, window)
+
+
+def attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, spans: dict, p: Precision) -> list[Op]:
+    """The attention operators of one decode step, all layers. `spans` maps each window of `windows(m)` to
+    (S_w, params_w, dense_params_w): the positions its layers attend to and the strategy's parameters there."""
+    groups = layer_groups(m, strategy)
+    several = len(spans) > 1
+    ops = []
+    for w, n, dense in groups:
+        S_w, params_w, dense_w = spans[w]
+        tag = ("global." if w is None else "local.") if several else ""
+        if dense:
+            ops += attention_decode_ops(m, tp, "dense", B, S_w, dense_w, p, n, tag=tag + "dense_layers.")
+        else:
+            ops += attention_decode_ops(m, tp, strategy, B, S_w, params_w, p, n, tag=tag)
+    return ops
+
+
+def decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, spans: dict, p: Precision) -> list[Op]:
     """All operators of one decode step, in execution order."""
     before, after = block_ops("decode", m, tp, B, p)
-    attn = attention_ops(m, tp, strategy, B, S, params, dense_params, p)
+    attn = attention_ops(m, tp, strategy, B, spans, p)
     return before + attn + after + head_ops("decode", m, tp, B, p)
 
 
-def prefill_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params, p: Precision, k_layout: str) -> list[Op]:
+def prefill_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans: dict, p: Precision,
+                k_layout: str) -> list[Op]:
     """The dense prefill of S prompt tokens per sequence, writing what the strategy keeps."""
     T = np.asarray(B, dtype=np.float64) * np.asarray(S, dtype=np.float64)
     before, after = block_ops("prefill", m, tp, T, p)
-    attn = prefill_attention_ops(m, tp, strategy, B, S, params, p, k_layout)
+    attn = prefill_attention_ops(m, tp, strategy, B, S, spans, p, k_layout)
     return before + attn + after + head_ops("prefill", m, tp, np.asarray(B, dtype=np.float64), p)
 
 
-def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params, p: Precision,
+def causal_pairs(S, window=None):
+    """(query, key) pairs a causal prefill of S tokens computes: S (S + 1) / 2, or with a sliding window w each
+    query sees at most w positions: w (w + 1) / 2 + (S - w) w once S > w."""
+    S = np.asarray(S, dtype=np.float64)
+    full = S * (S + 1) / 2
+    if window is None:
+        return full
+    w = float(window)
+    return np.where(S <= w, full, w * (w + 1) / 2 + (S - w) * w)
+
+
+def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans: dict, p: Precision,
                           k_layout: str) -> list[Op]:
     """The prefill's attention and the store of what the strategy keeps (the operators of `prefill_ops` that depend
-    on the strategy)."""
+    on the strategy), per group of layers. MLA prefills unabsorbed (compute bound): the latent rows are expanded to
+    per-head keys and values, as DeepSeek's and vLLM's prefill paths do."""
     B = np.asarray(B, dtype=np.float64)
     S = np.asarray(S, dtype=np.float64)
     T = B * S
-    hd, hq, hkv, L = m.head_dim, tp.heads, tp.kv_heads, m.n_layers
-    kept = cache_tokens(strategy, S, params)
-    extra = extra_cache_elements(strategy, S, hd, params, k_layout)
-    causal_pairs = S * (S + 1) / 2
-    attn = [
-        Op("prefill", "attention", "attention", "matrix", L, 1,
-           flops=4 * B * hq * causal_pairs * hd + SOFTMAX_FLOPS * B * hq * causal_pairs,
-           act_read=T * (hq + 2 * hkv) * hd * p.a, act_write=T * hq * hd * p.a,
-           kv_read=2 * B * hkv * S * hd * p.kv),
-        Op("prefill", "kv_store", "attention", "vector", L, 1, flops=_z(B),
-           kv_write=2 * B * hkv * kept * hd * p.kv, meta_write=B * hkv * extra * p.kv),
-    ]
-    return attn
+    hq, hkv = tp.heads, tp.kv_heads
+    geo = kv_geometry(m)
+    dq, dv = m.head_dim, m.value_dim
+    several = len(spans) > 1
+    ops = []
+    for w, n, dense in layer_groups(m, strategy):
+        S_w, params_w, dense_w = spans[w]
+        tag = ("global." if w is None else "local.") if several else ""
+        tag += "dense_layers." if dense else ""
+        strat = "dense" if dense else strategy
+        pw = dense_w if dense else params_w
+        pairs = causal_pairs(S, w)
+        flops = 2 * B * hq * pairs * (dq + dv) + SOFTMAX_FLOPS * B * hq * pairs
+        weight = 0.0
+        if m.is_mla:   # expand every row: k_nope and v per head
+            flops = flops + 2 * T * m.kv_lora_rank * hq * (m.qk_nope_head_dim + m.v_head_dim)
+            weight = m.kv_lora_rank * hq * (m.qk_nope_head_dim + m.v_head_dim) * p.w
+        kept = cache_tokens(strat, S_w, pw)
+        extra = extra_cache_elements(strat, S_w, geo, pw, k_layout)
+        ops += [
+            Op("prefill", tag + "attention", "attention", "matrix", n, 1, flops=flops, weight=weight,
+               act_read=T * (hq * dq + hkv * geo.row) * p.a, act_write=T * hq * dv * p.a,
+               kv_read=B * hkv * S * geo.row * p.kv),
+            Op("prefill", tag + "kv_store", "attention", "vector", n, 1, flops=_z(B),
+               kv_write=B * hkv * kept * geo.row * p.kv, meta_write=B * hkv * extra * p.kv),
+        ]
+    return ops
 
 
-def cache_bytes_per_device(m: ModelSpec, tp: Parallel, strategy: str, B, S, params, p: Precision, k_layout: str):
-    """KV cache (and the strategy's extra storage) per device: what must stay resident at context S."""
+def cache_bytes_per_device(m: ModelSpec, tp: Parallel, strategy: str, B, spans: dict, p: Precision, k_layout: str):
+    """KV cache (and the strategy's extra storage) per device: what must stay resident at context S. A local layer
+    keeps its window (a ring buffer, as HF's hybrid cache does), a global one every position."""
     B = np.asarray(B, dtype=np.float64)
-    kept = cache_tokens(strategy, S, params)
-    extra = extra_cache_elements(strategy, S, m.head_dim, params, k_layout)
-    L = m.n_layers
-    extra_layers = L - min(QUEST_DENSE_LAYERS, L) if strategy == "quest" else L
-    return B * tp.kv_heads * p.kv * (2 * kept * m.head_dim * L + extra * extra_layers)
+    geo = kv_geometry(m)
+    total = 0.0
+    for w, n, dense in layer_groups(m, strategy):
+        S_w, params_w, dense_w = spans[w]
+        strat, pw = ("dense", dense_w) if dense else (strategy, params_w)
+        total = total + n * (cache_tokens(strat, S_w, pw) * geo.row + extra_cache_elements(strat, S_w, geo, pw,
+                                                                                            k_layout))
+    return B * tp.kv_heads * p.kv * total
 
 
 def weight_bytes_per_device(m: ModelSpec, tp: Parallel, p: Precision) -> float:
-    """Resident weights per device: split matrices, replicated norms, vocab-parallel embedding and lm_head."""
-    split = m.n_layers * (m.attn_params + m.mlp_params) + m.embedding_params + (
-        0 if m.tied_embeddings else m.lm_head_params)
-    replicated = m.n_layers * 2 * m.norm_params + m.norm_params
+    """Resident weights per device: split matrices, replicated norms, vocab-parallel embedding and lm_head; every
+    expert resident (split like the dense MLP), the router replicated; MLA's latent projections replicated."""
+    replicated_attn = 0
+    if m.is_mla:
+        replicated_attn = (m.d_model * m.q_lora_rank + m.q_lora_rank if m.q_lora_rank else 0) + \
+            m.d_model * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank
+    split = m.n_layers * (m.attn_params - replicated_attn) + m.mlp_params_all_layers - m.moe_layers * \
+        m.router_params + m.embedding_params + (0 if m.tied_embeddings else m.lm_head_params)
+    replicated = m.n_layers * (m.norms_per_layer * m.norm_params + replicated_attn) + m.norm_params + \
+        m.moe_layers * m.router_params
     return (split / tp.devices + replicated) * p.w
 
 

@@ -42,14 +42,14 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..hardware_profiles import HardwareProfile, load_hardware
 from .errors import UserError
 from .ledger import (FP32, Op, Parallel, Precision, attention_ops, block_ops, cache_bytes_per_device, head_ops,
-                     prefill_attention_ops, weight_bytes_per_device)
+                     kv_geometry, prefill_attention_ops, span, weight_bytes_per_device, windows)
 from .models import DEFAULT_MODEL, ModelSpec, load_model_spec
 from .ranges import parse_axis, parse_names
 from .roofline import BOUNDS, Placement, StackedTimes, tier_table, time_op, time_ops
@@ -261,7 +261,11 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     hw, m, prec = case.hw, case.model, case.prec
     tp = Parallel.of(m, case.devices)
     n = B.shape[0]
-    Sa = np.minimum(S, m.sliding_window) if m.sliding_window else S   # positions attention can see
+    wins = windows(m)   # each distinct attention window of the layers (None = global)
+    spans_S = {w: span(S, w) for w in wins}
+    top = None if None in wins else max(wins)   # the widest: what the attended_len, r and k columns report
+    Sa = spans_S[top]   # positions the widest layers see
+    geo = kv_geometry(m)
     names, peak, achieved, caps = tier_table(hw)
     n_dev_tiers = len(names) - 1
 
@@ -293,14 +297,19 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     pf_ideal = pf_block["ideal_time_s"][invT] + head_sums["ideal_time_s"][invB]
 
     # every strategy's attention (decode and prefill) timed together: one placement per strategy, its KV tier
-    dense_params = resolve_params("dense", Sa, m.head_dim, C)
+    dense_spans = {w: resolve_params("dense", spans_S[w], geo, C) for w in wins}
     order = ["dense"] + [s for s in strategies if s != "dense"]
     found = {}
     stacked, tiers, starts = [], [], []
     for strat in order:
-        params = dense_params if strat == "dense" else resolve_params(
-            strat, Sa, m.head_dim, C, r=case.r, k=case.k, local_window=local_window, page_size=page_size)
-        kv_dev = cache_bytes_per_device(m, tp, strat, B, Sa, params, prec, case.k_layout)
+        spans = {}
+        for w in wins:
+            kw = case.k if case.k is None or w is None else np.minimum(case.k, spans_S[w])  # a window caps k
+            pw = dense_spans[w] if strat == "dense" else resolve_params(
+                strat, spans_S[w], geo, C, r=case.r, k=kw, local_window=local_window, page_size=page_size)
+            spans[w] = (spans_S[w], pw, dense_spans[w])
+        params = spans[top][1]
+        kv_dev = cache_bytes_per_device(m, tp, strat, B, spans, prec, case.k_layout)
         ki = _location_index(case.kv_location, names, hw)
         if ki is None:  # first device tier with room for the cache next to what is already there
             ki_arr = np.full(n, n_dev_tiers - 1, dtype=np.int64)
@@ -308,8 +317,8 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
                 used = (w_dev if wi == i else 0.0) + (workspace if act_i == i else 0.0)
                 ki_arr = np.where(used + kv_dev <= caps[i], i, ki_arr)
             ki = ki_arr if n_dev_tiers > 1 else 0
-        attn_ops = attention_ops(m, tp, strat, B, Sa, params, dense_params, prec)
-        pf_attn = prefill_attention_ops(m, tp, strat, B, Sa, params, prec, case.k_layout)
+        attn_ops = attention_ops(m, tp, strat, B, spans, prec)
+        pf_attn = prefill_attention_ops(m, tp, strat, B, S, spans, prec, case.k_layout)
         starts += [len(stacked), len(stacked) + len(attn_ops)]   # its decode attention, then its prefill's
         stacked += attn_ops + pf_attn
         tiers += [np.broadcast_to(ki, (n,))] * (len(attn_ops) + len(pf_attn))
@@ -542,10 +551,20 @@ def concat_columns(parts: list[dict]) -> dict:
 
 def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
           dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
-          k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None) -> Sweep:
+          k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None) -> Sweep:
     """Parse and check the arguments of `predict_columns` (same meaning) into a `Sweep`, evaluating nothing."""
     hws = resolve_hardware(hardware)
     models = resolve_models(model)
+    if mla_decode is not None:
+        mode = str(mla_decode).strip().lower()
+        if mode not in ("absorbed", "unabsorbed"):
+            raise UserError(f"--mla-decode must be absorbed or unabsorbed, got {mla_decode!r}")
+        if not any(m.is_mla for m in models):
+            raise UserError("--mla-decode applies to models with multi-head latent attention (deepseek-v3, or a "
+                            "config.json with kv_lora_rank); none was given")
+        models = [replace(m, mla_absorb=mode == "absorbed", name=m.name + ("" if mode == "absorbed" else
+                                                                            ":unabsorbed")) if m.is_mla else m
+                  for m in models]
     seqs = parse_axis(seq_len, "--seq", minimum=1)
     batches = parse_axis(batch, "--batch", minimum=1)
     comps = parse_compressions(compression)
@@ -569,9 +588,11 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
     if k_layout not in ("twice", "once"):
         raise UserError(f"--k-layout must be twice or once, got {k_layout!r}")
     for m in models:
+        dk = kv_geometry(m).d_k   # the key's width (MLA: the latent row)
         for rr in rs:
-            if rr is not None and rr > m.head_dim:
-                raise UserError(f"--r {rr} exceeds head_dim {m.head_dim} of {m.name}; accepted: 1 <= r <= head_dim")
+            if rr is not None and rr > dk:
+                what = "the latent row's width" if m.is_mla else "head_dim"
+                raise UserError(f"--r {rr} exceeds {what} {dk} of {m.name}; accepted: 1 <= r <= {dk}")
     cases = []
     for hw, m, dt, kvd, dv, rr, kk in itertools.product(hws, models, dtypes, kv_dtypes, devs, rs, ks):
         prec = Precision.of(auto_dtype(hw) if dt == AUTO else dt, kvd)
@@ -593,14 +614,15 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
 def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
                     dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
                     k_layout="twice", kv_location="auto", weights_location="auto",
-                    gen_len=None) -> dict[str, np.ndarray]:
+                    gen_len=None, mla_decode=None) -> dict[str, np.ndarray]:
     """The prediction as ordered columns: numpy arrays, and `Labels` (codes + categories) for the string columns
     (see the module docstring; `decoded()` turns those into strings). Arguments take one value or a list; strings
     take comma lists and, for numbers, ranges such as '1024:131072:x2'. For sweeps too large to hold, use
     `sweep(...).chunks()` (the same rows, a chunk at a time). With `gen_len`, also GENERATION_COLUMNS: whole
-    generations of that many tokens after a prompt of `seq_len`. A context beyond a model's maximum is a warning."""
+    generations of that many tokens after a prompt of `seq_len`. A context beyond a model's maximum is a warning.
+    `mla_decode`: absorbed (default) or unabsorbed decode of multi-head latent attention (ledger.py)."""
     sw = sweep(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
-               local_window, page_size, k_layout, kv_location, weights_location, gen_len)
+               local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode)
     if sw.warnings:
         import warnings
 
@@ -611,14 +633,14 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
 
 def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
             dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
-            k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None):
+            k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None):
     """Predict one decode step (and with `gen_len`, a whole generation) for every combination of the arguments;
     returns a pandas DataFrame (columns in the module docstring). Example:
     `predict(hardware="a100", seq_len=[1024, 4096], strategies=["dense", "sparq"], gen_len=256)`."""
     import pandas as pd
 
     cols = predict_columns(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
-                           local_window, page_size, k_layout, kv_location, weights_location, gen_len)
+                           local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode)
     small = len(cols["time_s"]) <= 10_000
     df = pd.DataFrame({c: (v.decode().astype(str) if small else pd.Categorical.from_codes(v.codes, v.categories))
                        if isinstance(v, Labels) else v for c, v in cols.items()})

@@ -15,6 +15,16 @@ components with the index sets the reference implementation actually touches.
 | quest       | 2 ceil(S/P) d_h + 2 k d_h + 2 d_h                |
 
 Everything here takes numpy arrays (or scalars) so one call evaluates a whole sweep.
+
+Multi-head latent attention (DeepSeek-V2/V3) caches one row per token shared by every head: the latent c (d_c) and
+a RoPE key (d_r). Decoded absorbed, it is attention with one KV head whose key is the whole row (d_k = d_c + d_r) and
+whose value is c, the row's first d_c elements: a row read as K serves as V too (`KVGeometry.shared`). The table
+holds with d_h = d_k for K and the V terms dropped where the same kernel has the row already (SparQ's step 2, H2O,
+LM-Infinite, Quest read k rows once, dense S rows once); FlexGen gathers V in a second pass after its top-k and
+reads those k rows again; the new token writes d_k; SparQ's v_bar is d_c wide. Decoded unabsorbed, the rows are
+expanded per head before attention: K's columns do not exist in the cache, so SparQ's step 1 reads whole rows
+(`KVGeometry.columns_whole`). SparQ's recipe on a shared row spends half the budget on each step: r = d_k / (2C)
+columns, k = S / (2C) rows, so that it too moves 1/C of dense.
 """
 
 from __future__ import annotations
@@ -88,6 +98,29 @@ def parse_strategies(value) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class KVGeometry:
+    """What one KV head caches per token: a key of d_k and a value of d_v elements, or (shared) one row whose first
+    d_v elements are the value (MLA's latent). columns_whole: the attention's key columns are not in the cache
+    (unabsorbed MLA expands the latent), so reading some columns means reading whole rows."""
+    d_k: int
+    d_v: int
+    shared: bool = False
+    columns_whole: bool = False
+
+    @property
+    def row(self) -> int:
+        """Elements one token adds to the cache per KV head."""
+        return self.d_k if self.shared else self.d_k + self.d_v
+
+
+def geometry(head_dim) -> KVGeometry:
+    """A KVGeometry as is, or a head_dim: K and V of head_dim each (standard attention)."""
+    if isinstance(head_dim, KVGeometry):
+        return head_dim
+    return KVGeometry(head_dim, head_dim)
+
+
 def _round_pos(x) -> np.ndarray:
     """Round half up to an integer >= 1."""
     return np.maximum(1, np.floor(np.asarray(x, dtype=np.float64) + 0.5)).astype(np.int64)
@@ -96,8 +129,10 @@ def _round_pos(x) -> np.ndarray:
 def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=None, local_window=None,
                    page_size=None, sinks=None) -> dict[str, np.ndarray]:
     """Each strategy's parameters for target compression C (docs/traffic-model.md), with explicit overrides.
+    `head_dim` is the key's width, or a KVGeometry.
 
-    SparQ: r = d_h / C, k = S / (2C), local window l = k / 4 (the paper's defaults).
+    SparQ: r = d_h / C, k = S / (2C), local window l = k / 4 (the paper's defaults); on a shared row (MLA)
+    r = d_k / (2C).
     H2O: cache k = S / C tokens, half of them the recent window (H2O's equal split).
     LM-Infinite: cache k = S / C tokens, min(16, k/2) of them sinks, the rest the recent window.
     FlexGen: k = S / C rows of V.  Quest: budget k = S / C tokens, rounded to whole pages of P = 16.
@@ -106,7 +141,8 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
     """
     s = get_strategy(strategy)
     S = np.asarray(seq_len, dtype=np.int64)
-    dh = np.broadcast_to(np.asarray(head_dim, dtype=np.int64), S.shape)
+    g = head_dim if isinstance(head_dim, KVGeometry) else None
+    dh = np.broadcast_to(np.asarray(g.d_k if g else head_dim, dtype=np.int64), S.shape)
     C = np.broadcast_to(np.asarray(compression, dtype=np.float64), S.shape)
     zero = np.zeros(S.shape, dtype=np.int64)
     out = {"r": zero, "k": zero, "local_window": zero, "page_size": zero, "sinks": zero}
@@ -141,7 +177,7 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
     out["k"] = kk
 
     if s.name == "sparq":
-        rr = given(r, "r") if r is not None else np.minimum(_round_pos(dh / C), dh)
+        rr = given(r, "r") if r is not None else np.minimum(_round_pos(dh / C / (2 if g and g.shared else 1)), dh)
         if np.any(rr > dh):
             raise UserError(f"r = {int(np.max(rr))} exceeds head_dim = {int(np.min(dh))}; accepted: 1 <= r <= head_dim")
         out["r"] = rr
@@ -172,40 +208,44 @@ def traffic_components(strategy: str, seq_len, head_dim, params: dict[str, np.nd
     """(component, kind, elements) per KV head per sequence for one decode step of one layer.
 
     Sums to the table in the module docstring. Components name what is read or written so the ledger can turn each
-    into an operator: K and V reads and the new token's k, v write, plus each strategy's extra reads.
+    into an operator: K and V reads and the new token's k, v write, plus each strategy's extra reads. `head_dim` is
+    d_h (K and V of d_h each) or a KVGeometry (MLA's shared row: see the module docstring).
     """
     s = get_strategy(strategy).name
+    g = geometry(head_dim)
     S = np.asarray(seq_len, dtype=np.float64)
-    dh = np.asarray(head_dim, dtype=np.float64)
+    dk = np.asarray(g.d_k, dtype=np.float64)
+    dv = np.asarray(g.d_v, dtype=np.float64)
+    v_sep = 0 * dv if g.shared else dv   # V read apart from K's rows
     k = params["k"].astype(np.float64)
-    write = ("kv_append", KV_WRITE, 2 * dh + 0 * S)  # the new token's k and v
+    write = ("kv_append", KV_WRITE, g.row + 0 * S)  # the new token's k and v (MLA: its row)
     if s == "dense":
-        return [("k_all", KV_READ, S * dh), ("v_all", KV_READ, S * dh), write]
+        return [("k_all", KV_READ, S * dk), ("v_all", KV_READ, S * v_sep), write]
     if s == "sparq":
         r = params["r"].astype(np.float64)
         return [
-            ("k_columns", KV_READ, S * r),           # Step 1: r columns of K over all S positions
-            ("k_rows", KV_READ, k * dh),              # Step 2: k full rows of K
-            ("v_rows", KV_READ, k * dh),              # ... and of V
+            ("k_columns", KV_READ, S * (dk if g.columns_whole else r)),   # Step 1: r columns of K over all S positions
+            ("k_rows", KV_READ, k * dk),              # Step 2: k full rows of K
+            ("v_rows", KV_READ, k * v_sep),           # ... and of V
             write,
-            ("v_mean_read", META_READ, dh + 0 * S),   # running mean of V (v_bar): read ...
-            ("v_mean_write", META_WRITE, dh + 0 * S),  # ... and write back
+            ("v_mean_read", META_READ, dv + 0 * S),   # running mean of V (v_bar): read ...
+            ("v_mean_write", META_WRITE, dv + 0 * S),  # ... and write back
         ]
     if s == "h2o":
         return [
-            ("k_rows", KV_READ, k * dh), ("v_rows", KV_READ, k * dh), write,
+            ("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write,
             # accumulated score statistics, read and written: 2 S (the paper's Table 1 model; counted at the KV dtype)
             ("score_stats_read", META_READ, S), ("score_stats_write", META_WRITE, S),
         ]
     if s == "lm-infinite":
-        return [("k_rows", KV_READ, k * dh), ("v_rows", KV_READ, k * dh), write]
+        return [("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write]
     if s == "flexgen":
-        return [("k_all", KV_READ, S * dh), ("v_rows", KV_READ, k * dh), write]
+        return [("k_all", KV_READ, S * dk), ("v_rows", KV_READ, k * dv), write]   # V gathered in a second pass
     if s == "quest":
         pages = np.ceil(S / params["page_size"])
         return [
-            ("page_minmax", META_READ, 2 * pages * dh),  # per-page min and max key vectors
-            ("k_rows", KV_READ, k * dh), ("v_rows", KV_READ, k * dh), write,
+            ("page_minmax", META_READ, 2 * pages * dk),  # per-page min and max key vectors
+            ("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write,
         ]
     raise AssertionError(s)
 
@@ -226,15 +266,17 @@ def extra_cache_elements(strategy: str, seq_len, head_dim, params: dict[str, np.
     """Elements per KV head stored beyond K and V of the cached tokens.
 
     SparQ with K stored twice keeps a second, S-contiguous copy of K (+50% of the KV cache) and v_bar; Quest keeps
-    per-page min and max keys; H2O keeps its score statistics.
+    per-page min and max keys; H2O keeps its score statistics. `head_dim`: d_h or a KVGeometry (MLA: the copy is of
+    the whole row, v_bar d_v wide).
     """
     s = get_strategy(strategy).name
+    g = geometry(head_dim)
     S = np.asarray(seq_len, dtype=np.float64)
-    dh = np.asarray(head_dim, dtype=np.float64)
+    dk = np.asarray(g.d_k, dtype=np.float64)
     if s == "sparq":
-        return (S * dh if k_layout == "twice" else 0 * S) + dh
+        return (S * dk if k_layout == "twice" else 0 * S) + g.d_v
     if s == "quest":
-        return 2 * np.ceil(S / params["page_size"]) * dh
+        return 2 * np.ceil(S / params["page_size"]) * dk
     if s == "h2o":
-        return S + 0 * dh
+        return S + 0 * dk
     return 0 * S

@@ -60,9 +60,12 @@ STRATS = typer.Option("all", "--strategies", help="Comma list of dense, sparq, h
                       "or all.")
 COMP = typer.Option("8", "--compression", "-c", help="Target compression C (list or range); sets r = d_h/C, "
                     "k = S/(2C) for SparQ, k = S/C for the others.")
-DTYPE = typer.Option("auto", "--dtype", help="Weights and activations: auto (bf16 where the device has it, else "
-                     "fp16), fp32, bf16, fp16, fp8, int8, int4.")
-KV_DTYPE = typer.Option(None, "--kv-dtype", help="KV cache dtype (default: --dtype).")
+DTYPE = typer.Option("auto", "--dtype", "--weights", help="Weights (and, unless --act, activations): auto (bf16 "
+                     "where the device has it, else fp16), fp32, bf16, fp16, fp8, int8, int4, nvfp4, mxfp4; a scale "
+                     "group as int4-g32 (scale bytes counted; int4 alone: groups of 128).")
+KV_DTYPE = typer.Option(None, "--kv-dtype", "--kv", help="KV cache format (default: --dtype), e.g. fp8, int4-g32.")
+ACT = typer.Option(None, "--act", help="Activations and the matrix arithmetic (default: as the weights' usual "
+                   "kernels run: int4 computes in fp16, int8/fp8 W8A8); bf16 with quantised weights = weight-only.")
 DEVICES = typer.Option("1", "--devices", "-n", help="Tensor-parallel devices (list allowed).")
 R = typer.Option(None, "--r", help="SparQ: query components r (overrides the recipe).")
 K = typer.Option(None, "--k", help="Positions / cache tokens k (overrides the recipe).")

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..simulator.errors import UserError
-from . import (BATCH, COMP, DEVICES, DTYPE, FMT, GPU, HW_FILE, K, KLAYOUT, KV_DTYPE, KVLOC, LW, MODEL, OUT, PAGE, R,
+from . import (ACT, BATCH, COMP, DEVICES, DTYPE, FMT, GPU, HW_FILE, K, KLAYOUT, KV_DTYPE, KVLOC, LW, MODEL, OUT, PAGE, R,
                SEQ, STRATS, WLOC, _emit, _given, _hardware_arg, app)
 
 PREDICT_TABLE_MAX_ROWS = 100_000  # a table is for reading; larger sweeps go to CSV, JSON or Parquet (streamed)
@@ -27,7 +27,7 @@ PREDICT_TABLE_MAX_ROWS = 100_000  # a table is for reading; larger sweeps go to 
 
 def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, model: str = MODEL, seq: str = SEQ,
             batch: str = BATCH, strategies: str = STRATS, compression: str = COMP, dtype: str = DTYPE,
-            kv_dtype: Optional[str] = KV_DTYPE, devices: str = DEVICES, r: Optional[str] = R, k: Optional[str] = K,
+            kv_dtype: Optional[str] = KV_DTYPE, act: Optional[str] = ACT, devices: str = DEVICES, r: Optional[str] = R, k: Optional[str] = K,
             local_window: Optional[str] = LW, page_size: Optional[str] = PAGE, k_layout: str = KLAYOUT,
             kv_location: str = KVLOC, weights_location: str = WLOC,
             format: Optional[str] = typer.Option(None, "--format", "-f", help="table, json, csv or parquet (default: "
@@ -60,7 +60,7 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
                strategies=strategies, compression=compression, dtype=dtype, kv_dtype=kv_dtype, devices=devices, r=r,
                k=k, local_window=local_window, page_size=page_size, k_layout=k_layout, kv_location=kv_location,
                weights_location=weights_location, gen_len=_given(gen_len, "--gen-len", "tokens to generate"),
-               mla_decode=mla_decode)
+               mla_decode=mla_decode, act_dtype=act)
     for note in sw.warnings:
         sys.stderr.write(f"warning: {note}\n")
     if fmt == "parquet":
@@ -92,6 +92,7 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
 def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, model: str = MODEL, seq: str = SEQ,
            batch: str = BATCH, strategies: str = typer.Option("sparq", "--strategies", help="Comma list or all."),
            compression: str = COMP, dtype: str = DTYPE, kv_dtype: Optional[str] = KV_DTYPE,
+           act: Optional[str] = ACT,
            devices: int = typer.Option(1, "--devices", "-n", help="Tensor-parallel devices."),
            r: Optional[int] = R, k: Optional[int] = K,
            local_window: Optional[int] = LW, page_size: Optional[int] = PAGE, k_layout: str = KLAYOUT,
@@ -114,7 +115,7 @@ def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mod
                       strategies=strategies, compression=compression, dtype=dtype, kv_dtype=kv_dtype, devices=devices,
                       r=r, k=k, local_window=local_window, page_size=page_size, k_layout=k_layout,
                       kv_location=kv_location, weights_location=weights_location,
-                      phases=("decode", "prefill") if phase == "both" else (phase,))
+                      phases=("decode", "prefill") if phase == "both" else (phase,), act_dtype=act)
     df["tiers"] = df["tier_bytes"].map(lambda d: ",".join(f"{k}={v:.0f}" for k, v in d.items()))
     cols = {c: df[c].to_numpy() for c in df.columns if c != "tier_bytes"}
     if fmt == "json":

@@ -52,9 +52,11 @@ def header(cols: dict, auto_dtype: bool = False) -> str:
     if gen is not None:
         parts.append(f"{gen} token{'' if gen == 1 else 's'} generated")
     dt, kv = _one(cols, "dtype"), _one(cols, "kv_dtype")
+    act = _one(cols, "act_dtype") if "act_dtype" in cols else None
     if dt is not None:
-        parts.append(f"{dt} weights" + (f", {kv} KV cache" if kv is not None and kv != dt else
-                                         " and KV cache" if kv is not None else "")
+        parts.append(f"{dt} weights" + (f" ({act} activations)" if act is not None and act != dt else "")
+                     + (f", {kv} KV cache" if kv is not None and kv != dt else
+                        " and KV cache" if kv is not None else "")
                      + (" (--dtype auto)" if auto_dtype else ""))
     elif auto_dtype:
         parts.append("--dtype auto: bf16 where the device has it, else fp16")

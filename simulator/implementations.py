@@ -36,7 +36,7 @@ import numpy as np
 
 from ..hardware_profiles import CPU_OPS, HardwareProfile, load_yaml
 from .errors import UserError, closest
-from .units import DTYPE_BYTES, parse_dtype, parse_quantity
+from .units import dtype_bytes, parse_dtype, parse_quantity
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 IMPLEMENTATIONS_FILE = DATA_DIR / "implementations.yaml"
@@ -192,7 +192,7 @@ def _per_combination(fn, a, b, c, scalar) -> np.ndarray:
 def _shape(rows: dict):
     """Batch, context, query heads, KV heads, head_dim and bytes per element of measurement rows, as float arrays."""
     return (*(np.asarray(rows[c], dtype=np.float64) for c in ("batch", "seq_len", "n_heads", "n_kv_heads", "head_dim")),
-            np.asarray([DTYPE_BYTES[parse_dtype(x)] for x in rows["dtype"]], dtype=np.float64))
+            np.asarray([dtype_bytes(parse_dtype(x)) for x in rows["dtype"]], dtype=np.float64))
 
 
 def features(impl: Implementation, rows: dict, hw: HardwareProfile) -> dict[str, np.ndarray]:

@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import numpy as np
 
 from .errors import UserError
 from .models import ModelSpec
-from .units import DTYPE_BYTES, WEIGHT_STREAM_EFFICIENCY
+from .units import (COMPUTE_DTYPE, DTYPE_BYTES, WEIGHT_ONLY_EFFICIENCY, WEIGHT_STREAM_EFFICIENCY, base_dtype,
+                    dtype_bytes)
 from .strategies import QUEST_DENSE_LAYERS, KVGeometry, cache_tokens, extra_cache_elements, traffic_components
 
 FP32 = 4.0
@@ -78,17 +80,34 @@ class Op:
 class Precision:
     dtype: str
     kv_dtype: str
-    w: float    # bytes per weight
+    w: float    # bytes per weight (scales included)
     a: float    # bytes per activation
-    kv: float   # bytes per KV element (also metadata, as in the paper's element model)
+    kv: float   # bytes per KV element, scales included (also metadata, as in the paper's element model)
     w_eff: float = 1.0   # share of the achieved bandwidth the weights stream at (weight-only quantised kernels)
+    act_dtype: str = ""  # activations, and the matrix units' arithmetic (COMPUTE_DTYPE of it)
+    compute: str = ""
 
     @classmethod
-    def of(cls, dtype: str, kv_dtype: str | None = None) -> "Precision":
-        """Weights in `dtype`; activations in `dtype` (fp16 for int4 weights, which dequantise); KV in `kv_dtype`."""
+    def of(cls, dtype: str, kv_dtype: str | None = None, act_dtype: str | None = None) -> "Precision":
+        """Weights in `dtype`; KV in `kv_dtype` (default: `dtype`); activations in `act_dtype`.
+
+        Without `act_dtype`, activations follow the weights as the usual kernels run them: 16-bit and fp32 as is,
+        fp8 W8A8 and nvfp4/mxfp4 W4A4 on the units of their format, int8 and int4 weight-only as gpt-fast, GPTQ and
+        AWQ run them (fp16 activations and arithmetic, dequantised weights streaming at
+        units.WEIGHT_STREAM_EFFICIENCY). With `act_dtype` 16-bit or wider and quantised weights, the kernels are
+        weight-only: they compute in `act_dtype` and stream the weights at WEIGHT_ONLY_EFFICIENCY; with `act_dtype`
+        int8 or fp8 (W8A8) they stream at the full rate."""
         kvd = kv_dtype or dtype
-        return cls(dtype, kvd, DTYPE_BYTES[dtype], DTYPE_BYTES[dtype] if dtype != "int4" else 2.0, DTYPE_BYTES[kvd],
-                   WEIGHT_STREAM_EFFICIENCY.get(dtype, 1.0))
+        base = base_dtype(dtype)
+        if act_dtype is None:
+            act = "fp16" if base in ("int4", "int8") else dtype
+            w_eff = WEIGHT_STREAM_EFFICIENCY.get(base, 1.0)
+        else:
+            act = act_dtype
+            weight_only = DTYPE_BYTES[base_dtype(act)] >= 2 and DTYPE_BYTES[base] < 2
+            w_eff = WEIGHT_ONLY_EFFICIENCY.get(base, 1.0) if weight_only else 1.0
+        compute = COMPUTE_DTYPE[base_dtype(act)]
+        return cls(dtype, kvd, dtype_bytes(dtype), dtype_bytes(act), dtype_bytes(kvd), w_eff, act, compute)
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,7 @@ class Parallel:
                    m.d_ff_expert / devices)
 
 
+@lru_cache(maxsize=256)
 def kv_geometry(m: ModelSpec) -> KVGeometry:
     """What one KV head caches per token (strategies.KVGeometry): K and V of head_dim, or MLA's shared row."""
     if m.is_mla:
@@ -360,19 +380,21 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
     return ops
 
 
-def layer_groups(m: ModelSpec, strategy: str) -> list[tuple[int | None, int, bool]]:
+@lru_cache(maxsize=256)
+def layer_groups(m: ModelSpec, strategy: str) -> tuple[tuple[int | None, int, bool], ...]:
     """(window, layers, dense) for each group of layers attended alike: one per distinct window (None = global), and
     Quest's first QUEST_DENSE_LAYERS layers, which run dense, apart. In order of first appearance."""
     nd = min(QUEST_DENSE_LAYERS, m.n_layers) if strategy == "quest" else 0
     counts: dict = {}
     for i, w in enumerate(m.layer_windows()):
         counts[(w, i < nd)] = counts.get((w, i < nd), 0) + 1
-    return [(w, n, dense) for (w, dense), n in counts.items()]
+    return tuple((w, n, dense) for (w, dense), n in counts.items())
 
 
-def windows(m: ModelSpec) -> list[int | None]:
+@lru_cache(maxsize=256)
+def windows(m: ModelSpec) -> tuple[int | None, ...]:
     """The distinct attention windows of a model's layers (None = the whole context)."""
-    return list(dict.fromkeys(m.layer_windows()))
+    return tuple(dict.fromkeys(m.layer_windows()))
 
 
 def span(S, window):

@@ -7,7 +7,8 @@ to hold at once is evaluated chunk by chunk: `sweep(...)` checks the arguments, 
 same order ~128k at a time (what `sparq-sim predict` streams to Parquet, CSV and JSON).
 
 Columns (one row per hardware, model, devices, dtype, kv_dtype, batch, seq_len, compression, strategy):
-    hardware, model, devices, dtype, kv_dtype, k_layout, batch, seq_len, attended_len, compression, strategy,
+    hardware, model, devices, dtype, kv_dtype, act_dtype, k_layout, batch, seq_len, attended_len, compression, strategy
+                                                  (dtype: the weights' format, scale group included: int4-g32)
     r, k, local_window, page_size                 strategy parameters (0 = not used)
     weight_bytes, activation_bytes, kv_read_bytes, kv_write_bytes, metadata_bytes
                                                   bytes moved in one decode step, all devices together
@@ -57,8 +58,8 @@ from .strategies import parse_strategies, resolve_params
 from .units import parse_dtype
 
 COLUMNS = [
-    "hardware", "model", "devices", "dtype", "kv_dtype", "k_layout", "batch", "seq_len", "attended_len", "compression",
-    "strategy", "r", "k", "local_window", "page_size",
+    "hardware", "model", "devices", "dtype", "kv_dtype", "act_dtype", "k_layout", "batch", "seq_len", "attended_len",
+    "compression", "strategy", "r", "k", "local_window", "page_size",
     "weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes", "metadata_bytes", "attention_bytes",
     "attention_fraction", "total_bytes", "flops", "arithmetic_intensity",
     "time_s", "ideal_time_s", "attention_time_s", "attention_ideal_time_s", "overhead_time_s", "tokens_per_s",
@@ -67,8 +68,8 @@ COLUMNS = [
     "prefill_time_s", "prefill_ideal_time_s",
     "weights_location", "kv_location", "memory_required_bytes", "memory_capacity_bytes", "fits", "max_batch",
 ]
-STRING_COLUMNS = {"hardware", "model", "dtype", "kv_dtype", "k_layout", "strategy", "bound", "weights_location",
-                  "kv_location"}
+STRING_COLUMNS = {"hardware", "model", "dtype", "kv_dtype", "act_dtype", "k_layout", "strategy", "bound",
+                  "weights_location", "kv_location"}
 LOCATIONS_HELP = "auto (first memory tier with room), a tier name of the profile (e.g. hbm, sram, streaming), or host"
 
 
@@ -417,6 +418,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     out["fits"] = flat(grid("fits", dtype=bool))
     out["max_batch"] = flat(grid("max_batch", dtype=np.int64))
     fixed = {"hardware": hw.name, "model": m.name, "dtype": prec.dtype, "kv_dtype": prec.kv_dtype,
+             "act_dtype": prec.act_dtype,
              "k_layout": case.k_layout, "weights_location": names[wi]}
     for c, v in fixed.items():
         out[c] = Labels(np.zeros(N, dtype=np.int8), (v,))
@@ -551,7 +553,8 @@ def concat_columns(parts: list[dict]) -> dict:
 
 def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
           dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
-          k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None) -> Sweep:
+          k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None,
+          act_dtype=None) -> Sweep:
     """Parse and check the arguments of `predict_columns` (same meaning) into a `Sweep`, evaluating nothing."""
     hws = resolve_hardware(hardware)
     models = resolve_models(model)
@@ -572,6 +575,7 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
     dtype_names = parse_names(dtype, "--dtype")
     dtypes = [d if str(d).strip().lower() == AUTO else parse_dtype(d) for d in dtype_names]
     kv_dtypes = [None] if kv_dtype is None else [parse_dtype(d, "kv dtype") for d in parse_names(kv_dtype, "--kv-dtype")]
+    act = None if act_dtype is None else parse_dtype(act_dtype, "activation dtype")
     devs = parse_axis(devices, "--devices", minimum=1)
     rs = [None] if r is None else parse_axis(r, "--r", minimum=1)
     ks = [None] if k is None else parse_axis(k, "--k", minimum=1)
@@ -595,7 +599,7 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
                 raise UserError(f"--r {rr} exceeds {what} {dk} of {m.name}; accepted: 1 <= r <= {dk}")
     cases = []
     for hw, m, dt, kvd, dv, rr, kk in itertools.product(hws, models, dtypes, kv_dtypes, devs, rs, ks):
-        prec = Precision.of(auto_dtype(hw) if dt == AUTO else dt, kvd)
+        prec = Precision.of(auto_dtype(hw) if dt == AUTO else dt, kvd, act)
         case = Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk)
         if case not in cases:   # auto,bf16 on a bf16 device: one case
             cases.append(case)
@@ -614,15 +618,17 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
 def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
                     dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
                     k_layout="twice", kv_location="auto", weights_location="auto",
-                    gen_len=None, mla_decode=None) -> dict[str, np.ndarray]:
+                    gen_len=None, mla_decode=None, act_dtype=None) -> dict[str, np.ndarray]:
     """The prediction as ordered columns: numpy arrays, and `Labels` (codes + categories) for the string columns
     (see the module docstring; `decoded()` turns those into strings). Arguments take one value or a list; strings
     take comma lists and, for numbers, ranges such as '1024:131072:x2'. For sweeps too large to hold, use
     `sweep(...).chunks()` (the same rows, a chunk at a time). With `gen_len`, also GENERATION_COLUMNS: whole
     generations of that many tokens after a prompt of `seq_len`. A context beyond a model's maximum is a warning.
-    `mla_decode`: absorbed (default) or unabsorbed decode of multi-head latent attention (ledger.py)."""
+    `mla_decode`: absorbed (default) or unabsorbed decode of multi-head latent attention (ledger.py). `dtype` is the
+    weights' format (with a scale group: 'int4-g32'), `kv_dtype` the cache's, `act_dtype` the activations' and the
+    matrix arithmetic's (default: as the weights' usual kernels run; ledger.Precision)."""
     sw = sweep(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
-               local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode)
+               local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode, act_dtype)
     if sw.warnings:
         import warnings
 
@@ -633,14 +639,16 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
 
 def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
             dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
-            k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None):
+            k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None,
+            act_dtype=None):
     """Predict one decode step (and with `gen_len`, a whole generation) for every combination of the arguments;
     returns a pandas DataFrame (columns in the module docstring). Example:
     `predict(hardware="a100", seq_len=[1024, 4096], strategies=["dense", "sparq"], gen_len=256)`."""
     import pandas as pd
 
     cols = predict_columns(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
-                           local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode)
+                           local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode,
+                           act_dtype)
     small = len(cols["time_s"]) <= 10_000
     df = pd.DataFrame({c: (v.decode().astype(str) if small else pd.Categorical.from_codes(v.codes, v.categories))
                        if isinstance(v, Labels) else v for c, v in cols.items()})
@@ -657,7 +665,8 @@ LEDGER_COLUMNS = [
 
 def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
            dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
-           k_layout="twice", kv_location="auto", weights_location="auto", phases=("decode", "prefill")):
+           k_layout="twice", kv_location="auto", weights_location="auto", phases=("decode", "prefill"),
+           act_dtype=None):
     """The per-operator ledger: one row per (hardware, model, strategy, phase, operator) at one batch and seq_len.
 
     Bytes and FLOPs are per step, all layers and devices together; `tier_bytes` maps tier name -> bytes; times are
@@ -675,6 +684,7 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
     auto = str(dtype).strip().lower() == AUTO
     dt = None if auto else parse_dtype(dtype)
     kvd = parse_dtype(kv_dtype, "kv dtype") if kv_dtype is not None else None
+    act = parse_dtype(act_dtype, "activation dtype") if act_dtype is not None else None
     if k_layout not in ("twice", "once"):
         raise UserError(f"--k-layout must be twice or once, got {k_layout!r}")
     B = np.asarray(batches, dtype=np.int64)
@@ -683,7 +693,7 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
     rows = []
     for hw, m in itertools.product(hws, models):
         log: dict = {}
-        prec = Precision.of(auto_dtype(hw) if auto else dt, kvd)
+        prec = Precision.of(auto_dtype(hw) if auto else dt, kvd, act)
         case = Case(hw, m, prec, int(devices), k_layout, kv_location, weights_location, r, k)
         evaluate_case(case, strats, B, S, C, local_window, page_size, keep_ops=log)
         for strat in strats:

@@ -53,8 +53,9 @@ def matrix_peak(hw: HardwareProfile, dtype: str) -> float:
     cd = COMPUTE_DTYPE[dtype]
     if cd not in hw.matrix.peak_flops:
         how = "" if cd == dtype else f" (which computes in {cd})"
-        raise UserError(f"hardware {hw.name} lists no matrix throughput for {dtype}{how}; "
-                        f"accepted --dtype there: {', '.join(hw.matrix.peak_flops)}")
+        raise UserError(f"hardware {hw.name} lists no matrix throughput for {dtype}{how}; accepted there: "
+                        f"{', '.join(hw.matrix.peak_flops)} (quantised weights on units without their format: "
+                        f"--act bf16, weight-only)")
     return hw.matrix.peak_flops[cd]
 
 
@@ -102,7 +103,7 @@ def time_op(op: Op, hw: HardwareProfile, pl: Placement, prec: Precision, devices
         mem_real = np.maximum(mem_real, (b + w * (1 / prec.w_eff - 1)) / pl.achieved_Bps[t])
         mem_ideal = np.maximum(mem_ideal, b / pl.peak_Bps[t])
     if op.unit == "matrix":
-        peak, eff = matrix_peak(hw, prec.dtype), hw.matrix.efficiency
+        peak, eff = matrix_peak(hw, prec.compute or prec.dtype), hw.matrix.efficiency
     else:
         peak, eff = vector_peak(hw), hw.vector.efficiency
     comp_ideal = op.flops / peak
@@ -166,7 +167,7 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
         mem_real = np.maximum(mem_real, (b + w * (1 / prec.w_eff - 1)) / pl.achieved_Bps[t])
         mem_ideal = np.maximum(mem_ideal, b / pl.peak_Bps[t])
     matrix = (unit == "matrix")[:, None]
-    peak = np.where(matrix, matrix_peak(hw, prec.dtype) if matrix.any() else 1.0, vector_peak(hw))
+    peak = np.where(matrix, matrix_peak(hw, prec.compute or prec.dtype) if matrix.any() else 1.0, vector_peak(hw))
     eff = np.where(matrix, hw.matrix.efficiency, hw.vector.efficiency)
     comp_ideal = f["flops"] / peak
     comp_real = comp_ideal / eff

@@ -33,7 +33,7 @@ import numpy as np
 from ..hardware_profiles import HardwareProfile
 from .errors import UserError, closest
 from .implementations import _load, fitted_defaults, overlap
-from .units import WEIGHT_STREAM_EFFICIENCY
+from .units import WEIGHT_STREAM_EFFICIENCY, base_dtype
 
 STACK_COSTS = ("host_per_layer_s", "w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "cpu_attention_Bps", "prefill")
 # the range a fitted cost may take: an efficiency between 1/50 of the achieved bandwidth (dequantising eager code) and
@@ -47,8 +47,10 @@ CPU_ATTENTION_PRIOR_BPS = 20e9   # assumption: host attention over an offloaded 
 # relative to that (prior 1). A quantised KV cache is dequantised by the attention kernels: the same factors are the
 # prior for kv8 and kv4 (an assumption).
 QUANT_PRIORS = {"w8": 1.0, "w4": 1.0, "kv8": WEIGHT_STREAM_EFFICIENCY["int8"], "kv4": WEIGHT_STREAM_EFFICIENCY["int4"]}
-WEIGHT_KEY = {"fp32": "w16", "tf32": "w16", "bf16": "w16", "fp16": "w16", "fp8": "w8", "int8": "w8", "int4": "w4"}
-KV_KEY = {"fp32": "kv16", "tf32": "kv16", "bf16": "kv16", "fp16": "kv16", "fp8": "kv8", "int8": "kv8", "int4": "kv4"}
+WEIGHT_KEY = {"fp32": "w16", "tf32": "w16", "bf16": "w16", "fp16": "w16", "fp8": "w8", "int8": "w8", "int4": "w4",
+              "fp4": "w4", "nvfp4": "w4", "mxfp4": "w4"}
+KV_KEY = {"fp32": "kv16", "tf32": "kv16", "bf16": "kv16", "fp16": "kv16", "fp8": "kv8", "int8": "kv8", "int4": "kv4",
+          "fp4": "kv4", "nvfp4": "kv4", "mxfp4": "kv4"}
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,10 @@ class RowBase:
 def row_base(hw: HardwareProfile, model, level: str, batch: int, seq_len: int, gen_len: int | None, strategy: str,
              weights: str, kv_dtype: str, devices: int = 1, k=None, page_size=None, weights_on_device: float = 1.0,
              kv_on_device: float = 1.0) -> RowBase:
-    from .predict import predict_columns
+    from .predict import sweep
+
+    def predict_columns(**kw):   # a measured row's contexts as they were run: no warning about the model's maximum
+        return sweep(**kw).columns()
 
     n = int(gen_len) if gen_len and gen_len > 1 else 1
     contexts = seq_len + np.arange(1, n) if n > 1 else np.array([seq_len])
@@ -139,9 +144,9 @@ def row_base(hw: HardwareProfile, model, level: str, batch: int, seq_len: int, g
     return RowBase(level=level, steps=cols["time_s"], W=cols["weight_bytes"] * per_dev, KV=kv,
                    prefill=float(first["prefill_time_s"][0]), prefill_W=float(first["weight_bytes"][0]) * per_dev,
                    layers=m.n_layers, bw=hw.memory[0].achieved_Bps * hw.bandwidth_scale,
-                   w_bw=hw.memory[0].achieved_Bps * hw.bandwidth_scale * WEIGHT_STREAM_EFFICIENCY.get(weights, 1.0),
+                   w_bw=hw.memory[0].achieved_Bps * hw.bandwidth_scale * WEIGHT_STREAM_EFFICIENCY.get(base_dtype(weights), 1.0),
                    link_bw=hw.host_link.achieved_Bps,
-                   weights_key=WEIGHT_KEY[weights], kv_key=KV_KEY[kv_dtype], w_host=1.0 - float(weights_on_device),
+                   weights_key=WEIGHT_KEY[base_dtype(weights)], kv_key=KV_KEY[base_dtype(kv_dtype)], w_host=1.0 - float(weights_on_device),
                    kv_host=1.0 - float(kv_on_device), gen_len=n,
                    host_scale=(hw.calibration or {}).get("host_scale", 1.0))
 

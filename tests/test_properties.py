@@ -38,9 +38,10 @@ PROFILES = profile_names()
 MODELS = list(BUILTIN)
 CLASSIC = [n for n, m in BUILTIN.items() if not m.is_mla and m.global_every is None]
 STRATS = ["dense", "sparq", "h2o", "flexgen", "lm-infinite", "quest"]
-BYTES_PER = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
-# the matrix unit each weight format computes on (int4 weights dequantise to fp16)
-COMPUTE = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8",
+# bytes per element, scales included: int4 keeps an fp16 scale and an int4 zero per group of 128 (GPTQ/AWQ)
+BYTES_PER = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2.5 / 128}
+# the matrix unit each weight format computes on (int8 and int4 weight-only: dequantised to fp16)
+COMPUTE = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "fp16",
            "int4": "fp16"}
 PAGE = 16          # Quest's default page size
 QUEST_DENSE = 2    # Quest runs its first two layers dense
@@ -456,7 +457,7 @@ def test_tensor_parallel_splits_weights_and_bounds_speedup(cfg, s, b, data):
     assume(N > 1)
     cols = decoded(sparq_sim.predict_columns(seq_len=s, batch=b, devices=[1, N], **cfg))
     w = BYTES_PER[cfg["dtype"]]
-    a = 2.0 if cfg["dtype"] == "int4" else w
+    a = 2.0 if cfg["dtype"] in ("int4", "int8") else w  # weight-only: fp16 activations
     single_tier = not _multi_tier(cfg["hardware"])
     for strat in STRATS:
         i1, iN = _pick(cols, strat, devices=1), _pick(cols, strat, devices=N)

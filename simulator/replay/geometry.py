@@ -12,7 +12,7 @@ import numpy as np
 
 from ...hardware_profiles import HardwareProfile
 from ..errors import UserError
-from ..units import DTYPE_BYTES
+from ..units import dtype_bytes
 from .flatten import _cdiv, _segment_sum
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class _Geom:
 
 
 def _geometry(st: _Setup, hw: HardwareProfile, k_layout, granularity, page_size) -> _Geom:
-    e_bytes = DTYPE_BYTES[st.kv_dtype]
+    e_bytes = dtype_bytes(st.kv_dtype)
     if granularity is None:
         G = hw.granularity_bytes
     elif isinstance(granularity, str) and granularity.strip().lower() in ("element", "elem", "e"):

@@ -42,7 +42,10 @@ def report(ctx: typer.Context, gpu: Optional[str] = typer.Option("a100,h100,h200
                                                     "--format json`: accuracy against transferred fraction."),
            measured: Optional[str] = typer.Option(None, "--measured", metavar="FILE", help="CSV in the measurement schema (hardware, "
                                                   "kernel, strategy, ..., time_s): predicted against measured time."),
-           output: str = typer.Option("report.html", "--output", "-o", metavar="FILE", help="The HTML file to write (atomically).")):
+           output: str = typer.Option("report.html", "--output", "-o", metavar="FILE", help="The HTML file to write (atomically)."),
+           gen_len: Optional[str] = typer.Option(None, "--gen-len", help="Whole generations of this many tokens: "
+                                                 "the speedup charts offer the end-to-end speedup (prefill + every "
+                                                 "decode step) too.")):
     """Write an interactive, self-contained HTML report: rooflines, bytes by kind, speedups, capacity, and accuracy,
     traces and measurements when given. Works offline (plotly.js is inlined)."""
     from ..report import write_report
@@ -54,7 +57,7 @@ def report(ctx: typer.Context, gpu: Optional[str] = typer.Option("a100,h100,h200
                        compression=compression, dtype=dtype, kv_dtype=kv_dtype, devices=devices, r=r, k=k,
                        local_window=local_window, page_size=page_size, k_layout=k_layout, kv_location=kv_location,
                        weights_location=weights_location, trace=trace, evaluation=evaluation, measured=measured,
-                       command=command)
+                       command=command, gen_len=gen_len)
     size = os.path.getsize(output)
     sys.stderr.write(f"wrote {output} ({size / 1e6:.1f} MB, {len(rep.charts)} charts)\n")
 

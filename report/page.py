@@ -42,10 +42,11 @@ def _file_digest(path: str) -> str:
 def build(hardware=DEFAULT_HARDWARE, model=DEFAULT_MODEL, seq_len=DEFAULT_SEQ, batch=DEFAULT_BATCH, strategies=None,
           compression=8, dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
           k_layout="twice", kv_location="auto", weights_location="auto", trace=None, evaluation=None,
-          measured=None) -> Report:
+          measured=None, gen_len=None) -> Report:
     """Compute everything a report shows: the charts (plain plotly dictionaries) and the header facts."""
     req = _request(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
-                   local_window, page_size, k_layout, kv_location, weights_location, trace, evaluation, measured)
+                   local_window, page_size, k_layout, kv_location, weights_location, trace, evaluation, measured,
+                   gen_len)
     # read the optional inputs first: a bad file fails fast
     eval_rows = load_evaluation(req.evaluation) if req.evaluation else None
     df = _predict_frame(req)
@@ -70,17 +71,19 @@ def build(hardware=DEFAULT_HARDWARE, model=DEFAULT_MODEL, seq_len=DEFAULT_SEQ, b
 def figures(hardware=DEFAULT_HARDWARE, model=DEFAULT_MODEL, seq_len=DEFAULT_SEQ, batch=DEFAULT_BATCH, strategies=None,
             compression=8, dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
             k_layout="twice", kv_location="auto", weights_location="auto", trace=None, evaluation=None,
-            measured=None) -> dict:
+            measured=None, gen_len=None) -> dict:
     """The report's charts as `plotly.graph_objects.Figure`s, by chart id (roofline-<device>, bytes, speedup-seq,
     speedup-batch, capacity, and with their inputs accuracy, trace-layers, measured-time, measured-speedup).
 
     Arguments as `sparq_sim.predict` (one value or a list; strings take comma lists and ranges), plus `trace`
-    (Parquet files), `evaluation` (JSON of `sparq-sim evaluate`) and `measured` (CSV in the measurement schema).
+    (Parquet files), `evaluation` (JSON of `sparq-sim evaluate`), `measured` (CSV in the measurement schema) and
+    `gen_len` (whole generations of that many tokens: the speedup charts offer the end-to-end speedup too).
     Example: `figures(hardware=["a100", "h100"], model="llama3-8b", seq_len="1k:64k:x2")["speedup-seq"].show()`."""
     import plotly.graph_objects as go
 
     rep = build(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
-                local_window, page_size, k_layout, kv_location, weights_location, trace, evaluation, measured)
+                local_window, page_size, k_layout, kv_location, weights_location, trace, evaluation, measured,
+                gen_len)
     return {c.id: go.Figure(c.figure) for c in rep.charts}
 
 
@@ -204,12 +207,13 @@ def _json_default(v):
 def write_report(path, hardware=DEFAULT_HARDWARE, model=DEFAULT_MODEL, seq_len=DEFAULT_SEQ, batch=DEFAULT_BATCH,
                  strategies=None, compression=8, dtype="auto", kv_dtype=None, devices=1, r=None, k=None,
                  local_window=None, page_size=None, k_layout="twice", kv_location="auto", weights_location="auto",
-                 trace=None, evaluation=None, measured=None, command: str | None = None) -> Report:
+                 trace=None, evaluation=None, measured=None, command: str | None = None, gen_len=None) -> Report:
     """Write the report to `path` (one self-contained HTML file, written atomically) and return what it holds.
     Arguments as `figures()`; `command` is shown in the header (the CLI passes its command line)."""
     from ..simulator.output import write_atomic
 
     rep = build(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
-                local_window, page_size, k_layout, kv_location, weights_location, trace, evaluation, measured)
+                local_window, page_size, k_layout, kv_location, weights_location, trace, evaluation, measured,
+                gen_len)
     write_atomic(str(path), render_html(rep, command))
     return rep

@@ -42,6 +42,7 @@ class Request:
     traces: list[str] = field(default_factory=list)
     evaluation: str | None = None
     measured: str | None = None
+    gen_len: int | None = None      # whole generations of this many tokens (predict --gen-len)
 
 
 def _one(value, what: str, minimum: int) -> int | None:
@@ -75,7 +76,8 @@ def _file(value, what: str) -> str | None:
 
 
 def _request(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k, local_window,
-             page_size, k_layout, kv_location, weights_location, trace, evaluation, measured) -> Request:
+             page_size, k_layout, kv_location, weights_location, trace, evaluation, measured,
+             gen_len=None) -> Request:
     hws = resolve_hardware(hardware)
     models = resolve_models(model)
     comps = sorted(set(parse_compressions(compression)))
@@ -95,9 +97,13 @@ def _request(hardware, model, seq_len, batch, strategies, compression, dtype, kv
         page_size=_one(page_size, "--page-size", 1),
         k_layout=k_layout, kv_location=str(kv_location), weights_location=str(weights_location),
         traces=_files(trace), evaluation=_file(evaluation, "--evaluation"), measured=_file(measured, "--measured"),
+        gen_len=_one(gen_len, "--gen-len", 1),
     )
     points = len(req.hardware) * len(req.models) * len(req.seqs) * len(req.batches) * len(req.compressions) * len(
         req.dtypes) * len(req.devices)
+    if req.gen_len and points * req.gen_len > 20_000_000:   # every decode step of each generation is evaluated
+        raise UserError(f"the report's generations need {points * req.gen_len:,} decode steps per strategy; at most "
+                        f"20,000,000 (fewer --seq or --batch values, or a shorter --gen-len)")
     if points > 20_000:
         raise UserError(f"the report's sweep has {points} points per strategy; at most 20000 make a readable report "
                         f"(use `sparq-sim predict` for large sweeps)")
@@ -115,7 +121,7 @@ def _predict_frame(req: Request):
         hardware=req.hardware, model=req.models, seq_len=req.seqs, batch=req.batches, strategies=req.strategies,
         compression=req.compressions, dtype=",".join(req.dtypes), kv_dtype=req.kv_dtype, devices=req.devices,
         r=req.r, k=req.k, local_window=req.local_window, page_size=req.page_size, k_layout=req.k_layout,
-        kv_location=req.kv_location, weights_location=req.weights_location))
+        kv_location=req.kv_location, weights_location=req.weights_location, gen_len=req.gen_len))
     df = pd.DataFrame({c: v.astype(str) if v.dtype == object else v for c, v in cols.items()})
     df["case"] = _case_labels(df, req)
     return df

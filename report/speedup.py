@@ -17,16 +17,20 @@ _SPEEDUP_METRICS = [
 
 
 def _speedup_chart(req: Request, df, axis: str) -> Chart:
-    """Speedup over dense against seq_len (options: case x batch) or against batch (options: case x seq_len)."""
+    """Speedup over dense against seq_len (options: case x batch) or against batch (options: case x seq_len). With
+    whole generations (`gen_len`), the metric menu offers the end-to-end speedup too."""
+    metrics = list(_SPEEDUP_METRICS)
+    if "e2e_speedup_vs_dense" in df.columns:
+        metrics.append(("e2e_speedup_vs_dense", f"whole generation of {req.gen_len} tokens (e2e)",
+                        f"speedup of prefill + {req.gen_len} tokens over dense (x)"))
     style = _hw_style(req)
     other = "batch" if axis == "seq_len" else "seq_len"
     other_values = req.batches if axis == "seq_len" else req.seqs
     strategies = [s for s in req.strategies if s != "dense"] or ["dense"]
     data, groups, labels = [], [], []
-    metric_ys: list[list] = [[] for _ in _SPEEDUP_METRICS]
+    metric_ys: list[list] = [[] for _ in metrics]
     # row positions of each (case, other axis value, device, strategy), sorted along the axis (numpy: fast)
-    col = {c: df[c].to_numpy() for c in ("seq_len", "batch", "time_s", "fits", "bound", "speedup_vs_dense",
-                                         "attention_speedup_vs_dense", "ideal_speedup_vs_dense")}
+    col = {c: df[c].to_numpy() for c in ("seq_len", "batch", "time_s", "fits", "bound") + tuple(m[0] for m in metrics)}
     parts = {key: idx[np.argsort(col[axis][idx], kind="stable")]
              for key, idx in df.groupby(["case", other, "hardware", "strategy"], sort=False).indices.items()}
     for case in dict.fromkeys(df["case"]):
@@ -48,7 +52,7 @@ def _speedup_chart(req: Request, df, axis: str) -> Chart:
                                       [tokens(v) for v in xs]))
                     name = f"{strat} · {hw.name}" if len(req.hardware) > 1 else strat
                     g.append(len(data))
-                    for mi, (c, _, _) in enumerate(_SPEEDUP_METRICS):
+                    for mi, (c, _, _) in enumerate(metrics):
                         metric_ys[mi].append(_num(col[c][idx]))
                     data.append(dict(
                         type="scatter", mode="lines+markers", name=strat, legendgroup=strat,
@@ -72,7 +76,7 @@ def _speedup_chart(req: Request, df, axis: str) -> Chart:
     xtitle = "sequence length (tokens, log scale)" if axis == "seq_len" else "batch size (sequences, log scale)"
     fig = dict(data=data, layout=_layout(
         "Speedup over dense against " + ("sequence length" if axis == "seq_len" else "batch size"),
-        xtitle, _SPEEDUP_METRICS[0][2], xlog=True, ylog=False, height=560))
+        xtitle, metrics[0][2], xlog=True, ylog=False, height=560))
     if axis == "seq_len":
         fig["layout"]["xaxis"].update(_seq_axis(req.seqs))
     else:
@@ -86,11 +90,13 @@ def _speedup_chart(req: Request, df, axis: str) -> Chart:
         type="dropdown", direction="down", x=1.0, xanchor="right", y=1.02, yanchor="bottom", showactive=True,
         active=0, bgcolor="#f7f7f7", bordercolor="#999", font=dict(size=12), buttons=[
             dict(label=lab, method="update", args=[{"y": metric_ys[mi]}, {"yaxis.title.text": ytitle}])
-            for mi, (_, lab, ytitle) in enumerate(_SPEEDUP_METRICS)])]
+            for mi, (_, lab, ytitle) in enumerate(metrics)])]
     fig["layout"]["annotations"].append(_menu_label("speedup of:", 0.745))
     what = "sequence length" if axis == "seq_len" else "batch size"
     desc = (f"Predicted speedup of each strategy over dense attention against {what}: colour = strategy, line style "
             f"= device. Open markers: the weights and KV cache (with the strategy's extra storage) do not fit in the "
             f"device's memory at that point. The right-hand menu switches between the whole decode step "
-            f"(realistic: achieved bandwidth, launch overhead), attention alone, and the ideal roofline.")
+            f"(realistic: achieved bandwidth, launch overhead), attention alone, and the ideal roofline"
+            + (f", and the whole generation (prefill, then {req.gen_len} tokens as the context grows)."
+               if len(metrics) > len(_SPEEDUP_METRICS) else "."))
     return Chart(f"speedup-{'seq' if axis == 'seq_len' else 'batch'}", f"Speedup against {what}", desc, fig)

@@ -108,3 +108,20 @@ def test_bad_generation_arguments_are_one_line(capsys, args, needle):
     rc = main(["predict", *args])
     out, err = capsys.readouterr()
     assert rc == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_report_offers_the_end_to_end_speedup():
+    from sparq_sim import report
+
+    figs = report.figures(hardware="h100", model="llama3.1-8b", seq_len="1k,8k", batch="1", gen_len=64,
+                          strategies="dense,sparq")
+    menu = figs["speedup-seq"].layout.updatemenus[-1]
+    labels = [b.label for b in menu.buttons]
+    assert labels[-1] == "whole generation of 64 tokens (e2e)"
+    ys = menu.buttons[-1].args[0]["y"][0]   # the sparq line's end-to-end speedups, by context
+    want = P.predict(hardware="h100", model="llama3.1-8b", seq_len=[1024, 8192], batch=1, gen_len=64,
+                     strategies="dense,sparq")
+    want = want[want["strategy"] == "sparq"]["e2e_speedup_vs_dense"].tolist()
+    assert list(ys) == pytest.approx(want, rel=1e-12)
+    plain = report.figures(hardware="h100", model="llama3.1-8b", seq_len="1k,8k", batch="1", strategies="dense,sparq")
+    assert len(plain["speedup-seq"].layout.updatemenus[-1].buttons) == len(labels) - 1

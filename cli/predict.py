@@ -41,6 +41,11 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
                                                   "end-to-end time and throughput (each step summed exactly)."),
             prompt_len: Optional[str] = typer.Option(None, "--prompt-len", help="With --gen-len: the prompt's "
                                                      "length(s), the context when decoding starts (default: --seq)."),
+            weights_on_device: str = typer.Option("1", "--weights-on-device", help="Share of the weights kept on "
+                                                  "the device (0-1; list allowed); the rest stays in host memory and "
+                                                  "streams over the host link each step, overlapped (FlexGen)."),
+            kv_on_device: str = typer.Option("1", "--kv-on-device", help="Share of the KV cache kept on the device "
+                                             "(0-1; list allowed); the rest as --weights-on-device."),
             mla_decode: Optional[str] = typer.Option(None, "--mla-decode", help="Multi-head latent attention "
                                                      "(deepseek-v3): absorbed (default: attention over the cached "
                                                      "latent) or unabsorbed (rows expanded per head each step).")):
@@ -60,7 +65,8 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
                strategies=strategies, compression=compression, dtype=dtype, kv_dtype=kv_dtype, devices=devices, r=r,
                k=k, local_window=local_window, page_size=page_size, k_layout=k_layout, kv_location=kv_location,
                weights_location=weights_location, gen_len=_given(gen_len, "--gen-len", "tokens to generate"),
-               mla_decode=mla_decode, act_dtype=act)
+               mla_decode=mla_decode, act_dtype=act, weights_on_device=weights_on_device,
+               kv_on_device=kv_on_device)
     for note in sw.warnings:
         sys.stderr.write(f"warning: {note}\n")
     if fmt == "parquet":
@@ -98,6 +104,10 @@ def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mod
            local_window: Optional[int] = LW, page_size: Optional[int] = PAGE, k_layout: str = KLAYOUT,
            kv_location: str = KVLOC, weights_location: str = WLOC,
            phase: str = typer.Option("decode", "--phase", help="decode, prefill or both."),
+           weights_on_device: str = typer.Option("1", "--weights-on-device", help="Share of the weights kept on "
+                                                 "the device (0-1); the rest streams from host memory."),
+           kv_on_device: str = typer.Option("1", "--kv-on-device", help="Share of the KV cache kept on the device "
+                                            "(0-1)."),
            format: Optional[str] = FMT, output: Optional[str] = OUT):
     """Per-operator ledger of one step: bytes by kind and tier, FLOPs, time and bound of every operator."""
     from ..simulator.output import records, render_table, resolve_format, to_csv, to_json
@@ -115,7 +125,8 @@ def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mod
                       strategies=strategies, compression=compression, dtype=dtype, kv_dtype=kv_dtype, devices=devices,
                       r=r, k=k, local_window=local_window, page_size=page_size, k_layout=k_layout,
                       kv_location=kv_location, weights_location=weights_location,
-                      phases=("decode", "prefill") if phase == "both" else (phase,), act_dtype=act)
+                      phases=("decode", "prefill") if phase == "both" else (phase,), act_dtype=act,
+                      weights_on_device=weights_on_device, kv_on_device=kv_on_device)
     df["tiers"] = df["tier_bytes"].map(lambda d: ",".join(f"{k}={v:.0f}" for k, v in d.items()))
     cols = {c: df[c].to_numpy() for c in df.columns if c != "tier_bytes"}
     if fmt == "json":

@@ -60,6 +60,10 @@ def header(cols: dict, auto_dtype: bool = False) -> str:
                      + (" (--dtype auto)" if auto_dtype else ""))
     elif auto_dtype:
         parts.append("--dtype auto: bf16 where the device has it, else fp16")
+    for col, data in (("weights_on_device", "weights"), ("kv_on_device", "KV cache")):
+        share = _one(cols, col) if col in cols else None
+        if share is not None and share < 1:
+            parts.append(f"{share:.0%} of the {data} on the device (the rest streamed from host memory)")
     c = _one(cols, "compression")
     if c is not None:
         parts.append(f"compression 1/{c:g}")
@@ -72,7 +76,7 @@ def header(cols: dict, auto_dtype: bool = False) -> str:
 def varying(cols: dict) -> list[str]:
     """The columns of the header's assumptions that differ between rows (the table shows them)."""
     return [c for c in ("hardware", "model", "batch", "seq_len", "dtype", "kv_dtype", "compression", "devices",
-                        "gen_len") if c in cols and _one(cols, c) is None]
+                        "gen_len", "weights_on_device", "kv_on_device") if c in cols and _one(cols, c) is None]
 
 
 def legend(cols: dict) -> list[str]:

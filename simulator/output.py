@@ -389,7 +389,9 @@ def _ms(v):
 PREDICT_TABLE = [
     # header, column, formatter
     ("hardware", "hardware", str), ("model", "model", str), ("dtype", "dtype", str), ("kv", "kv_dtype", str),
-    ("C", "compression", lambda v: f"{v:g}"), ("devices", "devices", str), ("B", "batch", str),
+    ("C", "compression", lambda v: f"{v:g}"), ("devices", "devices", str),
+    ("w on dev", "weights_on_device", lambda v: f"{v:.0%}"), ("kv on dev", "kv_on_device", lambda v: f"{v:.0%}"),
+    ("B", "batch", str),
     ("S", "seq_len", str), ("strategy", "strategy", str), ("r", "r", lambda v: str(v) if v else "-"),
     ("k", "k", lambda v: str(v) if v else "-"),
     ("attn bytes", "attention_bytes", _bytes), ("attn frac", "attention_fraction", lambda v: f"{v:.4f}"),
@@ -400,7 +402,7 @@ PREDICT_TABLE = [
     ("fits", "fits", lambda v: "yes" if v else "NO"),
 ]
 # whole generations (predict --gen-len): the per-step detail gives way to the generation's figures
-PREDICT_GENERATION_TABLE = PREDICT_TABLE[:11] + [
+PREDICT_GENERATION_TABLE = PREDICT_TABLE[:[c for _, c, _ in PREDICT_TABLE].index("k") + 1] + [
     ("attn frac", "attention_fraction", lambda v: f"{v:.4f}"),
     ("ttft ms", "ttft_s", _ms), ("tpot ms", "tpot_s", lambda v: "-" if v != v else _ms(v)),
     ("e2e s", "e2e_time_s", lambda v: f"{v:.3f}"), ("tok/s", "throughput_tokens_s", lambda v: f"{v:.1f}"),
@@ -408,7 +410,7 @@ PREDICT_GENERATION_TABLE = PREDICT_TABLE[:11] + [
     ("fits at end", "fits_at_end", lambda v: "yes" if v else "NO"),
 ]
 PREDICT_HEADER_COLUMNS = ("hardware", "model", "dtype", "kv_dtype", "compression", "devices", "batch", "seq_len",
-                          "gen_len")
+                          "gen_len", "weights_on_device", "kv_on_device")
 
 
 def render_table(cols: dict[str, np.ndarray], spec=PREDICT_TABLE, title: str | None = None,

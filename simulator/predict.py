@@ -25,6 +25,8 @@ Columns (one row per hardware, model, devices, dtype, kv_dtype, batch, seq_len, 
     bound                                         memory | compute | link | overhead: what takes most of time_s
     prefill_time_s, prefill_ideal_time_s          the dense prefill of seq_len prompt tokens
     weights_location, kv_location                 memory tier (or 'host') holding weights and the KV cache
+    weights_on_device, kv_on_device               shares kept there; the rest on the host, streamed over the host
+                                                  link concurrently with the device's reads (FlexGen's percentages)
     memory_required_bytes, memory_capacity_bytes  per device: weights + KV (+ strategy extras) + workspace vs tiers
     fits, max_batch                               whether it fits, and the largest batch that would
 
@@ -66,7 +68,8 @@ COLUMNS = [
     "speedup_vs_dense", "attention_speedup_vs_dense", "ideal_speedup_vs_dense", "attention_ideal_speedup_vs_dense",
     "bound",
     "prefill_time_s", "prefill_ideal_time_s",
-    "weights_location", "kv_location", "memory_required_bytes", "memory_capacity_bytes", "fits", "max_batch",
+    "weights_location", "kv_location", "weights_on_device", "kv_on_device", "memory_required_bytes",
+    "memory_capacity_bytes", "fits", "max_batch",
 ]
 STRING_COLUMNS = {"hardware", "model", "dtype", "kv_dtype", "act_dtype", "k_layout", "strategy", "bound",
                   "weights_location", "kv_location"}
@@ -119,6 +122,8 @@ class Case:
     weights_location: str
     r: int | None
     k: int | None
+    weights_on_device: float = 1.0   # the rest on the host, streamed over the host link (FlexGen's percentages)
+    kv_on_device: float = 1.0
 
 
 def _unique(items, key, what: str = "", origin=None):
@@ -272,15 +277,20 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
 
     # placement of weights (one tier) and activations (the fastest tier)
     w_dev = weight_bytes_per_device(m, tp, prec)
+    host = len(names) - 1
+    wod, kod = case.weights_on_device, case.kv_on_device
+    w_on = w_dev * wod   # the weights resident in their device tier; the rest is on the host
     wi = _location_index(case.weights_location, names, hw)
     if wi is None:
-        fit = [i for i in range(n_dev_tiers) if w_dev <= caps[i]]
+        fit = [i for i in range(n_dev_tiers) if w_on <= caps[i]]
         wi = fit[0] if fit else n_dev_tiers - 1
+    if wi == host:
+        w_on = 0.0
     act_i = 0
     workspace = _workspace_bytes(m, tp, B, Sa, prec)
 
     def placement(kv_index):
-        return Placement(names, peak, achieved, wi, kv_index, act_i)
+        return Placement(names, peak, achieved, wi, kv_index, act_i, 1.0 - wod, 1.0 - kod)
 
     base = placement(0)
     uB, invB = np.unique(B, return_inverse=True)
@@ -315,8 +325,8 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         if ki is None:  # first device tier with room for the cache next to what is already there
             ki_arr = np.full(n, n_dev_tiers - 1, dtype=np.int64)
             for i in reversed(range(n_dev_tiers)):
-                used = (w_dev if wi == i else 0.0) + (workspace if act_i == i else 0.0)
-                ki_arr = np.where(used + kv_dev <= caps[i], i, ki_arr)
+                used = (w_on if wi == i else 0.0) + (workspace if act_i == i else 0.0)
+                ki_arr = np.where(used + kv_dev * kod <= caps[i], i, ki_arr)
             ki = ki_arr if n_dev_tiers > 1 else 0
         attn_ops = attention_ops(m, tp, strat, B, spans, prec)
         pf_attn = prefill_attention_ops(m, tp, strat, B, S, spans, prec, case.k_layout)
@@ -340,25 +350,30 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         by = np.stack(np.broadcast_arrays(*[np.asarray(x, dtype=np.float64) for x in agg.pop("by_bound")]))
         agg["bound_index"] = by.argmax(axis=0)
 
-        # capacity, per device, tier by tier
+        # capacity, per device, tier by tier (the host's shares of weights and cache in host memory)
         ki_b = np.broadcast_to(ki, (n,))
+        kv_on = np.where(ki_b == host, 0.0, kv_dev * kod)
         fits = np.ones(n, dtype=bool)
         for i in range(len(names)):
-            used = (w_dev if wi == i else 0.0) + (workspace if act_i == i else 0.0) + np.where(ki_b == i, kv_dev, 0.0)
+            used = (w_on if wi == i else 0.0) + (workspace if act_i == i else 0.0) + np.where(ki_b == i, kv_on, 0.0)
+            if i == host:
+                used = used + (w_dev - w_on) + (kv_dev - kv_on)
             fits &= used <= caps[i]
         agg["memory_required_bytes"] = w_dev + kv_dev + workspace
         # largest batch: per-sequence resident bytes against the room left in the KV tier(s)
-        per_seq = kv_dev / B + workspace / B
-        tiers = range(n_dev_tiers) if case.kv_location == "auto" else [int(np.ravel(ki)[0])]
-        best = np.zeros(n)
-        for i in tiers:
-            room = caps[i] - (w_dev if wi == i else 0.0)
-            if act_i != i:  # workspace sits in another tier: it must fit there too
-                room_act = caps[act_i] - (w_dev if wi == act_i else 0.0)
-                best = np.maximum(best, np.minimum(room / (kv_dev / B), room_act / (workspace / B)))
-            else:
-                best = np.maximum(best, room / per_seq)
-        if w_dev > caps[wi]:  # the weights alone do not fit where they are: no batch fits
+        with np.errstate(divide="ignore"):
+            per_kv = kv_dev * kod / B
+            per_seq = per_kv + workspace / B
+            tiers = range(n_dev_tiers) if case.kv_location == "auto" else [int(np.ravel(ki)[0])]
+            best = np.zeros(n)
+            for i in tiers:
+                room = caps[i] - (w_on if wi == i else 0.0)
+                if act_i != i:  # workspace sits in another tier: it must fit there too
+                    room_act = caps[act_i] - (w_on if wi == act_i else 0.0)
+                    best = np.maximum(best, np.minimum(room / per_kv, room_act / (workspace / B)))
+                else:
+                    best = np.maximum(best, room / per_seq)
+        if w_on > caps[wi]:  # the weights alone do not fit where they are: no batch fits
             best = np.zeros(n)
         agg["max_batch"] = np.floor(np.minimum(np.where(np.isfinite(best), np.maximum(best, 0), 2**62), 2**62)
                                     ).astype(np.int64)
@@ -427,6 +442,8 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     out["strategy"] = Labels(np.tile(np.arange(ns, dtype=np.int8), n), tuple(strategies))
     out["devices"] = np.full(N, case.devices, dtype=np.int64)
     out["memory_capacity_bytes"] = np.full(N, float(caps[:-1].sum()))
+    out["weights_on_device"] = np.full(N, float(wod))
+    out["kv_on_device"] = np.full(N, float(kod))
     if keep_ops is not None:
         keep_ops.update(ops_log)
     return {c: out[c] for c in COLUMNS}
@@ -551,10 +568,17 @@ def concat_columns(parts: list[dict]) -> dict:
                 else np.concatenate([p[c] for p in parts])) for c in parts[0]}
 
 
+def _share(value, flag: str) -> float:
+    vals = parse_axis(value, flag, integer=False, minimum=0)
+    if len(vals) != 1 or vals[0] > 1:
+        raise UserError(f"{flag} is one share kept on the device, between 0 and 1; got {value!r}")
+    return float(vals[0])
+
+
 def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
           dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
           k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None,
-          act_dtype=None) -> Sweep:
+          act_dtype=None, weights_on_device=1.0, kv_on_device=1.0) -> Sweep:
     """Parse and check the arguments of `predict_columns` (same meaning) into a `Sweep`, evaluating nothing."""
     hws = resolve_hardware(hardware)
     models = resolve_models(model)
@@ -576,6 +600,12 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
     dtypes = [d if str(d).strip().lower() == AUTO else parse_dtype(d) for d in dtype_names]
     kv_dtypes = [None] if kv_dtype is None else [parse_dtype(d, "kv dtype") for d in parse_names(kv_dtype, "--kv-dtype")]
     act = None if act_dtype is None else parse_dtype(act_dtype, "activation dtype")
+    shares = []
+    for flag, value in (("--weights-on-device", weights_on_device), ("--kv-on-device", kv_on_device)):
+        vals = parse_axis(value, flag, integer=False, minimum=0)
+        if any(v > 1 for v in vals):
+            raise UserError(f"{flag} is the share kept on the device, between 0 and 1; got {max(vals):g}")
+        shares.append(vals)
     devs = parse_axis(devices, "--devices", minimum=1)
     rs = [None] if r is None else parse_axis(r, "--r", minimum=1)
     ks = [None] if k is None else parse_axis(k, "--k", minimum=1)
@@ -598,9 +628,10 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
                 what = "the latent row's width" if m.is_mla else "head_dim"
                 raise UserError(f"--r {rr} exceeds {what} {dk} of {m.name}; accepted: 1 <= r <= {dk}")
     cases = []
-    for hw, m, dt, kvd, dv, rr, kk in itertools.product(hws, models, dtypes, kv_dtypes, devs, rs, ks):
+    for hw, m, dt, kvd, dv, rr, kk, wod, kod in itertools.product(hws, models, dtypes, kv_dtypes, devs, rs, ks,
+                                                                  *shares):
         prec = Precision.of(auto_dtype(hw) if dt == AUTO else dt, kvd, act)
-        case = Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk)
+        case = Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk, float(wod), float(kod))
         if case not in cases:   # auto,bf16 on a bf16 device: one case
             cases.append(case)
     if gen_len is not None:
@@ -618,7 +649,8 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
 def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
                     dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
                     k_layout="twice", kv_location="auto", weights_location="auto",
-                    gen_len=None, mla_decode=None, act_dtype=None) -> dict[str, np.ndarray]:
+                    gen_len=None, mla_decode=None, act_dtype=None, weights_on_device=1.0,
+                    kv_on_device=1.0) -> dict[str, np.ndarray]:
     """The prediction as ordered columns: numpy arrays, and `Labels` (codes + categories) for the string columns
     (see the module docstring; `decoded()` turns those into strings). Arguments take one value or a list; strings
     take comma lists and, for numbers, ranges such as '1024:131072:x2'. For sweeps too large to hold, use
@@ -626,9 +658,11 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
     generations of that many tokens after a prompt of `seq_len`. A context beyond a model's maximum is a warning.
     `mla_decode`: absorbed (default) or unabsorbed decode of multi-head latent attention (ledger.py). `dtype` is the
     weights' format (with a scale group: 'int4-g32'), `kv_dtype` the cache's, `act_dtype` the activations' and the
-    matrix arithmetic's (default: as the weights' usual kernels run; ledger.Precision)."""
+    matrix arithmetic's (default: as the weights' usual kernels run; ledger.Precision). `weights_on_device` and
+    `kv_on_device`: the shares kept on the device, the rest on the host (roofline.Placement)."""
     sw = sweep(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
-               local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode, act_dtype)
+               local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode, act_dtype,
+               weights_on_device, kv_on_device)
     if sw.warnings:
         import warnings
 
@@ -640,7 +674,7 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
 def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
             dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
             k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None,
-            act_dtype=None):
+            act_dtype=None, weights_on_device=1.0, kv_on_device=1.0):
     """Predict one decode step (and with `gen_len`, a whole generation) for every combination of the arguments;
     returns a pandas DataFrame (columns in the module docstring). Example:
     `predict(hardware="a100", seq_len=[1024, 4096], strategies=["dense", "sparq"], gen_len=256)`."""
@@ -648,7 +682,7 @@ def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strateg
 
     cols = predict_columns(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
                            local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode,
-                           act_dtype)
+                           act_dtype, weights_on_device, kv_on_device)
     small = len(cols["time_s"]) <= 10_000
     df = pd.DataFrame({c: (v.decode().astype(str) if small else pd.Categorical.from_codes(v.codes, v.categories))
                        if isinstance(v, Labels) else v for c, v in cols.items()})
@@ -666,7 +700,7 @@ LEDGER_COLUMNS = [
 def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
            dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
            k_layout="twice", kv_location="auto", weights_location="auto", phases=("decode", "prefill"),
-           act_dtype=None):
+           act_dtype=None, weights_on_device=1.0, kv_on_device=1.0):
     """The per-operator ledger: one row per (hardware, model, strategy, phase, operator) at one batch and seq_len.
 
     Bytes and FLOPs are per step, all layers and devices together; `tier_bytes` maps tier name -> bytes; times are
@@ -685,6 +719,8 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
     dt = None if auto else parse_dtype(dtype)
     kvd = parse_dtype(kv_dtype, "kv dtype") if kv_dtype is not None else None
     act = parse_dtype(act_dtype, "activation dtype") if act_dtype is not None else None
+    wod, kod = (_share(v, flag) for v, flag in ((weights_on_device, "--weights-on-device"),
+                                                 (kv_on_device, "--kv-on-device")))
     if k_layout not in ("twice", "once"):
         raise UserError(f"--k-layout must be twice or once, got {k_layout!r}")
     B = np.asarray(batches, dtype=np.int64)
@@ -694,7 +730,7 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
     for hw, m in itertools.product(hws, models):
         log: dict = {}
         prec = Precision.of(auto_dtype(hw) if auto else dt, kvd, act)
-        case = Case(hw, m, prec, int(devices), k_layout, kv_location, weights_location, r, k)
+        case = Case(hw, m, prec, int(devices), k_layout, kv_location, weights_location, r, k, wod, kod)
         evaluate_case(case, strats, B, S, C, local_window, page_size, keep_ops=log)
         for strat in strats:
             pl, entries = log[strat]

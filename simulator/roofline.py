@@ -31,13 +31,27 @@ HOST = "host"
 class Placement:
     """Where each kind of data lives: an index into `tiers` (device tiers in profile order, then the host link).
 
-    Indices may be arrays over the sweep rows (the KV cache of a small batch fits SRAM, of a large one not)."""
+    Indices may be arrays over the sweep rows (the KV cache of a small batch fits SRAM, of a large one not).
+    `weights_host` and `kv_host` are the shares kept on the host instead (FlexGen's percentages): those bytes stream
+    over the host link while the rest streams from the device tier, the two concurrently (each operator takes the
+    slower), as FlexGen overlaps the transfer of the next weights and cache with the current computation."""
     tiers: tuple[str, ...]
     peak_Bps: np.ndarray
     achieved_Bps: np.ndarray
     weights: np.ndarray | int
     kv: np.ndarray | int
     act: int
+    weights_host: float = 0.0
+    kv_host: float = 0.0
+
+    def weight_share(self, t: int):
+        """The share of the weights on tier t."""
+        host = t == len(self.tiers) - 1
+        return (self.weights == t) * (1.0 - self.weights_host) + (self.weights_host if host else 0.0)
+
+    def kv_share(self, kv_tier, t: int):
+        host = t == len(self.tiers) - 1
+        return (kv_tier == t) * (1.0 - self.kv_host) + (self.kv_host if host else 0.0)
 
 
 def tier_table(hw: HardwareProfile):
@@ -97,8 +111,8 @@ def time_op(op: Op, hw: HardwareProfile, pl: Placement, prec: Precision, devices
     mem_real = 0.0
     mem_ideal = 0.0
     for t in range(len(pl.tiers)):
-        w = op.weight * (pl.weights == t)
-        b = w + kv_bytes * (pl.kv == t) + act_bytes * (pl.act == t)
+        w = op.weight * pl.weight_share(t)
+        b = w + kv_bytes * pl.kv_share(pl.kv, t) + act_bytes * (pl.act == t)
         # weight-only quantised weights stream below the achieved rate (units.WEIGHT_STREAM_EFFICIENCY)
         mem_real = np.maximum(mem_real, (b + w * (1 / prec.w_eff - 1)) / pl.achieved_Bps[t])
         mem_ideal = np.maximum(mem_ideal, b / pl.peak_Bps[t])
@@ -162,8 +176,8 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
     mem_real = np.zeros((k, rows))
     mem_ideal = np.zeros((k, rows))
     for t in range(len(pl.tiers)):
-        w = f["weight"] * (pl.weights == t)
-        b = w + kv_bytes * (kv_tier == t) + act_bytes * (pl.act == t)
+        w = f["weight"] * pl.weight_share(t)
+        b = w + kv_bytes * pl.kv_share(kv_tier, t) + act_bytes * (pl.act == t)
         mem_real = np.maximum(mem_real, (b + w * (1 / prec.w_eff - 1)) / pl.achieved_Bps[t])
         mem_ideal = np.maximum(mem_ideal, b / pl.peak_Bps[t])
     matrix = (unit == "matrix")[:, None]

@@ -96,8 +96,11 @@ class ModelSpec:
         elif self.experts_per_token or self.n_shared_experts or self.dense_layers:
             raise UserError(f"model {self.name!r}: experts_per_token, n_shared_experts and dense_layers need "
                             f"n_experts >= 1")
-        if not isinstance(self.mla_absorb, bool):
-            raise UserError(f"model {self.name!r}: mla_absorb must be true or false, got {self.mla_absorb!r}")
+        for f in ("gated_mlp", "tied_embeddings", "linear_bias", "qkv_bias", "qk_norm", "mla_absorb"):
+            if not isinstance(getattr(self, f), bool):
+                raise UserError(f"model {self.name!r}: {f} must be true or false, got {getattr(self, f)!r}")
+        if not isinstance(self.source, str):
+            raise UserError(f"model {self.name!r}: source must be a string, got {self.source!r}")
         if self.kv_lora_rank:
             if not 1 <= self.qk_rope_head_dim < self.head_dim or self.v_head_dim < 1:
                 raise UserError(f"model {self.name!r}: latent attention needs 1 <= qk_rope_head_dim < head_dim and "

@@ -725,6 +725,14 @@ def test_trace_random_metadata(capsys, tmp_path_factory, base_trace, path, value
     expect_clean(capsys, "trace", ["replay", p, "--gpu", "a100", "-o", out / "r.json"], out)
 
 
+@pytest.mark.parametrize("path,value", [("model.tied_embeddings", []), ("model.gated_mlp", {}),
+                                        ("model.qk_norm", [1]), ("model.source", [])])
+def test_trace_metadata_found_by_ci(capsys, tmp_path_factory, base_trace, path, value):
+    """A list where the model's flag belongs reached the hash of the model spec (TypeError: unhashable type): found
+    by a CI run of the test above."""
+    test_trace_random_metadata.hypothesis.inner_test(capsys, tmp_path_factory, base_trace, path, value)
+
+
 @settings(HYPO)
 @given(data=st.binary(min_size=1, max_size=300))
 def test_trace_random_bytes(capsys, tmp_path_factory, data):

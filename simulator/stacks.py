@@ -8,13 +8,23 @@ Per decode step of a stack at context S (all quantities per device):
 
     device = roofline(S) + W / BW x (1/w_eff - 1) + KV / BW x (1/kv_eff - 1)           (the resident part)
     link   = W_host / (link_BW x link_eff) [+ KV_host / (link_BW x link_eff)]          (offloaded bytes)
-    cpu    = KV_host / cpu_attention_Bps                                               (attention on the host)
+    cpu    = KV_host / kv_q x cpu_bytes / host_Bps                                     (attention on the host)
     step   = max(device, link, cpu) when the stack overlaps transfers with compute, else their sum
     host   = layers x host_per_layer;  time = overlap(host, step) (asynchronous launches: the smooth maximum of
              implementations.overlap, as for kernels) or host + step
 
 The efficiencies are per precision (w16, w8, w4 for weights; kv16, kv8, kv4 for the cache: dequantising kernels
-stream below the roofline). W and KV are the step's weight and KV-cache bytes, BW the profile's achieved bandwidth of
+stream below the roofline). A stack that dequantises with unfused elementwise code (`dequant_bytes_per_element`:
+FlexGen's group-wise 4-bit) first writes a 16-bit copy of every quantised weight and cache element, in passes that
+move that many bytes per element, and its matmuls and attention then read the copy: the resident quantised bytes
+cost (q + dequant + 2) / q times their own reading, q being the format's bytes per element (scales included),
+
+    W / BW x (q + dequant + 2) / q / w_eff        in place of W / (BW x weight_stream) / w_eff
+
+so the efficiencies stay what elementwise kernels achieve (prior 1) and the structure carries the factor of ~30.
+Attention on the host (FlexGen's CPU delegation) likewise moves `cpu_attention_bytes_per_element` bytes of host memory
+per cached element it attends to (its copies and fp32 conversion; `..._quantized` for a compressed cache, dequantised
+into fp32 first), at the host's rate `cpu_attention_Bps` (fitted; kv_q is the cache's bytes per element). W and KV are the step's weight and KV-cache bytes, BW the profile's achieved bandwidth of
 the first memory tier; the offloaded shares are (1 - weights_on_device) and (1 - kv_on_device). A step-level measurement is the mean over the
 decode steps it ran (context S + 1 ... S + gen_len - 1); a whole generation (e2e) is the prefill of the prompt
 (`predict`'s prefill, plus the offloaded weights' transfer) and those steps, summed exactly over every context.
@@ -33,7 +43,7 @@ import numpy as np
 from ..hardware_profiles import HardwareProfile
 from .errors import UserError, closest
 from .implementations import _load, fitted_defaults, overlap
-from .units import WEIGHT_STREAM_EFFICIENCY, base_dtype
+from .units import WEIGHT_STREAM_EFFICIENCY, base_dtype, dtype_bytes
 
 STACK_COSTS = ("host_per_layer_s", "w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "cpu_attention_Bps", "prefill")
 # the range a fitted cost may take: an efficiency between 1/50 of the achieved bandwidth (dequantising eager code) and
@@ -41,7 +51,7 @@ STACK_COSTS = ("host_per_layer_s", "w16", "w8", "w4", "kv16", "kv8", "kv4", "lin
 # (an achieved bandwidth is at least ~0.77 of peak in every profile); host attention from 1 to 200 GB/s
 BOUNDS = {"w16": (0.02, 1.3), "w8": (0.02, 1.3), "w4": (0.02, 1.3), "kv16": (0.02, 1.3), "kv8": (0.02, 1.3),
           "kv4": (0.02, 1.3), "link": (0.1, 1.3), "prefill": (0.1, 1.3), "cpu_attention_Bps": (1e9, 200e9)}
-CPU_ATTENTION_PRIOR_BPS = 20e9   # assumption: host attention over an offloaded cache streams ~20 GB/s of DRAM
+CPU_ATTENTION_PRIOR_BPS = 20e9   # assumption: the host's elementwise torch code streams ~20 GB/s of DRAM
 # Weight-only quantised matmuls do not stream at the 16-bit rate; `predict`'s roofline already reads int8 and int4
 # weights at units.WEIGHT_STREAM_EFFICIENCY (gpt-fast's A100 figures: 0.77 and 0.62), so a stack's w8 and w4 are
 # relative to that (prior 1). A quantised KV cache is dequantised by the attention kernels: the same factors are the
@@ -63,6 +73,9 @@ class Stack:
     cpu_attention: bool       # attention over an offloaded cache runs on the host (FlexGen)
     roofline_only: bool       # the measured step is predict's roofline as is (sparq-sim measure --model-step)
     source: str
+    dequant_bytes_per_element: float = 0.0   # unfused dequantisation to a 16-bit copy (0: fused into the kernels)
+    cpu_attention_bytes_per_element: float = 2.0            # host memory moved per cached element attended on the host
+    cpu_attention_bytes_per_element_quantized: float = 2.0  # the same over a quantised cache
 
 
 def stack_names() -> list[str]:
@@ -78,18 +91,23 @@ def get_stack(name: str) -> Stack:
     return Stack(name=name, family=d.get("family"), host_ops_per_layer=float(d.get("host_ops_per_layer", 0)),
                  host_overlap=bool(d.get("host_overlap", True)), offload_overlap=bool(d.get("offload_overlap", False)),
                  cpu_attention=bool(d.get("cpu_attention", False)), roofline_only=bool(d.get("roofline_only", False)),
-                 source=d["source"])
+                 source=d["source"], dequant_bytes_per_element=float(d.get("dequant_bytes_per_element", 0.0)),
+                 cpu_attention_bytes_per_element=float(d.get("cpu_attention_bytes_per_element", 2.0)),
+                 cpu_attention_bytes_per_element_quantized=float(d.get("cpu_attention_bytes_per_element_quantized",
+                                                                       d.get("cpu_attention_bytes_per_element", 2.0))))
 
 
 def prior_stack_costs(stack: Stack, families: dict | None = None) -> dict[str, float]:
     """Priors: host = host_ops_per_layer x the family's host cost per op on a GPU (fitted on kernel datasets where
-    the family was measured, else its prior); 16-bit efficiencies 1, quantised ones QUANT_PRIORS; host attention
+    the family was measured, else its prior); 16-bit efficiencies 1, quantised ones QUANT_PRIORS (1 where the stack
+    dequantises with unfused elementwise code: the structure carries the cost); host attention
     CPU_ATTENTION_PRIOR_BPS."""
     fams = families if families is not None else fitted_defaults()["families"]
     per_op = fams.get(stack.family or "", {}).get("gpu", fams.get("*", {}).get("gpu"))
     if per_op is None:
         per_op = _load()["families_prior"].get(stack.family, 10e-6) if stack.family else 0.0
-    return {"host_per_layer_s": stack.host_ops_per_layer * per_op, "w16": 1.0, "kv16": 1.0, **QUANT_PRIORS,
+    quant = QUANT_PRIORS if stack.dequant_bytes_per_element == 0 else dict.fromkeys(QUANT_PRIORS, 1.0)
+    return {"host_per_layer_s": stack.host_ops_per_layer * per_op, "w16": 1.0, "kv16": 1.0, **quant,
             "link": 1.0, "cpu_attention_Bps": CPU_ATTENTION_PRIOR_BPS, "prefill": 1.0}
 
 
@@ -116,6 +134,8 @@ class RowBase:
     link_bw: float           # achieved bandwidth of the host link (B/s)
     weights_key: str
     kv_key: str
+    w_elem_bytes: float      # bytes per element of the weights' and the cache's formats, scales included
+    kv_elem_bytes: float
     w_host: float            # offloaded share of the weights
     kv_host: float           # offloaded share of the KV cache
     gen_len: int             # tokens generated (1: the prefill's token only)
@@ -146,7 +166,9 @@ def row_base(hw: HardwareProfile, model, level: str, batch: int, seq_len: int, g
                    layers=m.n_layers, bw=hw.memory[0].achieved_Bps * hw.bandwidth_scale,
                    w_bw=hw.memory[0].achieved_Bps * hw.bandwidth_scale * WEIGHT_STREAM_EFFICIENCY.get(base_dtype(weights), 1.0),
                    link_bw=hw.host_link.achieved_Bps,
-                   weights_key=WEIGHT_KEY[base_dtype(weights)], kv_key=KV_KEY[base_dtype(kv_dtype)], w_host=1.0 - float(weights_on_device),
+                   weights_key=WEIGHT_KEY[base_dtype(weights)], kv_key=KV_KEY[base_dtype(kv_dtype)],
+                   w_elem_bytes=dtype_bytes(weights), kv_elem_bytes=dtype_bytes(kv_dtype),
+                   w_host=1.0 - float(weights_on_device),
                    kv_host=1.0 - float(kv_on_device), gen_len=n,
                    host_scale=(hw.calibration or {}).get("host_scale", 1.0))
 
@@ -163,22 +185,37 @@ def scaled_base(b: RowBase, host_factor: float, bandwidth_factor: float) -> RowB
                                w_bw=b.w_bw * bandwidth_factor, host_scale=b.host_scale * host_factor)
 
 
+def unfused_factor(q: float, dequant_bytes: float) -> float:
+    """Bytes moved per byte of a quantised tensor (q bytes per element) that unfused code dequantises to a 16-bit copy
+    in passes of `dequant_bytes` per element, the copy then read once (2 bytes per element)."""
+    return (q + dequant_bytes + 2.0) / q
+
+
 def step_times(stack: Stack, c: dict, b: RowBase) -> np.ndarray:
     """Seconds of each decode step of the row under the stack costs `c`."""
     if stack.roofline_only:
         return b.steps
     w_eff, kv_eff = c[b.weights_key], c[b.kv_key]
     W_dev, KV_dev = b.W * (1 - b.w_host), b.KV * (1 - b.kv_host)
-    # the roofline read all bytes at the achieved bandwidth: swap that for the stack's efficiencies and placement
-    device = b.steps + W_dev / b.w_bw * (1 / w_eff - 1) + KV_dev / b.bw * (1 / kv_eff - 1) \
-        - b.W * b.w_host / b.w_bw - b.KV * b.kv_host / b.bw
+    # the roofline read all bytes at the achieved bandwidth (weights at w_bw): swap that for the stack's
+    # efficiencies, its unfused dequantisation and the placement
+    w_time = W_dev / b.w_bw / w_eff
+    kv_time = KV_dev / b.bw / kv_eff
+    dq = stack.dequant_bytes_per_element
+    if dq > 0 and b.w_elem_bytes < 2:
+        w_time = W_dev / b.bw * unfused_factor(b.w_elem_bytes, dq) / w_eff
+    if dq > 0 and b.kv_elem_bytes < 2:
+        kv_time = KV_dev / b.bw * unfused_factor(b.kv_elem_bytes, dq) / kv_eff
+    device = b.steps - b.W / b.w_bw - b.KV / b.bw + w_time + kv_time
     device = np.maximum(device, 0.0)
     link_bw = b.link_bw * c["link"]
     link = b.W * b.w_host / link_bw
     cpu = np.zeros_like(device)
     if b.kv_host > 0:
         if stack.cpu_attention:
-            cpu = b.KV * b.kv_host / c["cpu_attention_Bps"]
+            per = (stack.cpu_attention_bytes_per_element if b.kv_elem_bytes >= 2
+                   else stack.cpu_attention_bytes_per_element_quantized)
+            cpu = b.KV * b.kv_host / b.kv_elem_bytes * per / c["cpu_attention_Bps"]
         else:
             link = link + b.KV * b.kv_host / link_bw
     step = np.maximum(np.maximum(device, link), cpu) if stack.offload_overlap else device + link + cpu

@@ -165,6 +165,33 @@ def test_stack_step_by_hand():
     assert step_times(stack, c, b) == pytest.approx(np.sqrt(32.0 ** 2 + step ** 2), rel=1e-12)
 
 
+def test_flexgen_dequantises_4_bit_weights_and_cache_by_hand():
+    """FlexGen's group-wise 4-bit (group 64: 0.5 + 2.5 / 64 bytes per element) is dequantised by unfused torch code: per
+    element 15 bytes of passes, then the 16-bit copy read (2 bytes), all at the achieved bandwidth over the stack's
+    efficiencies; attention over a 4-bit cache on the host moves 39 bytes of host memory per element. Elements counted
+    by hand: 4 sequences x (the context read + the new token written) x 32 layers x K and V x 4096."""
+    hw = load_hardware("t4")
+    q = 0.5 + 2.5 / 64
+    stack = get_stack("flexgen")
+    c = dict(stack_costs(stack), w4=0.8, kv4=0.5, link=1.0, host_per_layer_s=0.0, cpu_attention_Bps=40e9)
+    b = row_base(hw, "opt-6.7b", "step", 4, 512, 3, "dense", "int4-g64", "int4-g64")
+    kv_el = np.array([4 * (s + 1) * 32 * 2 * 4096 for s in (513, 514)], dtype=float)   # read s, write 1
+    assert b.KV / q == pytest.approx(kv_el, rel=1e-12)
+    w_el = b.W / q
+    bw = hw.memory[0].achieved_Bps
+    want = (b.steps - b.W / b.w_bw - b.KV / bw + w_el * (q + 15 + 2) / bw / 0.8 + kv_el * (q + 15 + 2) / bw / 0.5)
+    assert step_times(stack, c, b) == pytest.approx(want, rel=1e-12)
+    assert (want > 20 * b.steps).all()     # about 32x the bytes of the packed format: the roofline's step is no guide
+    off = row_base(hw, "opt-6.7b", "step", 4, 512, 3, "dense", "int4-g64", "int4-g64", kv_on_device=0.0)
+    device = off.steps - off.W / off.w_bw - off.KV / bw + w_el * (q + 17) / bw / 0.8
+    cpu = kv_el * 39 / 40e9
+    assert step_times(stack, c, off) == pytest.approx(np.maximum(device, cpu), rel=1e-12)   # no KV over the link
+    fp16 = row_base(hw, "opt-6.7b", "step", 4, 512, 3, "dense", "fp16", "fp16", kv_on_device=0.0)
+    c16 = dict(c, w16=1.0)
+    assert step_times(stack, c16, fp16) == pytest.approx(np.maximum(fp16.steps - fp16.KV / bw, kv_el * 14 / 40e9),
+                                                         rel=1e-12)
+
+
 def test_whole_generation_sums_every_step_exactly():
     import sparq_sim
 
@@ -221,3 +248,26 @@ def test_calibrate_cli_from_three_rows(tmp_path, capsys):
     cal = load_hardware(str(prof))
     assert cal.calibration["kernels"] == {}        # three rows: the device is calibrated, no kernel on its own
     assert 0.5 < cal.bandwidth_scale < 2 and cal.calibration["host_scale"] > 0
+
+
+def test_every_judged_whole_model_row_fits_where_its_placement_puts_it():
+    """A measured run existed, so its weights and the KV cache of its prompt fit the device's memory (and the
+    offloaded shares the host's) where the row says they were: this catches a transcription's placement that cannot
+    have been (the DeepSpeed rows of flexgen-t4 marked 'all on GPU'). Measured at the prompt: slow systems were
+    projected from fewer generated tokens, so the cache at the end of the generation may never have existed."""
+    import sparq_sim
+
+    for name in DATASETS:
+        df = load_dataset(name)
+        for i in np.flatnonzero(df["level"].to_numpy() != "kernel"):
+            r = df.iloc[i]
+            def get(col, default):
+                v = r.get(col)
+                return default if v is None or v != v else v
+            k = get("k", None)
+            p = sparq_sim.predict_columns(
+                hardware=r["hardware"], model=r["model"], seq_len=int(r["seq_len"]) + 1, batch=int(r["batch"]),
+                strategies=r["strategy"], k=int(k) if k is not None and r["strategy"] != "dense" else None,
+                dtype=get("weights", r["dtype"]), kv_dtype=get("kv_dtype", None), devices=int(get("devices", 1)),
+                weights_on_device=float(get("weights_on_device", 1.0)), kv_on_device=float(get("kv_on_device", 1.0)))
+            assert p["fits"][0], (name, i, r["kernel"], r["model"], int(r["batch"]), int(r["seq_len"]))

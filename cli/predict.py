@@ -21,6 +21,7 @@ PREDICT_TABLE_MAX_ROWS = 100_000  # a table is for reading; larger sweeps go to 
              "  sparq-sim predict --gpu ipu --dtype fp16 --devices 4 --kv-location streaming\n\n"
              "  sparq-sim predict --gpu a100,h100 --seq 1:1000000 --batch 1,8 -o sweep.parquet\n\n"
              "  sparq-sim predict --gpu h100 --model llama3-8b --prompt-len 8k --gen-len 512 --batch 16\n\n"
+             "  sparq-sim predict --gpu a100-40gb --model llama2-70b --devices 2 --pipeline 2 --batch 32\n\n"
              "Large sweeps: CSV, JSON and Parquet are evaluated and written in chunks of about 128k rows, so memory "
              "stays bounded whatever the number of rows (Parquet: one row group per chunk; a file is renamed into "
              "place only when complete). The table refuses more than 100,000 rows: use -f csv or -o FILE.parquet.")
@@ -46,6 +47,10 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
                                                   "streams over the host link each step, overlapped (FlexGen)."),
             kv_on_device: str = typer.Option("1", "--kv-on-device", help="Share of the KV cache kept on the device "
                                              "(0-1; list allowed); the rest as --weights-on-device."),
+            pipeline: str = typer.Option("1", "--pipeline", "--pp", help="Pipeline-parallel stages, each of --devices "
+                                         "tensor-parallel devices (list allowed): the layers split between them."),
+            microbatches: Optional[str] = typer.Option(None, "--microbatches", help="With --pipeline: micro-batches "
+                                                       "of the batch in flight (default: one per stage)."),
             mla_decode: Optional[str] = typer.Option(None, "--mla-decode", help="Multi-head latent attention "
                                                      "(deepseek-v3): absorbed (default: attention over the cached "
                                                      "latent) or unabsorbed (rows expanded per head each step).")):
@@ -66,7 +71,8 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
                k=k, local_window=local_window, page_size=page_size, k_layout=k_layout, kv_location=kv_location,
                weights_location=weights_location, gen_len=_given(gen_len, "--gen-len", "tokens to generate"),
                mla_decode=mla_decode, act_dtype=act, weights_on_device=weights_on_device,
-               kv_on_device=kv_on_device)
+               kv_on_device=kv_on_device, pipeline=pipeline,
+               microbatches=_given(microbatches, "--microbatches", "micro-batches in flight"))
     for note in sw.warnings:
         sys.stderr.write(f"warning: {note}\n")
     if fmt == "parquet":
@@ -85,7 +91,8 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
                             title=explain.header(cols, auto_dtype=dtype.strip().lower() == "auto"),
                             drop_constant=PREDICT_HEADER_COLUMNS, titled=True)
         if not cols["fits_at_end" if sw.gen_len is not None else "fits"].all():
-            text += "NO in 'fits': weights + KV cache exceed device memory (try --devices N or --kv-location host)\n"
+            text += ("NO in 'fits': weights + KV cache exceed device memory (try --devices N, --pipeline N or "
+                     "--kv-location host)\n")
         if legend:
             notes = explain.legend(cols) + [n for c in dict.fromkeys(cols["compression"].tolist())
                                             if (n := explain.accuracy_note(dict.fromkeys(cols["strategy"].tolist()),

@@ -68,15 +68,23 @@ def header(cols: dict, auto_dtype: bool = False) -> str:
     if c is not None:
         parts.append(f"compression 1/{c:g}")
     d = _one(cols, "devices")
-    if d is not None:
+    pp = _one(cols, "pipeline") if "pipeline" in cols else 1
+    mb = _one(cols, "microbatches") if "microbatches" in cols else None
+    if d is not None and pp == 1:
         parts.append(f"{d} device{'s' if d != 1 else ''}")
+    elif d is not None and pp is None:
+        parts.append(f"{d} device{'s' if d != 1 else ''} per pipeline stage")
+    elif d is not None:
+        parts.append(f"{pp} pipeline stages of {d} device{'s' if d != 1 else ''} ({pp * d} in all)"
+                     + (f", {mb} micro-batch{'es' if mb != 1 else ''} in flight" if mb is not None else ""))
     return what + (": " + ", ".join(parts) if parts else "")
 
 
 def varying(cols: dict) -> list[str]:
     """The columns of the header's assumptions that differ between rows (the table shows them)."""
     return [c for c in ("hardware", "model", "batch", "seq_len", "dtype", "kv_dtype", "compression", "devices",
-                        "gen_len", "weights_on_device", "kv_on_device") if c in cols and _one(cols, c) is None]
+                        "gen_len", "weights_on_device", "kv_on_device", "pipeline", "microbatches")
+            if c in cols and _one(cols, c) is None]
 
 
 def legend(cols: dict) -> list[str]:

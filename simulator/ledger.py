@@ -497,18 +497,29 @@ def cache_bytes_per_device(m: ModelSpec, tp: Parallel, strategy: str, B, spans: 
     return B * tp.kv_heads * p.kv * total
 
 
-def weight_bytes_per_device(m: ModelSpec, tp: Parallel, p: Precision) -> float:
+def weight_bytes_per_device(m: ModelSpec, tp: Parallel, p: Precision, stages: int = 1) -> float:
     """Resident weights per device: split matrices, replicated norms, vocab-parallel embedding and lm_head; every
-    expert resident (split like the dense MLP), the router replicated; MLA's latent projections replicated."""
+    expert resident (split like the dense MLP), the router replicated; MLA's latent projections replicated.
+
+    With `stages` pipeline stages, the fullest device: ceil(L / stages) of the L layers' weights, and the larger of the
+    first stage's embedding and the last stage's lm_head with the final norm (a tied head is a copy of the embedding
+    on the last stage)."""
     replicated_attn = 0
     if m.is_mla:
         replicated_attn = (m.d_model * m.q_lora_rank + m.q_lora_rank if m.q_lora_rank else 0) + \
             m.d_model * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank
-    split = m.n_layers * (m.attn_params - replicated_attn) + m.mlp_params_all_layers - m.moe_layers * \
-        m.router_params + m.embedding_params + (0 if m.tied_embeddings else m.lm_head_params)
-    replicated = m.n_layers * (m.norms_per_layer * m.norm_params + replicated_attn) + m.norm_params + \
+    layers_split = m.n_layers * (m.attn_params - replicated_attn) + m.mlp_params_all_layers - m.moe_layers * \
+        m.router_params
+    if stages <= 1:
+        split = layers_split + m.embedding_params + (0 if m.tied_embeddings else m.lm_head_params)
+        replicated = m.n_layers * (m.norms_per_layer * m.norm_params + replicated_attn) + m.norm_params + \
+            m.moe_layers * m.router_params
+        return (split / tp.devices + replicated) * p.w
+    layers_replicated = m.n_layers * (m.norms_per_layer * m.norm_params + replicated_attn) + \
         m.moe_layers * m.router_params
-    return (split / tp.devices + replicated) * p.w
+    share = math.ceil(m.n_layers / stages) / m.n_layers
+    ends = max(m.embedding_params / tp.devices, m.lm_head_params / tp.devices + m.norm_params)
+    return (share * (layers_split / tp.devices + layers_replicated) + ends) * p.w
 
 
 def ops_frame_columns() -> list[str]:

@@ -7,8 +7,9 @@ to hold at once is evaluated chunk by chunk: `sweep(...)` checks the arguments, 
 same order ~128k at a time (what `sparq-sim predict` streams to Parquet, CSV and JSON).
 
 Columns (one row per hardware, model, devices, dtype, kv_dtype, batch, seq_len, compression, strategy):
-    hardware, model, devices, dtype, kv_dtype, act_dtype, k_layout, batch, seq_len, attended_len, compression, strategy
-                                                  (dtype: the weights' format, scale group included: int4-g32)
+    hardware, model, devices, pipeline, microbatches, dtype, kv_dtype, act_dtype, k_layout, batch, seq_len,
+    attended_len, compression, strategy           (dtype: the weights' format, scale group included: int4-g32;
+                                                  devices: tensor-parallel per pipeline stage; pipeline_step)
     r, k, local_window, page_size                 strategy parameters (0 = not used)
     weight_bytes, activation_bytes, kv_read_bytes, kv_write_bytes, metadata_bytes
                                                   bytes moved in one decode step, all devices together
@@ -43,6 +44,7 @@ With gen_len (whole generations of N tokens after a prompt of seq_len), also:
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -60,7 +62,7 @@ from .strategies import parse_strategies, resolve_params
 from .units import parse_dtype
 
 COLUMNS = [
-    "hardware", "model", "devices", "dtype", "kv_dtype", "act_dtype", "k_layout", "batch", "seq_len", "attended_len",
+    "hardware", "model", "devices", "pipeline", "microbatches", "dtype", "kv_dtype", "act_dtype", "k_layout", "batch", "seq_len", "attended_len",
     "compression", "strategy", "r", "k", "local_window", "page_size",
     "weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes", "metadata_bytes", "attention_bytes",
     "attention_fraction", "total_bytes", "flops", "arithmetic_intensity",
@@ -124,6 +126,8 @@ class Case:
     k: int | None
     weights_on_device: float = 1.0   # the rest on the host, streamed over the host link (FlexGen's percentages)
     kv_on_device: float = 1.0
+    pipeline: int = 1                # pipeline stages, each of `devices` tensor-parallel devices
+    microbatches: int | None = None  # micro-batches in flight through the pipeline (default: one per stage)
 
 
 def _unique(items, key, what: str = "", origin=None):
@@ -258,6 +262,43 @@ def _add(a: dict, b: dict) -> dict:
     return out
 
 
+def pipeline_step(agg: dict, heads: dict, link, P: int, M, frac: float, act_bytes, prefill_act_bytes) -> None:
+    """A decode step of `P` pipeline stages with `M` micro-batches in flight, from the times of one micro-batch
+    through the whole model on one stage's devices (`agg`, changed in place).
+
+    Stages run concurrently, each on its own devices, a micro-batch at a time; a micro-batch's next token needs its
+    last one to have left the last stage. Of a micro-batch's time t through all the layers, the fullest stage does
+    frac = ceil(L / P) / L of the layers' part plus the last stage's final norm and lm_head h (the first stage's
+    embedding lookup is a few rows). One round gives every sequence its next token:
+
+        round = max(M x stage, t + P x p2p),  stage = (t - h) x frac + h
+
+    the stage busy with all M micro-batches, or one micro-batch's trip through every stage and back (p2p: a
+    point-to-point send of its activations, batch x d_model, over the device link: the link's fixed latency, one
+    hop, the bytes at the achieved rate; ideal: the bytes at the peak). Weights are read once per micro-batch, so
+    bytes and FLOPs are M times a micro-batch's. The prefill is the pipeline's fill: one micro-batch's prompt through
+    every stage, then one stage time per further micro-batch (GPipe's schedule)."""
+    Mf = np.asarray(M, dtype=np.float64)
+    p2p_real = link.base_latency_s + link.latency_s + act_bytes / link.achieved_Bps
+    p2p_ideal = act_bytes / link.bandwidth_Bps
+    old = agg["time_s"]
+    for key, p2p in (("time_s", p2p_real), ("ideal_time_s", p2p_ideal)):
+        t, h = agg[key], heads["decode"][key]
+        agg[key] = np.maximum(Mf * ((t - h) * frac + h), t + P * p2p)
+    for key in ("attention_time_s", "attention_ideal_time_s"):
+        agg[key] = agg[key] * Mf * frac
+    for name, _ in _KIND_SUMS:
+        agg[name] = agg[name] * Mf
+    scale = agg["time_s"] / old
+    agg["overhead_time_s"] = agg["overhead_time_s"] * scale
+    agg["by_bound"] = [b * scale for b in agg["by_bound"][:3]] + [agg["overhead_time_s"]]
+    pf_p2p = {"prefill_time_s": link.base_latency_s + link.latency_s + prefill_act_bytes / link.achieved_Bps,
+              "prefill_ideal_time_s": prefill_act_bytes / link.bandwidth_Bps}
+    for key, hkey in (("prefill_time_s", "time_s"), ("prefill_ideal_time_s", "ideal_time_s")):
+        t, h = agg[key], heads["prefill"][hkey]
+        agg[key] = t + (P - 1) * pf_p2p[key] + (Mf - 1) * ((t - h) * frac + h)
+
+
 def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page_size,
                    keep_ops: dict | None = None) -> dict:
     """All strategies for one categorical case over the flat numeric grid (B, S, C); rows grid-point major.
@@ -267,6 +308,13 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     hw, m, prec = case.hw, case.model, case.prec
     tp = Parallel.of(m, case.devices)
     n = B.shape[0]
+    # pipeline parallelism: every operator sees one micro-batch; pipeline_step turns its times into the round's
+    P = case.pipeline
+    frac = math.ceil(m.n_layers / P) / m.n_layers   # the fullest stage's share of the layers
+    Bt = B                                            # sequences decoding together
+    M = np.minimum(case.microbatches or P, Bt) if P > 1 else np.ones(n, dtype=np.int64)
+    if P > 1:
+        B = -(-Bt // M)                               # sequences per micro-batch
     wins = windows(m)   # each distinct attention window of the layers (None = global)
     spans_S = {w: span(S, w) for w in wins}
     top = None if None in wins else max(wins)   # the widest: what the attended_len, r and k columns report
@@ -276,7 +324,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     n_dev_tiers = len(names) - 1
 
     # placement of weights (one tier) and activations (the fastest tier)
-    w_dev = weight_bytes_per_device(m, tp, prec)
+    w_dev = weight_bytes_per_device(m, tp, prec, P)
     host = len(names) - 1
     wod, kod = case.weights_on_device, case.kv_on_device
     w_on = w_dev * wod   # the weights resident in their device tier; the rest is on the host
@@ -300,6 +348,9 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     on_b = time_ops(common + pf_head, hw, base, prec, tp.devices, len(uB))   # everything that depends on B only
     common_sums, head_sums = _segment_sums(on_b, [0, len(common)], tp.devices)
     common_agg = _gather(common_sums, invB)
+    if P > 1:   # the last stage's share: the decode's and the prefill's final norm and lm_head
+        dec_head = _segment_sums(on_b, [len(before + after), len(common)], tp.devices)[0]
+        heads = {"decode": _gather(dec_head, invB), "prefill": _gather(head_sums, invB)}
     T = B.astype(np.float64) * S   # tokens of the prefill: B and S are each at most 1e15, their product not int64
     uT, invT = np.unique(T, return_inverse=True)   # the prefill's projections depend on B x S tokens
     pf_before, pf_after = block_ops("prefill", m, tp, uT, prec)
@@ -320,7 +371,8 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
                 strat, spans_S[w], geo, C, r=case.r, k=kw, local_window=local_window, page_size=page_size)
             spans[w] = (spans_S[w], pw, dense_spans[w])
         params = spans[top][1]
-        kv_dev = cache_bytes_per_device(m, tp, strat, B, spans, prec, case.k_layout)
+        # every stage caches its layers for all the sequences (the fullest stage: frac of them)
+        kv_dev = cache_bytes_per_device(m, tp, strat, Bt, spans, prec, case.k_layout) * (frac if P > 1 else 1)
         ki = _location_index(case.kv_location, names, hw)
         if ki is None:  # first device tier with room for the cache next to what is already there
             ki_arr = np.full(n, n_dev_tiers - 1, dtype=np.int64)
@@ -347,6 +399,9 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         agg["attention_ideal_time_s"] = attn_agg["ideal_time_s"]
         agg["prefill_time_s"] = pf_time + pre["time_s"]
         agg["prefill_ideal_time_s"] = pf_ideal + pre["ideal_time_s"]
+        if P > 1:
+            pipeline_step(agg, heads, hw.device_link, P, M, frac, B * m.d_model * prec.a,
+                          B.astype(np.float64) * S * m.d_model * prec.a)
         by = np.stack(np.broadcast_arrays(*[np.asarray(x, dtype=np.float64) for x in agg.pop("by_bound")]))
         agg["bound_index"] = by.argmax(axis=0)
 
@@ -362,15 +417,15 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         agg["memory_required_bytes"] = w_dev + kv_dev + workspace
         # largest batch: per-sequence resident bytes against the room left in the KV tier(s)
         with np.errstate(divide="ignore"):
-            per_kv = kv_dev * kod / B
-            per_seq = per_kv + workspace / B
+            per_kv = kv_dev * kod / Bt
+            per_seq = per_kv + workspace / (B * M)   # a micro-batch's activations in flight per device
             tiers = range(n_dev_tiers) if case.kv_location == "auto" else [int(np.ravel(ki)[0])]
             best = np.zeros(n)
             for i in tiers:
                 room = caps[i] - (w_on if wi == i else 0.0)
                 if act_i != i:  # workspace sits in another tier: it must fit there too
                     room_act = caps[act_i] - (w_on if wi == act_i else 0.0)
-                    best = np.maximum(best, np.minimum(room / per_kv, room_act / (workspace / B)))
+                    best = np.maximum(best, np.minimum(room / per_kv, room_act / (workspace / (B * M))))
                 else:
                     best = np.maximum(best, room / per_seq)
         if w_on > caps[wi]:  # the weights alone do not fit where they are: no batch fits
@@ -410,7 +465,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     attn_bytes = col["kv_read_bytes"] + col["kv_write_bytes"] + col["metadata_bytes"]
     dense_attn = (dense["kv_read_bytes"] + dense["kv_write_bytes"] + dense["metadata_bytes"])[:, None]
     total = col["weight_bytes"] + col["activation_bytes"] + attn_bytes
-    out: dict = {"batch": flat(grid(values=[B] * ns, dtype=np.int64)),
+    out: dict = {"batch": flat(grid(values=[Bt] * ns, dtype=np.int64)),
                  "seq_len": flat(grid(values=[S] * ns, dtype=np.int64)),
                  "attended_len": flat(grid(values=[Sa] * ns, dtype=np.int64)),
                  "compression": flat(grid(values=[C] * ns))}
@@ -422,7 +477,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     out["attention_fraction"] = flat(attn_bytes / dense_attn)
     out["total_bytes"] = flat(total)
     out["arithmetic_intensity"] = flat(col["flops"] / total)
-    out["tokens_per_s"] = flat(B[:, None] / col["time_s"])
+    out["tokens_per_s"] = flat(Bt[:, None] / col["time_s"])
     out["speedup_vs_dense"] = flat(dense["time_s"][:, None] / col["time_s"])
     out["attention_speedup_vs_dense"] = flat(dense["attention_time_s"][:, None] / col["attention_time_s"])
     out["ideal_speedup_vs_dense"] = flat(dense["ideal_time_s"][:, None] / col["ideal_time_s"])
@@ -441,6 +496,8 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     out["kv_location"] = Labels(out["kv_location"], names)
     out["strategy"] = Labels(np.tile(np.arange(ns, dtype=np.int8), n), tuple(strategies))
     out["devices"] = np.full(N, case.devices, dtype=np.int64)
+    out["pipeline"] = np.full(N, P, dtype=np.int64)
+    out["microbatches"] = flat(grid(values=[M] * ns, dtype=np.int64))
     out["memory_capacity_bytes"] = np.full(N, float(caps[:-1].sum()))
     out["weights_on_device"] = np.full(N, float(wod))
     out["kv_on_device"] = np.full(N, float(kod))
@@ -578,7 +635,7 @@ def _share(value, flag: str) -> float:
 def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
           dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
           k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None,
-          act_dtype=None, weights_on_device=1.0, kv_on_device=1.0) -> Sweep:
+          act_dtype=None, weights_on_device=1.0, kv_on_device=1.0, pipeline=1, microbatches=None) -> Sweep:
     """Parse and check the arguments of `predict_columns` (same meaning) into a `Sweep`, evaluating nothing."""
     hws = resolve_hardware(hardware)
     models = resolve_models(model)
@@ -607,6 +664,12 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
             raise UserError(f"{flag} is the share kept on the device, between 0 and 1; got {max(vals):g}")
         shares.append(vals)
     devs = parse_axis(devices, "--devices", minimum=1)
+    pps = parse_axis(pipeline, "--pipeline", minimum=1)
+    mbs = [None] if microbatches is None else parse_axis(microbatches, "--microbatches", minimum=1)
+    for m in models:
+        if max(pps) > m.n_layers:
+            raise UserError(f"--pipeline {max(pps)} exceeds the {m.n_layers} layers of {m.name}; accepted: 1 to "
+                            f"{m.n_layers} stages")
     rs = [None] if r is None else parse_axis(r, "--r", minimum=1)
     ks = [None] if k is None else parse_axis(k, "--k", minimum=1)
     if local_window is not None:
@@ -628,10 +691,11 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
                 what = "the latent row's width" if m.is_mla else "head_dim"
                 raise UserError(f"--r {rr} exceeds {what} {dk} of {m.name}; accepted: 1 <= r <= {dk}")
     cases = []
-    for hw, m, dt, kvd, dv, rr, kk, wod, kod in itertools.product(hws, models, dtypes, kv_dtypes, devs, rs, ks,
-                                                                  *shares):
+    for hw, m, dt, kvd, dv, pp, mb, rr, kk, wod, kod in itertools.product(hws, models, dtypes, kv_dtypes, devs, pps,
+                                                                          mbs, rs, ks, *shares):
         prec = Precision.of(auto_dtype(hw) if dt == AUTO else dt, kvd, act)
-        case = Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk, float(wod), float(kod))
+        case = Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk, float(wod), float(kod),
+                    int(pp), None if mb is None else int(mb))
         if case not in cases:   # auto,bf16 on a bf16 device: one case
             cases.append(case)
     if gen_len is not None:
@@ -650,7 +714,7 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
                     dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
                     k_layout="twice", kv_location="auto", weights_location="auto",
                     gen_len=None, mla_decode=None, act_dtype=None, weights_on_device=1.0,
-                    kv_on_device=1.0) -> dict[str, np.ndarray]:
+                    kv_on_device=1.0, pipeline=1, microbatches=None) -> dict[str, np.ndarray]:
     """The prediction as ordered columns: numpy arrays, and `Labels` (codes + categories) for the string columns
     (see the module docstring; `decoded()` turns those into strings). Arguments take one value or a list; strings
     take comma lists and, for numbers, ranges such as '1024:131072:x2'. For sweeps too large to hold, use
@@ -659,10 +723,11 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
     `mla_decode`: absorbed (default) or unabsorbed decode of multi-head latent attention (ledger.py). `dtype` is the
     weights' format (with a scale group: 'int4-g32'), `kv_dtype` the cache's, `act_dtype` the activations' and the
     matrix arithmetic's (default: as the weights' usual kernels run; ledger.Precision). `weights_on_device` and
-    `kv_on_device`: the shares kept on the device, the rest on the host (roofline.Placement)."""
+    `kv_on_device`: the shares kept on the device, the rest on the host (roofline.Placement). `pipeline`: stages
+    of `devices` tensor-parallel devices each, with `microbatches` in flight (default one per stage; `pipeline_step`)."""
     sw = sweep(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
                local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode, act_dtype,
-               weights_on_device, kv_on_device)
+               weights_on_device, kv_on_device, pipeline, microbatches)
     if sw.warnings:
         import warnings
 
@@ -674,7 +739,7 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
 def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
             dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
             k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None,
-            act_dtype=None, weights_on_device=1.0, kv_on_device=1.0):
+            act_dtype=None, weights_on_device=1.0, kv_on_device=1.0, pipeline=1, microbatches=None):
     """Predict one decode step (and with `gen_len`, a whole generation) for every combination of the arguments;
     returns a pandas DataFrame (columns in the module docstring). Example:
     `predict(hardware="a100", seq_len=[1024, 4096], strategies=["dense", "sparq"], gen_len=256)`."""
@@ -682,7 +747,7 @@ def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strateg
 
     cols = predict_columns(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
                            local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode,
-                           act_dtype, weights_on_device, kv_on_device)
+                           act_dtype, weights_on_device, kv_on_device, pipeline, microbatches)
     small = len(cols["time_s"]) <= 10_000
     df = pd.DataFrame({c: (v.decode().astype(str) if small else pd.Categorical.from_codes(v.codes, v.categories))
                        if isinstance(v, Labels) else v for c, v in cols.items()})

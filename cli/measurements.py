@@ -15,12 +15,17 @@ from . import FMT, HW_FILE, OUT, _emit, _given, _hardware_arg, app
 
 _REF_MODEL = "the bundled SmolLM2-135M by default, or a local Hugging Face folder."
 
-def _measurements(measured: Optional[str], dataset: Optional[str]):
-    from ..simulator.measured import dataset_names, dataset_path, load_measurements
+def _one_source(measured: Optional[str], dataset: Optional[str]) -> None:
+    from ..simulator.measured import dataset_names
     _given(measured, "MEASURED.csv", "a measurement CSV file")
     _given(dataset, "--dataset", "a dataset name (" + ", ".join(dataset_names()) + ")")
     if bool(measured) == bool(dataset):
         raise UserError("give one of MEASURED.csv or --dataset NAME (datasets: " + ", ".join(dataset_names()) + ")")
+
+
+def _measurements(measured: Optional[str], dataset: Optional[str]):
+    from ..simulator.measured import dataset_path, load_measurements
+    _one_source(measured, dataset)
     return load_measurements(measured or dataset_path(dataset))
 
 
@@ -72,6 +77,9 @@ def validate(measured: Optional[str] = typer.Argument(None, help="CSV in the mea
         return _validate_all(fmt, output)
     if leave_one_out and not dataset:
         raise UserError("--leave-one-out needs --dataset NAME (a shipped dataset, held out of the fit)")
+    _one_source(measured, dataset)
+    if measured and not holdout:   # a file of any length: read, checked and judged in chunks
+        return _validate_stream(measured, gpu, hardware_file, fmt, output)
     df = _measurements(measured, dataset)
     hw = _measured_hardware(df, gpu, hardware_file)
     defaults = None
@@ -88,21 +96,54 @@ def validate(measured: Optional[str] = typer.Argument(None, help="CSV in the mea
     else:
         how = ("holdout " + holdout if holdout else "held out: defaults fitted on every other dataset" if leave_one_out
                else "calibrated profile" if hw.calibration else "uncalibrated: shipped defaults")
-        lines = [f"validation on {hw.name} ({how}); errors on {summary['overall']['rows']} "
-                 f"{'held-out ' if holdout else ''}rows; speedup vs {summary['baseline_kernel'] or '-'}",
-                 f"{'kernel':28s} {'rows':>5s} {'MAPE':>7s} {'worst':>8s} {'geomean':>8s} {'speedup err':>11s}"]
-        parts = [("all", summary["overall"])]
-        if len(summary["by_level"]) > 1:
-            parts += [(f"  level {k}", v) for k, v in summary["by_level"].items()]
-        parts += [(f"  {k}", v) for k, v in summary["by_strategy"].items()] + list(summary["by_kernel"].items())
-        for name, part in parts:
-            se = part.get("speedup_mape")
-            lines.append(f"{name:28s} {part['rows']:5d} {part['mape'] * 100:6.1f}% {part['worst_rel_err'] * 100:+7.1f}% "
-                         f"{part['geomean_ratio']:8.3f} {'' if se is None else f'{se * 100:10.1f}%':>11s}")
-        if summary.get("skipped_rows"):
-            lines.append(f"({summary['skipped_rows']} rows not judged: see their skip column)")
-        text = "\n".join(lines) + "\n"
+        text = _summary_table(hw, how, summary, bool(holdout))
     _emit(text, output)
+
+
+def _summary_table(hw, how: str, summary: dict, holdout: bool) -> str:
+    lines = [f"validation on {hw.name} ({how}); errors on {summary['overall']['rows']} "
+             f"{'held-out ' if holdout else ''}rows; speedup vs {summary['baseline_kernel'] or '-'}",
+             f"{'kernel':28s} {'rows':>8s} {'MAPE':>7s} {'worst':>8s} {'geomean':>8s} {'speedup err':>11s}"]
+    parts = [("all", summary["overall"])]
+    if len(summary["by_level"]) > 1:
+        parts += [(f"  level {k}", v) for k, v in summary["by_level"].items()]
+    parts += [(f"  {k}", v) for k, v in summary["by_strategy"].items()] + list(summary["by_kernel"].items())
+    for name, part in parts:
+        se = part.get("speedup_mape")
+        lines.append(f"{name:28s} {part['rows']:8d} {part['mape'] * 100:6.1f}% {part['worst_rel_err'] * 100:+7.1f}% "
+                     f"{part['geomean_ratio']:8.3f} {'' if se is None else f'{se * 100:10.1f}%':>11s}")
+    if summary.get("skipped_rows"):
+        lines.append(f"({summary['skipped_rows']} rows not judged: see their skip column)")
+    return "\n".join(lines) + "\n"
+
+
+def _validate_stream(measured: str, gpu, hardware_file, fmt: str, output: Optional[str]):
+    """validate MEASURED.csv without --holdout: two passes over the file in chunks (measured.StreamedValidation),
+    every row checked before anything is written; per-row output streamed (CSV, JSON) or only the summary kept."""
+    from ..hardware_profiles import load_hardware
+    from ..simulator.measured import StreamedValidation
+    from ..simulator.output import csv_chunks, json_chunks, to_json, write_text
+
+    _given(gpu, "--hardware", "a profile name (see `sparq-sim hardware list`)")
+    _given(hardware_file, "--hardware-file", "a profile YAML file")
+    hw = (load_hardware(_hardware_arg(None, hardware_file)[0]) if hardware_file else
+          load_hardware(gpu) if gpu else None)
+    sv = StreamedValidation(measured, hw, one_device=True)
+    hw = sv.hw
+    frames = ({c: d[c].to_numpy() for c in d.columns} for d in sv.rows())
+    if fmt == "csv":
+        write_text(output, csv_chunks(frames))
+    elif fmt == "json":
+        def pieces():   # the rows as they come, then the summary they add up to
+            yield '{"rows": '
+            yield from json_chunks(frames)
+            yield ', "summary": ' + to_json(sv.summary) + "}\n"
+        write_text(output, pieces())
+    else:
+        for _ in frames:
+            pass
+        how = "calibrated profile" if hw.calibration else "uncalibrated: shipped defaults"
+        _emit(_summary_table(hw, how, sv.summary, False), output)
 
 
 def _validate_all(fmt: str, output: Optional[str]):

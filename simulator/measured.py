@@ -78,6 +78,58 @@ def load_measurements(path):
         df = pd.read_csv(p)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:
         raise UserError(f"measurement file {str(p)!r} cannot be read as CSV: {' '.join(str(e).split())}") from None
+    _check_header(df, p)
+    if len(df) == 0:
+        raise UserError(f"measurement file {str(p)!r} has no rows")
+    df, skipped = _check_rows(df, p, 2)
+    if len(df) == 0:
+        raise UserError(f"measurement file {str(p)!r}: every row has a skip reason; nothing to judge")
+    # attrs are deep-copied by every pandas operation: only small things go there
+    df.attrs["skipped"] = skipped
+    df.attrs["path"] = str(p)
+    return df
+
+
+def measurement_chunks(path, chunk_rows: int):
+    """A measurement CSV read and validated `chunk_rows` rows at a time (the same checks and messages as
+    `load_measurements`, rows named by their line in the file): yields (frame, skipped) per chunk, so a file of any
+    length is checked in bounded memory."""
+    import pandas as pd
+
+    p = input_file(path, "measurement file", "a CSV file")
+
+    def fail_read(e):
+        raise UserError(f"measurement file {str(p)!r} cannot be read as CSV: {' '.join(str(e).split())}") from None
+
+    errors = (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError)
+    try:
+        reader = pd.read_csv(p, chunksize=chunk_rows)
+    except errors as e:
+        fail_read(e)
+    line, judged, seen = 2, 0, 0
+    with reader:
+        while True:
+            try:
+                df = next(reader)
+            except StopIteration:
+                break
+            except errors as e:
+                fail_read(e)
+            if seen == 0:
+                _check_header(df, p)
+            seen += len(df)
+            n = len(df)
+            df, skipped = _check_rows(df.reset_index(drop=True), p, line)
+            line += n
+            judged += len(df)
+            yield df, skipped
+    if seen == 0:
+        raise UserError(f"measurement file {str(p)!r} has no rows")
+    if judged == 0:
+        raise UserError(f"measurement file {str(p)!r}: every row has a skip reason; nothing to judge")
+
+
+def _check_header(df, p) -> None:
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise UserError(f"measurement file {str(p)!r}: missing column(s) {', '.join(missing)} "
@@ -85,16 +137,19 @@ def load_measurements(path):
     twice = [c for c in SCHEMA + OPTIONAL if f"{c}.1" in df.columns]  # pandas renames a repeated header to NAME.1
     if twice:
         raise UserError(f"measurement file {str(p)!r}: column {twice[0]} appears more than once in the header")
-    if len(df) == 0:
-        raise UserError(f"measurement file {str(p)!r} has no rows")
-    df["_line"] = np.arange(len(df)) + 2
+
+
+def _check_rows(df, p, line0: int):
+    """The row checks of a measurement frame whose first row is line `line0` of the file -> (the rows to judge,
+    [(line, skip reason)])."""
+    df["_line"] = np.arange(len(df)) + line0
     skipped = []
     if "skip" in df.columns:
         reason = df["skip"].astype(object).where(df["skip"].notna(), "").astype(str).str.strip()
         skipped = list(zip(df["_line"][reason != ""].tolist(), reason[reason != ""].tolist()))
         df = df[reason == ""].reset_index(drop=True)
         if len(df) == 0:
-            raise UserError(f"measurement file {str(p)!r}: every row has a skip reason; nothing to judge")
+            return df.drop(columns=["_line"]), skipped
 
     def fail(i, msg):
         raise UserError(f"measurement file {str(p)!r} row {int(df['_line'].iloc[i])}: {msg}")
@@ -201,10 +256,8 @@ def load_measurements(path):
     if bad_row:
         i, msg = min(bad_row, key=lambda x: x[0])
         fail(i, msg(i))
-    # attrs are deep-copied by every pandas operation: only small things go there
-    df.attrs["skipped"] = skipped
-    df.attrs["path"] = str(p)
-    return df.drop(columns=["_line"])
+    return df.drop(columns=["_line"]), skipped
+
 
 
 _PROFILE_KEYS: list[tuple[str, str]] | None = None
@@ -365,3 +418,120 @@ def validate(df, hw: HardwareProfile | None, holdout: str | None = None, baselin
         summary["fitted"] = calibration_block(params, hw, f"fitted on holdout {holdout}",
                                               int((df['split'] == 'fit').sum()))
     return df, summary
+
+
+VALIDATE_CHUNK_ROWS = 131_072   # rows of a measurement file read, checked and predicted at a time (validate_stream)
+
+
+class _Errors:
+    """Running totals of one group of rows for `summarise`: the same figures without holding the rows."""
+
+    def __init__(self):
+        self.rows, self.abs_sum, self.log_sum, self.worst, self.sp_rows, self.sp_sum = 0, 0.0, 0.0, 0.0, 0, 0.0
+
+    def add(self, err, ratio, speedup_err):
+        if len(err):
+            self.rows += len(err)
+            self.abs_sum += float(np.abs(err).sum())
+            self.log_sum += float(np.log(ratio).sum())
+            w = float(err[np.argmax(np.abs(err))])
+            if abs(w) > abs(self.worst) or self.rows == len(err):
+                self.worst = w
+        se = speedup_err[~np.isnan(speedup_err)] if speedup_err is not None else np.zeros(0)
+        self.sp_rows += len(se)
+        self.sp_sum += float(np.abs(se).sum())
+
+    def summary(self) -> dict:
+        out = {"rows": self.rows, "mape": self.abs_sum / self.rows if self.rows else math.nan,
+               "worst_rel_err": self.worst if self.rows else math.nan,
+               "geomean_ratio": math.exp(self.log_sum / self.rows) if self.rows else math.nan}
+        if self.sp_rows:
+            out["speedup_mape"] = self.sp_sum / self.sp_rows
+        return out
+
+
+class StreamedValidation:
+    """`validate` of a measurement file of any length in bounded memory (no holdout; the shipped defaults).
+
+    The first pass checks every row (so nothing is written before a bad row is found), notes the kernels and the
+    devices, and predicts the dense kernels' rows, keeping one baseline time per shape; `rows()` is the second pass:
+    chunks of per-row results (the columns of `validate`'s frame, in file order) while the summary accumulates, read
+    from `summary` once `rows()` is exhausted. Memory: a chunk of rows and the baselines' distinct shapes."""
+
+    def __init__(self, path, hw: HardwareProfile | None, chunk_rows: int | None = None,
+                 baseline: str | None = None, one_device: bool = False):
+        import pandas as pd
+
+        from .fidelity import predict_rows
+
+        self.path, self.hw = path, hw
+        self.chunk_rows = int(chunk_rows if chunk_rows is not None else VALIDATE_CHUNK_ROWS)
+        kernels: dict = {}
+        dense: dict = {}
+        hardware: dict = {}
+        self.skipped = 0
+        for df, skipped in measurement_chunks(path, self.chunk_rows):
+            self.skipped += len(skipped)
+            if not len(df):
+                continue
+            if hw is None:
+                for h in dict.fromkeys(df["hardware"].astype(str)):
+                    if h not in hardware:
+                        hardware[h] = resolve_device(h)
+            kern = (df["level"] == "kernel").to_numpy()
+            for k in dict.fromkeys(df["kernel"][kern]):
+                kernels.setdefault(k, get_implementation(k).strategy == "dense")
+            is_dense = kern & df["kernel"].isin([k for k, d in kernels.items() if d]).to_numpy()
+            if is_dense.any():
+                part = df[is_dense].reset_index(drop=True)
+                part["_bp"] = predict_rows(part, hw)
+                for k, g in part.groupby("kernel", sort=False):
+                    rows = g[SHAPE + ["time_s", "_bp"]].rename(columns={"time_s": "_bm"})
+                    dense[k] = pd.concat([dense[k], rows]).drop_duplicates(SHAPE) if k in dense else \
+                        rows.drop_duplicates(SHAPE)
+        dense_kernels = [k for k, d in kernels.items() if d]
+        self.base = baseline or ("attn-torch" if "attn-torch" in dense_kernels else
+                                 (dense_kernels[0] if dense_kernels else None))
+        self._base_rows = dense.get(self.base) if self.base is not None else None
+        if hw is None and one_device:   # the file's one device (validate without --hardware)
+            if len(hardware) > 1:
+                raise UserError(f"the measurements hold several devices ({', '.join(sorted(hardware))}); choose one "
+                                f"with --hardware")
+            hw = self.hw = next(iter(hardware.values()))
+        self.hardware_names = sorted(hardware) if hw is None else [hw.name]
+        self.summary: dict | None = None
+
+    def rows(self):
+        from .fidelity import predict_rows
+
+        groups = {"overall": {"": _Errors()}, "by_level": {}, "by_strategy": {}, "by_kernel": {}}
+        for df, _ in measurement_chunks(self.path, self.chunk_rows):
+            if not len(df):
+                continue
+            df["split"] = "test"
+            df["predicted_time_s"] = predict_rows(df, self.hw)
+            df["rel_err"] = df["predicted_time_s"] / df["time_s"] - 1.0
+            if self._base_rows is not None:
+                df = df.merge(self._base_rows, on=SHAPE, how="left")
+                df["measured_speedup"] = df["_bm"] / df["time_s"]
+                df["predicted_speedup"] = df["_bp"] / df["predicted_time_s"]
+                df["speedup_err"] = df["predicted_speedup"] / df["measured_speedup"] - 1.0
+                df = df.drop(columns=["_bm", "_bp"])
+            err = df["rel_err"].to_numpy()
+            ratio = df["predicted_time_s"].to_numpy() / df["time_s"].to_numpy()
+            se = df["speedup_err"].to_numpy() if "speedup_err" in df else None
+            groups["overall"][""].add(err, ratio, se)
+            for key, col in (("by_level", "level"), ("by_strategy", "strategy"), ("by_kernel", "kernel")):
+                values = df[col].to_numpy()
+                for v in dict.fromkeys(values.tolist()):
+                    sel = values == v
+                    groups[key].setdefault(v, _Errors()).add(err[sel], ratio[sel], se[sel] if se is not None else None)
+            yield df
+        self.summary = {
+            "hardware": ",".join(self.hardware_names), "profile_digest": self.hw.digest if self.hw else "",
+            "holdout": None, "baseline_kernel": self.base,
+            "calibrated_profile": bool(self.hw is not None and self.hw.calibration), "defaults": "shipped",
+            "skipped_rows": self.skipped, "overall": groups["overall"][""].summary(),
+            **{key: {v: e.summary() for v, e in groups[key].items()} for key in ("by_level", "by_strategy",
+                                                                                  "by_kernel")}}
+        self.summary["mape"] = self.summary["overall"]["mape"]

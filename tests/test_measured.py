@@ -136,3 +136,52 @@ def test_model_step_is_measured_and_validated_against_predict(tmp_path):
     want = sparq_sim.predict_columns(hardware="epyc-7763", model="smollm2-135m", seq_len=int(df.seq_len[0]),
                                      batch=1, strategies=["dense"], dtype="fp32")["time_s"][0]
     assert out.predicted_time_s[0] == pytest.approx(want) and math.isfinite(summary["mape"])
+
+
+def _same_summary(a, b, path=""):
+    if isinstance(a, dict):
+        assert list(a) == list(b), (path, list(a), list(b))
+        for k in a:
+            _same_summary(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("name,chunk", [("sparq-paper-a10g", 100), ("h2o-t4", 7), ("quest-rtx6000ada", 5)])
+def test_a_file_validated_in_chunks_is_the_file_validated_whole(name, chunk):
+    """validate MEASURED.csv reads, checks and judges a file in chunks (bounded memory): the rows and the summary are
+    those of the whole frame, skipped rows, levels, baselines found in a later chunk and all."""
+    from sparq_sim.simulator.measured import StreamedValidation
+
+    p = dataset_path(name)
+    df = load_measurements(p)
+    hw = resolve_device(sorted(set(df["hardware"].astype(str)))[0])
+    rows, summary = validate(df, hw)
+    sv = StreamedValidation(p, None, chunk_rows=chunk, one_device=True)
+    import pandas as pd
+    got = pd.concat(list(sv.rows()), ignore_index=True)
+    pd.testing.assert_frame_equal(got, rows.reset_index(drop=True), check_dtype=False, check_exact=True)
+    _same_summary(sv.summary, summary)
+
+
+def test_validate_cli_streams_a_file_and_names_a_bad_row_in_a_late_chunk(tmp_path, capsys, monkeypatch):
+    import sparq_sim.simulator.measured as M
+
+    monkeypatch.setattr(M, "VALIDATE_CHUNK_ROWS", 50)
+    src = dataset_path("sparq-paper-a10g").read_text().splitlines()
+    f = tmp_path / "m.csv"
+    f.write_text("\n".join(src[:301]) + "\n")
+    assert main(["validate", str(f), "-f", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["rows"]) == 300 and doc["summary"]["overall"]["rows"] == 300
+    assert main(["validate", str(f), "-f", "csv", "-o", str(tmp_path / "v.csv")]) == 0
+    assert (tmp_path / "v.csv").read_text().count("\n") == 301
+    bad = src[:250] + [src[250].replace(",float16,", ",float17,")] + src[251:301]
+    f.write_text("\n".join(bad) + "\n")
+    out = tmp_path / "bad.csv"
+    assert main(["validate", str(f), "-f", "csv", "-o", str(out)]) == 2
+    err = capsys.readouterr()
+    assert err.out == "" and err.err.startswith("error: ") and "row 251" in err.err and err.err.count("\n") == 1
+    assert not out.exists()

@@ -67,6 +67,8 @@ KV_DTYPE = typer.Option(None, "--kv-dtype", "--kv", help="KV cache format (defau
 ACT = typer.Option(None, "--act", help="Activations and the matrix arithmetic (default: as the weights' usual "
                    "kernels run: int4 computes in fp16, int8/fp8 W8A8); bf16 with quantised weights = weight-only.")
 DEVICES = typer.Option("1", "--devices", "-n", help="Tensor-parallel devices (list allowed).")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress or status lines on stderr (results and errors "
+                     "still).")
 R = typer.Option(None, "--r", help="SparQ: query components r (overrides the recipe).")
 K = typer.Option(None, "--k", help="Positions / cache tokens k (overrides the recipe).")
 LW = typer.Option(None, "--local-window", help="Local window l (SparQ default k/4, H2O k/2).")

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..simulator.errors import UserError
-from . import FMT, HW_FILE, OUT, _emit, _given, _hardware_arg, app
+from . import FMT, HW_FILE, OUT, QUIET, _emit, _given, _hardware_arg, app
 
 # --- measurements: validate and calibrate (issue 5) ------------------------------------------------------------------
 
@@ -190,7 +190,8 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
               defaults: bool = typer.Option(False, "--defaults", help="Refit the shipped defaults (the costs that "
                                             "travel) on every shipped dataset and rewrite the fitted block of "
                                             "data/implementations.yaml (or write the whole file to -o)."),
-              output: Optional[str] = typer.Option(None, "--output", "-o", help="The profile YAML to write.")):
+              output: Optional[str] = typer.Option(None, "--output", "-o", help="The profile YAML to write."),
+              quiet: bool = QUIET):
     """Calibrate a device on its measurements (its host speed and memory bandwidth from as few as three rows; each
     kernel with enough rows on its own), measure this machine (--device cpu), or refit the shipped defaults
     (--defaults); write the profile."""
@@ -223,10 +224,16 @@ def calibrate(measured: Optional[str] = typer.Argument(None, help="CSV in the me
                             f"--device cuda`, then `sparq-sim calibrate MEASURED.csv`)")
         if measured or dataset:
             raise UserError("give either --device cpu or measurements, not both")
+        from ..simulator.output import output_target
         from ..sparq_ref.calibrate_cpu import profile_from_microbenchmarks, run_microbenchmarks
         from ..sparq_ref.measure import set_threads
+        output_target(output)   # before the micro-benchmarks, not after
         set_threads(threads)
-        data = profile_from_microbenchmarks(run_microbenchmarks(quick=quick), name or "this-cpu")
+        from ..common.progress import Progress
+        from ..sparq_ref.calibrate_cpu import MICROBENCHMARK_STAGES
+        with Progress(MICROBENCHMARK_STAGES, "calibrate this cpu", quiet=quiet, unit="micro-benchmarks") as bar:
+            figures = run_microbenchmarks(quick=quick, progress=bar)
+        data = profile_from_microbenchmarks(figures, name or "this-cpu")
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
         _check_profile(text, output)
         write_atomic(output, text)
@@ -296,30 +303,31 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
             model_step: bool = typer.Option(False, "--model-step", help="Time whole decode steps of a real model "
                                             "(dense, through transformers) instead of the kernels."),
             model: Optional[str] = typer.Option(None, "--model", "-m", help="With --model-step: " + _REF_MODEL),
-            output: str = typer.Option(..., "--output", "-o", help="The CSV to write (atomically, when done).")):
+            output: str = typer.Option(..., "--output", "-o", help="The CSV to write (atomically, when done)."),
+            quiet: bool = QUIET):
     """Time the decode-attention kernels of every strategy on this machine; write a CSV in the measurement schema.
 
     Ctrl-C leaves no CSV (or the whole one)."""
     from ..simulator.interrupt import interruptible
 
-    done = {"points": 0, "of": None, "written": False}
+    done = {"points": 0, "of": None, "written": False, "bar": None}
 
     def on_interrupt() -> str:
         if done["written"]:
             return f"{output} was written completely"
-        if sys.stderr.isatty() and done["of"] and done["points"] < done["of"]:
-            sys.stderr.write("\n")  # end the progress line
+        if done["bar"] is not None:
+            done["bar"].close()   # clear the progress line
         left = f" ({output} left as it was)" if os.path.exists(output) else ""
         measured = f"; {done['points']} of {done['of']} points were measured" if done["of"] else ""
         return f"no file written{left}{measured}"
 
     with interruptible(on_interrupt):
         _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k, repeats, warmup, threads,
-                 model_step, model, output, done)
+                 model_step, model, output, done, quiet)
 
 
 def _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k, repeats, warmup, threads,
-             model_step, model, output, done):
+             model_step, model, output, done, quiet):
     from ..simulator.interrupt import checkpoint, deferred
     from ..simulator.measured import SCHEMA
     from ..simulator.output import to_csv, write_atomic
@@ -341,19 +349,28 @@ def _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k
         raise UserError(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
     if repeats < 1 or warmup < 0:
         raise UserError("--repeats must be at least 1 and --warmup at least 0")
+    from ..simulator.output import output_target
+    output_target(output)   # a name that cannot be written is said before minutes of measuring, not after
     from ..sparq_ref.measure import measure_kernels, set_threads
     set_threads(threads)
 
+    from ..common.progress import Progress, status
+
     def progress(i, n):
+        if done["bar"] is None:
+            done["bar"] = Progress(n, "measure", quiet=quiet, unit="points").__enter__()
+        done["bar"].advance(i - done["points"])
         done.update(points=i, of=n)
-        if sys.stderr.isatty():
-            sys.stderr.write(f"\rmeasured {i}/{n}" + ("\n" if i == n else ""))
-        checkpoint("point")
+        if i == n:
+            done["bar"].close()
+        if i:
+            checkpoint("point")
 
     if model_step:
         from ..sparq_ref.measure import measure_model_step
         if len(dts) > 1:
             raise UserError("--model-step takes one --dtype")
+        status(f"loading model {model or 'SmolLM2-135M (bundled)'} ...", quiet)
         rows = measure_model_step(model, parse_axis(batch, "--batch", minimum=1), parse_axis(seq, "--seq", minimum=1),
                                   device=device, dtype=dts[0], repeats=repeats, warmup=warmup, progress=progress)
     else:

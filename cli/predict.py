@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from ..simulator.errors import UserError
-from . import (ACT, BATCH, COMP, DEVICES, DTYPE, FMT, GPU, HW_FILE, K, KLAYOUT, KV_DTYPE, KVLOC, LW, MODEL, OUT, PAGE, R,
-               SEQ, STRATS, WLOC, _emit, _given, _hardware_arg, app)
+from . import (ACT, BATCH, COMP, DEVICES, DTYPE, FMT, GPU, HW_FILE, K, KLAYOUT, KV_DTYPE, KVLOC, LW, MODEL, OUT, PAGE,
+               QUIET, R, SEQ, STRATS, WLOC, _emit, _given, _hardware_arg, app)
 
 PREDICT_TABLE_MAX_ROWS = 100_000  # a table is for reading; larger sweeps go to CSV, JSON or Parquet (streamed)
 
@@ -53,7 +53,8 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
                                                        "of the batch in flight (default: one per stage)."),
             mla_decode: Optional[str] = typer.Option(None, "--mla-decode", help="Multi-head latent attention "
                                                      "(deepseek-v3): absorbed (default: attention over the cached "
-                                                     "latent) or unabsorbed (rows expanded per head each step).")):
+                                                     "latent) or unabsorbed (rows expanded per head each step)."),
+            quiet: bool = QUIET):
     """Predict bytes moved, time and speedup of one decode step (or a whole generation) for each strategy."""
     from ..simulator.output import (STREAM_FORMATS, csv_chunks, json_chunks, render_table, resolve_format,
                                    write_parquet, write_text)
@@ -75,11 +76,20 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
                microbatches=_given(microbatches, "--microbatches", "micro-batches in flight"))
     for note in sw.warnings:
         sys.stderr.write(f"warning: {note}\n")
-    if fmt == "parquet":
-        write_parquet(output, sw.chunks(), row_group_rows=DEFAULT_CHUNK_ROWS // 2)  # small cases: merged
-    elif fmt in ("csv", "json"):
-        pieces = (csv_chunks if fmt == "csv" else json_chunks)(decoded(c) for c in sw.chunks())
-        write_text(output, pieces)
+    if fmt in ("parquet", "csv", "json"):
+        from ..common.progress import Progress
+
+        # a sweep of several chunks written to a file says how far it is (a table or a pipe stays as it is)
+        with Progress(sw.rows, "predict", quiet=quiet or not output or sw.rows <= DEFAULT_CHUNK_ROWS,
+                      unit="rows") as bar:
+            def chunks():
+                for c in sw.chunks():
+                    yield c
+                    bar.advance(len(c["time_s"]))
+            if fmt == "parquet":
+                write_parquet(output, chunks(), row_group_rows=DEFAULT_CHUNK_ROWS // 2)  # small cases: merged
+            else:
+                write_text(output, (csv_chunks if fmt == "csv" else json_chunks)(decoded(c) for c in chunks()))
     else:
         if sw.rows > PREDICT_TABLE_MAX_ROWS:
             raise UserError(f"the sweep has {sw.rows:,} rows, too many for a table (at most "

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from . import STRATS, app
+from . import QUIET, STRATS, app
 
 # --- the reference part (issue 3): real models through transformers; torch is imported only when these run ----------
 
@@ -32,11 +32,13 @@ def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_RE
              device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
              dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16."),
              reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value "
-                                             "reallocation); the paper dropped it for GQA models.")):
+                                             "reallocation); the paper dropped it for GQA models."),
+             quiet: bool = QUIET):
     """Score strategies x compression ratios x tasks on a real model, with each run's measured transfer ratio."""
     from ..sparq_ref.commands import evaluate as run
     return run(model, tasks, strategies, compression, samples, format, output, length=length, text=text,
-               batch_size=batch_size, seed=seed, depth=depth, device=device, dtype=dtype, reallocate=reallocate)
+               batch_size=batch_size, seed=seed, depth=depth, device=device, dtype=dtype, reallocate=reallocate,
+               progress=not quiet)
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim record --strategy sparq --compression 8 --steps 32 -o sparq.parquet\n\n"
@@ -71,7 +73,8 @@ def record(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF)
            dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16 (default: fp32 on CPU, "
                                                "bf16 on GPU)."),
            reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value "
-                                           "reallocation); the paper dropped it for GQA models.")):
+                                           "reallocation); the paper dropped it for GQA models."),
+           quiet: bool = QUIET):
     """Decode a task with one strategy and write, step by step, what it fetched: a Parquet trace for replay.
 
     Ctrl-C leaves no trace (or the whole one); batches already decoded stay in OUTPUT.partial for --resume."""
@@ -79,5 +82,5 @@ def record(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF)
     return run(model, task, strategy, compression, r, k, steps, output, local_window=local_window,
                page_size=page_size, sinks=sinks, samples=samples, length=length, text=text, seed=seed, depth=depth,
                device=device, dtype=dtype, reallocate=reallocate, batch_size=batch_size, resume=resume,
-               restart=restart)
+               restart=restart, progress=not quiet)
 

@@ -724,7 +724,8 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
     weights' format (with a scale group: 'int4-g32'), `kv_dtype` the cache's, `act_dtype` the activations' and the
     matrix arithmetic's (default: as the weights' usual kernels run; ledger.Precision). `weights_on_device` and
     `kv_on_device`: the shares kept on the device, the rest on the host (roofline.Placement). `pipeline`: stages
-    of `devices` tensor-parallel devices each, with `microbatches` in flight (default one per stage; `pipeline_step`)."""
+    of `devices` tensor-parallel devices each, with `microbatches` in flight (default one per stage;
+    `pipeline_step`)."""
     sw = sweep(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
                local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode, act_dtype,
                weights_on_device, kv_on_device, pipeline, microbatches)

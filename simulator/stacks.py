@@ -24,10 +24,11 @@ cost (q + dequant + 2) / q times their own reading, q being the format's bytes p
 so the efficiencies stay what elementwise kernels achieve (prior 1) and the structure carries the factor of ~30.
 Attention on the host (FlexGen's CPU delegation) likewise moves `cpu_attention_bytes_per_element` bytes of host memory
 per cached element it attends to (its copies and fp32 conversion; `..._quantized` for a compressed cache, dequantised
-into fp32 first), at the host's rate `cpu_attention_Bps` (fitted; kv_q is the cache's bytes per element). W and KV are the step's weight and KV-cache bytes, BW the profile's achieved bandwidth of
-the first memory tier; the offloaded shares are (1 - weights_on_device) and (1 - kv_on_device). A step-level measurement is the mean over the
-decode steps it ran (context S + 1 ... S + gen_len - 1); a whole generation (e2e) is the prefill of the prompt
-(`predict`'s prefill, plus the offloaded weights' transfer) and those steps, summed exactly over every context.
+into fp32 first), at the host's rate `cpu_attention_Bps` (fitted; kv_q is the cache's bytes per element). W and KV are
+the step's weight and KV-cache bytes, BW the profile's achieved bandwidth of the first memory tier; the offloaded
+shares are (1 - weights_on_device) and (1 - kv_on_device). A step-level measurement is the mean over the decode steps
+it ran (context S + 1 ... S + gen_len - 1); a whole generation (e2e) is the prefill of the prompt (`predict`'s
+prefill, plus the offloaded weights' transfer) and those steps, summed exactly over every context.
 
 The stack costs travel like the kernels' (see implementations.py): `host_per_layer` is the software's; the
 efficiencies are relative to each profile. Priors come from `stacks:` in data/implementations.yaml; fitted values

@@ -67,8 +67,15 @@ def _cache_bytes() -> tuple[float, int]:
     return best or 32 * 1024**2, line
 
 
-def run_microbenchmarks(quick: bool = False) -> dict:
+MICROBENCHMARK_STAGES = 12   # the steps `run_microbenchmarks` reports to its progress callback
+
+
+def run_microbenchmarks(quick: bool = False, progress=None) -> dict:
+    """The machine's figures (see profile_from_microbenchmarks); `progress(n)` after each of the
+    MICROBENCHMARK_STAGES steps."""
     import torch
+
+    tick = progress or (lambda n=1: None)
 
     torch.manual_seed(0)
     cache, line = _cache_bytes()
@@ -78,6 +85,7 @@ def run_microbenchmarks(quick: bool = False) -> dict:
     stream_Bps = n_stream * 4 / stream_s
     small = x[: int(cache // 4) // 4]           # a quarter of the last-level cache: stays resident
     cache_Bps = small.numel() * 4 / _median_time(lambda: small.sum(), repeats=15, warmup=3)
+    tick(1)
 
     gathers = {}
     for width in (1, 8, 16, 64):                          # fp32 elements per row: 4, 32, 64, 256 bytes
@@ -88,12 +96,14 @@ def run_microbenchmarks(quick: bool = False) -> dict:
         out = torch.empty(n_idx, width)
         t = _median_time(lambda: torch.index_select(table, 0, idx, out=out))
         gathers[width * 4] = n_idx * width * 4 / t
+        tick(1)
     x = None  # free the stream buffer before the next benchmarks
     # the gather the eager kernels run: whole rows of K picked by an index expanded over head_dim (torch.gather)
     Kg = torch.randn(16, 16384 // (4 if quick else 1), 128)
     rows_idx = torch.randint(0, Kg.shape[1], (16, 1024, 1)).expand(16, 1024, 128)
     row_gather_Bps = rows_idx.numel() * 4 / _median_time(lambda: Kg.gather(1, rows_idx))
     Kg = None
+    tick(1)
 
     # decode attention streams K and V through matrix-vector products: q [1 x d] @ K^T over many heads
     heads, S_mv, d_mv = 16, 32768 // (4 if quick else 1), 128
@@ -101,6 +111,7 @@ def run_microbenchmarks(quick: bool = False) -> dict:
     q = torch.randn(heads, 1, d_mv)
     matvec_Bps = K.numel() * 4 / _median_time(lambda: q @ K.transpose(-1, -2))
     K = None
+    tick(1)
     # a decode step streams its weights through batch-1 linear layers: a stack of 4 MB matrices, four times the cache
     W = [torch.randn(2048, 512) for _ in range(max(2, int((2 if quick else 4) * cache // (2048 * 512 * 4))))]
     x, y = torch.randn(1, 512), torch.empty(1, 2048)
@@ -110,6 +121,7 @@ def run_microbenchmarks(quick: bool = False) -> dict:
             torch.mm(x, w.t(), out=y)   # F.linear at batch 1, into a reused output
     gemv_Bps = sum(w.numel() for w in W) * 4 / _median_time(linears)
     W = None
+    tick(1)
 
     n = 512 if quick else 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -119,18 +131,22 @@ def run_microbenchmarks(quick: bool = False) -> dict:
         matmul["bf16"] = 2 * n**3 / _median_time(lambda: ab @ bb)
     except RuntimeError:
         pass
+    tick(1)
     v = torch.randn(8 * 1024**2)
     vector_fp32 = v.numel() / _median_time(lambda: torch.exp(v))   # one op per element (exp counted as one)
 
     tiny = torch.ones(1)
     overhead_s = _median_time(lambda: [tiny.add(1.0) for _ in range(200)], repeats=9) / 200
+    tick(1)
     ops = primitive_ops(cache, quick, line)
+    tick(1)
 
     topk = []
     for S in (4096, 16384, 65536):
         scores = torch.randn(64, S)
         t = _median_time(lambda: torch.topk(scores, 128, dim=-1, sorted=False))
         topk.append(max(t - overhead_s, 0.0) / scores.numel())
+    tick(1)
     return {
         "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "memory_bytes": _meminfo_bytes(), "cache_bytes": cache, "line_bytes": line,

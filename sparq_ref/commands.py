@@ -95,26 +95,19 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _progress(total: int, description: str, enabled: bool):
-    """A rich progress bar on stderr (a no-op context when disabled or stderr is not a terminal)."""
-    from contextlib import nullcontext
+    """Progress on stderr with the time left (common.progress): a bar on a terminal, a line per tenth otherwise;
+    silent when not `enabled`. Used as a context manager whose value is called with the units done."""
+    from ..common.progress import Progress
 
-    if not enabled or not sys.stderr.isatty():
-        return nullcontext(lambda n=1: None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    return Progress(total, description, quiet=not enabled, unit="decode steps")
 
-    class _Bar:
-        def __enter__(self):
-            self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                              console=Console(stderr=True), transient=True)
-            self.p.__enter__()
-            self.t = self.p.add_task(description, total=total)
-            return lambda n=1: self.p.advance(self.t, n)
 
-        def __exit__(self, *exc):
-            return self.p.__exit__(*exc)
+def _loading(model: str | None, device: str | None, quiet: bool) -> None:
+    """The command's first words, before the seconds a model takes to load."""
+    from ..common.progress import status
 
-    return _Bar()
+    status(f"loading model {model or 'SmolLM2-135M (bundled)'}" + (f" on {device}" if device else "") + " ...",
+           quiet)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,6 +151,7 @@ def evaluate(model: str | None = None, tasks: str = "all", strategies: str = "al
 
 def _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, written, *, length, text, batch_size,
               seed, depth, device, dtype, reallocate, progress) -> int:
+    _loading(model, device, not progress)   # first: importing torch alone takes seconds
     from . import tasks as T
     from .hf import StrategyConfig
     from .model import load_model
@@ -378,6 +372,7 @@ def _record(model, task_name, cfg, steps, out, part, config, digest, done, opene
     from .model import load_model
 
     checkpoint("load")
+    _loading(model, device, not progress)
     lm = load_model(model, device=device, dtype=dtype)
     _check_length(lm, length, steps)
     cfg.resolve([max(length, 64)], lm.head_dim)  # reject r > d_h and the like before any work

@@ -94,6 +94,8 @@ def measure_kernels(kernels, batches, seqs, heads, kv_heads, head_dims, dtypes, 
         if key not in seen:
             seen.add(key)
             points.append(key)
+    if progress:
+        progress(0, len(points))
     for n, (kern, B, S, H, Hkv, d, dt, r_, k_) in enumerate(points):
         strategy, fn = KERNELS[kern]
         r, k = r_ or 1, k_ or 1
@@ -136,6 +138,8 @@ def measure_model_step(model, batches, seqs, device="cpu", dtype=None, repeats=7
     # newer transformers name the cache argument `cache` (past_key_values is deprecated there)
     cache_kw = "cache" if "cache" in inspect.signature(m.forward).parameters else "past_key_values"
     rows, grid = [], [(B, S) for B in batches for S in seqs]
+    if progress:
+        progress(0, len(grid))
     for n, (B, S) in enumerate(grid):
         ids = torch.randint(10, cfg.vocab_size - 1, (B, S), generator=gen).to(lm.device)
         times = []

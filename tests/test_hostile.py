@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import without_progress
+
 from sparq_sim.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +162,7 @@ def _limited(limit_bytes):
 def test_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, fmt):
     res = subprocess.run(CMD + ["predict", "--model", "mistral-7b", "--seq", "1:20000", "-o", str(tmp_path / f"big.{fmt}")], env=ENV,
                          capture_output=True, text=True, preexec_fn=_limited(64 * 1024), timeout=120)
-    one_line(res.returncode, res.stderr)
+    one_line(res.returncode, "\n".join(without_progress(res.stderr)))
     assert "could not be written" in res.stderr and "nothing was written" in res.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -256,7 +258,7 @@ def test_a_signal_during_a_streamed_sweep_leaves_no_file(tmp_path, sig, status):
     time.sleep(0.5)
     p.send_signal(sig)
     err = p.communicate(timeout=60)[1]
-    assert p.returncode == status and len(err.splitlines()) == 1 and "Traceback" not in err, (p.returncode, err)
+    assert p.returncode == status and len(without_progress(err)) == 1 and "Traceback" not in err, (p.returncode, err)
     assert ("interrupted" if sig == signal.SIGINT else signal.Signals(sig).name) in err
     assert list(tmp_path.iterdir()) == []
 

@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import PROGRESS_LINE  # noqa: E402
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -128,9 +129,12 @@ def test_strategies_differ_from_dense_but_sparq_is_close(lm, prefix):
 
 def test_record_command_writes_a_trace(lm, tmp_path, capsys):
     out = tmp_path / "rec.parquet"
-    assert C.record(task="passkey", strategy="sparq", compression=8, steps=3, length=128, output=str(out),
-                    progress=False) == 0
-    assert "wrote" in capsys.readouterr().out
+    assert C.record(task="passkey", strategy="sparq", compression=8, steps=3, length=128, output=str(out)) == 0
+    cap = capsys.readouterr()
+    assert "wrote" in cap.out
+    err = cap.err.splitlines()   # what it is loading, then its progress: off a terminal a line per tenth
+    assert err[0] == "loading model SmolLM2-135M (bundled) ..." and all(PROGRESS_LINE.match(x) for x in err), err
+    assert err[1].startswith("record sparq: 0% (0/3 decode steps)") and err[-1].startswith("record sparq: 100% (3/3")
     tr = read_trace(out)
     m = tr.metadata
     assert m["strategy"] == "sparq" and m["params"]["compression"] == 8.0 and m["model"]["head_dim"] == 64

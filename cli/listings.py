@@ -29,7 +29,7 @@ def strategies(format: Optional[str] = FMT):
         _emit(to_json([s.__dict__ for s in STRATEGIES.values()]), None)
         return
     lines = [f"{s.name:12s} {s.title}: {s.summary} [params: {', '.join(s.params) or '-'}] ({s.reference})"
-             for s in STRATEGIES.values()]
+             + (f" [also: {', '.join(s.aliases)}]" if s.aliases else "") for s in STRATEGIES.values()]
     _emit("\n".join(lines) + "\n", None)
 
 

@@ -161,6 +161,8 @@ def _check_rows(df, p, line0: int):
         bad = df[c].isna() | (df[c].astype(str).str.strip() == "")
         if bad.any():
             fail(first(bad), f"column {c} is empty")
+    from .strategies import ALIASES
+    df["strategy"] = df["strategy"].astype(str).str.strip().replace(ALIASES)   # streamingllm -> lm-infinite
     if "level" in df.columns:
         df["level"] = df["level"].astype(object).where(df["level"].notna(), "").astype(str).str.strip()
         df.loc[df["level"] == "", "level"] = np.where(df["kernel"][df["level"] == ""] == MODEL_STEP, "step", "kernel")

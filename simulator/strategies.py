@@ -47,6 +47,7 @@ class Strategy:
     params: tuple[str, ...]      # which of r, k, local_window, page_size, sinks it uses
     keeps_full_cache: bool       # True: all S positions stay in memory (chosen per step); False: evicts to k tokens
     reference: str
+    aliases: tuple[str, ...] = ()   # other names of the same method (`--strategies` takes them; outputs say `name`)
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
@@ -59,12 +60,17 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
              ("k", "local_window"), False, "Zhang et al., NeurIPS 2023"),
     Strategy("flexgen", "FlexGen top-k (sparse V)", "exact scores from all of K, then only the top-k rows of V",
              ("k",), True, "Sheng et al., ICML 2023"),
-    Strategy("lm-infinite", "LM-Infinite", "cache of k tokens: sink tokens plus a recent window",
-             ("k", "local_window", "sinks"), False, "Han et al., 2023 (StreamingLLM: Xiao et al., 2023)"),
+    Strategy("lm-infinite", "LM-Infinite / StreamingLLM", "cache of k tokens: sink tokens plus a recent window",
+             ("k", "local_window", "sinks"), False,
+             "Han et al., NAACL 2024 (arXiv 2308.16137); StreamingLLM (Xiao et al., ICLR 2024, arXiv 2309.17453) is "
+             "the same cache and traffic: its paper keeps 4 sinks (--sinks 4, here min(16, k/2)); neither LM-Infinite's "
+             "distance cap nor StreamingLLM's positions re-indexed inside the cache is modelled",
+             aliases=("streamingllm",)),
     Strategy("quest", "Quest", "per-page min/max key bounds select the top pages; then those pages' K and V",
              ("k", "page_size"), True, "Tang et al., ICML 2024"),
 ]}
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
+ALIASES: dict[str, str] = {a: s.name for s in STRATEGIES.values() for a in s.aliases}
 
 DEFAULT_PAGE_SIZE = 16       # Quest's page size (Tang et al. 2024)
 DEFAULT_SINKS = 16           # LM-Infinite keeps ~16 global "sink" tokens (Han et al., arXiv 2308.16137)
@@ -73,8 +79,11 @@ QUEST_DENSE_LAYERS = 2       # Quest runs its first two layers dense (Tang et al
 
 def get_strategy(name: str) -> Strategy:
     key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
     if key not in STRATEGIES:
-        raise UserError(f"unknown strategy {name!r}{closest(key, STRATEGIES)} (accepted: {', '.join(STRATEGIES)})")
+        known = list(STRATEGIES) + list(ALIASES)
+        raise UserError(f"unknown strategy {name!r}{closest(key, known)} (accepted: {', '.join(STRATEGIES)}; "
+                        f"aliases: {', '.join(f'{a} = {n}' for a, n in ALIASES.items())})")
     return STRATEGIES[key]
 
 

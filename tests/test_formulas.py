@@ -181,3 +181,20 @@ def test_allreduce_is_the_faster_of_ring_and_tree_after_the_base_latency():
     assert allreduce_time(n, 2, link) == pytest.approx(6.7e-6 + 2 * 0.6e-6 + n / bw, rel=1e-12)
     big = 1e9   # a large message: bandwidth bound, the ring moves less
     assert allreduce_time(big, 8, link) == pytest.approx(6.7e-6 + 14 * 0.6e-6 + 2 * 7 / 8 * big / bw, rel=1e-12)
+
+
+def test_streamingllm_is_lm_infinite_by_another_name():
+    """StreamingLLM (attention sinks + a recent window) keeps the cache LM-Infinite keeps and moves its bytes: one
+    registry entry, two names. Outputs name the entry; --sinks 4 gives StreamingLLM's paper setting."""
+    import sparq_sim
+    from sparq_sim.simulator.strategies import ALIASES, get_strategy, parse_strategies, resolve_params
+    from sparq_sim.sparq_ref.commands import parse_strategies as ref_parse
+
+    assert ALIASES == {"streamingllm": "lm-infinite"} and get_strategy(" StreamingLLM ").name == "lm-infinite"
+    assert parse_strategies("dense,streamingllm,lm-infinite") == ["dense", "lm-infinite"]
+    a = sparq_sim.predict_columns(strategies="streamingllm", seq_len=8192)
+    b = sparq_sim.predict_columns(strategies="lm-infinite", seq_len=8192)
+    assert a["strategy"].decode().tolist() == ["lm-infinite"] and (a["total_bytes"] == b["total_bytes"]).all()
+    p = resolve_params("streamingllm", 8192, 128, 8, sinks=4)
+    assert int(p["sinks"]) == 4 and int(p["local_window"]) == 1024 - 4
+    assert ref_parse("streamingllm") == ["lm-infinite"]

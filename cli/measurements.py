@@ -283,7 +283,7 @@ def _check_profile(text: str, output: str) -> None:
 
 @app.command(epilog="Examples:\n\n  sparq-sim measure --device cpu -o measured.csv\n\n"
              "  sparq-sim measure --device cuda --batch 1,16,64 --seq 1k:16k:x2 --dtype fp16 -o h200.csv")
-def measure(device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+def measure(device: str = typer.Option("cpu", "--device", help="cpu, cuda (cuda:N) or mps."),
             kernels: str = typer.Option("attn-torch,sparq-attn-torch,sparq-attn-torch-oneK,h2o-attn-torch,"
                                         "lm-infinite-attn-torch,flexgen-attn-torch,quest-attn-torch", "--kernels",
                                         help="Comma list of kernels (sparq_ref/kernels.py)."),
@@ -333,8 +333,8 @@ def _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k
     from ..simulator.output import to_csv, write_atomic
     from ..simulator.ranges import parse_axis, parse_names
 
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    from ..sparq_ref.model import check_device
+    check_device(device)
     from ..sparq_ref.kernels import KERNELS
     kern = parse_names(kernels, "--kernels")
     bad = [x for x in kern if x not in KERNELS]

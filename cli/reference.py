@@ -29,7 +29,8 @@ def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_RE
              batch_size: int = typer.Option(8, "--batch-size", help="Samples decoded at a time."),
              seed: int = typer.Option(0, "--seed", help="Seed of the sampled passages and pass keys."),
              depth: Optional[float] = typer.Option(None, "--depth", help="Pass-key depth 0..1 (default: spread)."),
-             device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
+             device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda (cuda:N) or mps (default: "
+                                                  "cuda if present, else cpu)."),
              dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16."),
              reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value "
                                              "reallocation); the paper dropped it for GQA models."),
@@ -69,7 +70,8 @@ def record(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF)
                                               "standard library's docstrings."),
            seed: int = typer.Option(0, "--seed", help="Seed of the sampled passages and pass keys."),
            depth: Optional[float] = typer.Option(None, "--depth", help="Pass-key depth 0..1 (default: spread)."),
-           device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
+           device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda (cuda:N) or mps (default: cuda "
+                                                "if present, else cpu)."),
            dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16 (default: fp32 on CPU, "
                                                "bf16 on GPU)."),
            reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value "

@@ -39,6 +39,27 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def device_name(device: str) -> str:
+    """What the rows' hardware column says: the GPU's name, or the CPU's with its threads."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    if device == "mps":
+        return f"Apple GPU (MPS) on {cpu_name()}"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work (CUDA and MPS run asynchronously)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
 def time_call(fn, repeats: int, warmup: int, device: str, min_time_s: float = 0.0):
     """Median and standard error of `fn()` wall times (seconds)."""
     import torch
@@ -46,20 +67,23 @@ def time_call(fn, repeats: int, warmup: int, device: str, min_time_s: float = 0.
     for _ in range(warmup):
         fn()
     times = []
-    if device == "cuda":
-        torch.cuda.synchronize()
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
+    if device.startswith("cuda"):
+        with torch.cuda.device(torch.device(device)):   # cuda:N: events on that GPU's stream
             torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
     else:
+        sync(device)   # MPS runs asynchronously too: wall times around a sync
         spent = 0.0
         while len(times) < repeats or spent < min_time_s:
             t = time.perf_counter()
             fn()
+            sync(device)
             dt = time.perf_counter() - t
             times.append(dt)
             spent += dt
@@ -77,10 +101,9 @@ def measure_kernels(kernels, batches, seqs, heads, kv_heads, head_dims, dtypes, 
 
     from .kernels import KERNELS, make_inputs
 
-    if device == "cuda" and not torch.cuda.is_available():
-        from sparq_sim.simulator.errors import UserError
-        raise UserError("--device cuda: no CUDA device is available here (accepted: cpu, cuda)")
-    hw_name = torch.cuda.get_device_name() if device == "cuda" else f"{cpu_name()} ({torch.get_num_threads()} threads)"
+    from .model import check_device
+    check_device(device)
+    hw_name = device_name(device)
     rows = []
     points, seen = [], set()
     for kern, B, S, (H, Hkv), d, dt, r, k in itertools.product(kernels, batches, seqs, zip(heads, kv_heads),
@@ -130,7 +153,7 @@ def measure_model_step(model, batches, seqs, device="cpu", dtype=None, repeats=7
 
     lm = load_model(model, device=device, dtype=dtype)
     m, cfg = lm.model, lm.config
-    hw_name = torch.cuda.get_device_name() if lm.device == "cuda" else f"{cpu_name()} ({torch.get_num_threads()} threads)"
+    hw_name = device_name(lm.device)
     heads = cfg.num_attention_heads
     kv = getattr(cfg, "num_key_value_heads", None) or heads
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -148,13 +171,11 @@ def measure_model_step(model, batches, seqs, device="cpu", dtype=None, repeats=7
             cache = getattr(out, "cache", None) or out.past_key_values
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             for i in range(warmup + repeats):
-                if lm.device == "cuda":
-                    torch.cuda.synchronize()
+                sync(lm.device)
                 t = time.perf_counter()
                 out = m(input_ids=nxt, use_cache=True, **{cache_kw: cache})
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                if lm.device == "cuda":
-                    torch.cuda.synchronize()
+                sync(lm.device)
                 if i >= warmup:
                     times.append(time.perf_counter() - t)
                 cache = getattr(out, "cache", None) or out.past_key_values

@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,21 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str) -> None:
+    """cpu, cuda (cuda:N) or mps (Apple GPUs), and present: else one line saying what is accepted."""
+    if device not in ("cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", str(device)):
+        raise UserError(f"--device must be cpu, cuda (cuda:N) or mps, got {device!r}")
+    if device == "cpu":
+        return
+    import torch
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} was asked for but torch sees no CUDA GPU")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps was asked for but torch sees no Apple GPU (MPS)")
+
+
 _LOADED: dict[tuple, LoadedModel] = {}
 
 
@@ -101,11 +117,9 @@ def _load(model, *, device, dtype) -> LoadedModel:
     except AttributeError:  # pragma: no cover
         pass
     device = device or default_device()
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UserError(f"--device must be cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but torch sees no GPU")
-    dtype = dtype or ("fp32" if device == "cpu" else "bf16")
+    check_device(device)
+    # bf16 on NVIDIA GPUs; fp16 on Apple's (MPS: bf16 only on recent macOS); fp32 on CPUs
+    dtype = dtype or {"cpu": "fp32", "mps": "fp16"}.get(device, "bf16")
     if dtype not in _DTYPES:
         raise UserError(f"--dtype must be one of fp32, bf16, fp16; got {dtype!r}")
     torch_dtype = getattr(torch, _DTYPES[dtype])

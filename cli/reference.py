@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from . import QUIET, STRATS, app
+from . import QUIET, STRATS, _given, app
 
 # --- the reference part (issue 3): real models through transformers; torch is imported only when these run ----------
 
@@ -34,12 +34,21 @@ def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_RE
              dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16."),
              reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value "
                                              "reallocation); the paper dropped it for GQA models."),
+             threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process (default: "
+                                                   "torch's choice; one per Ray task)."),
+             ray: bool = typer.Option(False, "--ray", help="Run the cells (task x batch x strategy) as Ray tasks "
+                                      "on a local Ray cluster started here (pip install 'sparq-sim[distributed]'); "
+                                      "with -o, finished cells are kept for a rerun to go on from."),
+             ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join the Ray cluster at ADDR "
+                                                       "(implies --ray); its workers need the model at the same "
+                                                       "path."),
              quiet: bool = QUIET):
     """Score strategies x compression ratios x tasks on a real model, with each run's measured transfer ratio."""
     from ..sparq_ref.commands import evaluate as run
     return run(model, tasks, strategies, compression, samples, format, output, length=length, text=text,
                batch_size=batch_size, seed=seed, depth=depth, device=device, dtype=dtype, reallocate=reallocate,
-               progress=not quiet)
+               progress=not quiet, threads=threads, ray=ray,
+               ray_address=_given(ray_address, "--ray-address", "a Ray cluster address (host:port)"))
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim record --strategy sparq --compression 8 --steps 32 -o sparq.parquet\n\n"

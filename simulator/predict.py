@@ -62,8 +62,8 @@ from .strategies import parse_strategies, resolve_params
 from .units import parse_dtype
 
 COLUMNS = [
-    "hardware", "model", "devices", "pipeline", "microbatches", "dtype", "kv_dtype", "act_dtype", "k_layout", "batch", "seq_len", "attended_len",
-    "compression", "strategy", "r", "k", "local_window", "page_size",
+    "hardware", "model", "devices", "pipeline", "microbatches", "dtype", "kv_dtype", "act_dtype", "k_layout", "batch",
+    "seq_len", "attended_len", "compression", "strategy", "r", "k", "local_window", "page_size",
     "weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes", "metadata_bytes", "attention_bytes",
     "attention_fraction", "total_bytes", "flops", "arithmetic_intensity",
     "time_s", "ideal_time_s", "attention_time_s", "attention_ideal_time_s", "overhead_time_s", "tokens_per_s",

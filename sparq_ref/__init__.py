@@ -9,6 +9,7 @@
 - `tasks`: repetition, pass-key retrieval and bits per character, on standard-library docstrings or `--text FILE`.
 - `run`: tasks x strategies on a model, scores and measured transfer ratios.
 - `commands`: `evaluate` and `record`, the functions behind `sparq-sim evaluate` / `sparq-sim record`.
+- `distributed`: `evaluate --ray`, the cells of an evaluation as Ray tasks (Ray is an optional extra).
 - `kernels`, `measure`, `calibrate_cpu`: lean timing kernels, `sparq-sim measure` and `sparq-sim calibrate`.
 
 Nothing here is imported by the simulator core; this package itself imports torch only inside the modules that need

@@ -94,12 +94,12 @@ def _write_atomic(path: Path, text: str) -> None:
         raise UserError(f"--output {str(path)!r} cannot be written: {e.strerror or e}") from None
 
 
-def _progress(total: int, description: str, enabled: bool):
+def _progress(total: int, description: str, enabled: bool, unit: str = "decode steps"):
     """Progress on stderr with the time left (common.progress): a bar on a terminal, a line per tenth otherwise;
     silent when not `enabled`. Used as a context manager whose value is called with the units done."""
     from ..common.progress import Progress
 
-    return Progress(total, description, quiet=not enabled, unit="decode steps")
+    return Progress(total, description, quiet=not enabled, unit=unit)
 
 
 def _loading(model: str | None, device: str | None, quiet: bool) -> None:
@@ -118,11 +118,14 @@ def evaluate(model: str | None = None, tasks: str = "all", strategies: str = "al
              compression: str = DEFAULT_COMPRESSION, samples: int = 4, fmt: str = "table", output: str | None = None,
              *, length: int = 1024, text: str | None = None, batch_size: int = 8, seed: int = 0,
              depth: float | None = None, device: str | None = None, dtype: str | None = None,
-             reallocate: bool = True, progress: bool = True) -> int:
+             reallocate: bool = True, progress: bool = True, threads: int | None = None, ray: bool = False,
+             ray_address: str | None = None) -> int:
     """Score table of strategies x compression ratios x tasks on a real model, with each run's measured transfer
     ratio (elements the decode steps touched, counted from the fetched sets, over dense's for the same caches).
 
     Dense runs once (compression 1). `output` also writes the rows to a file (.json, else CSV). Returns 0.
+    `ray` (or `ray_address`): the cells run as Ray tasks (sparq_ref.distributed), kept in OUTPUT.cells/ for a
+    rerun to go on from. `threads`: torch threads per process (default: torch's choice; one per Ray task).
     """
     from . import tasks as T
 
@@ -132,30 +135,47 @@ def evaluate(model: str | None = None, tasks: str = "all", strategies: str = "al
     fmt = _check_format(fmt)
     _check_run(samples, length, depth, text)
     _positive(batch_size, "batch-size")
+    if threads is not None:
+        _positive(threads, "threads")
     if output:
         _check_output(Path(output))
+    use_ray = bool(ray or ray_address)
+    if use_ray:
+        from .distributed import need_ray
+        need_ray()   # one line now, not after the model loads, when Ray is missing
+        if device and not ray_address:   # a local cluster: this machine's device, checked here
+            from .model import check_device
+            check_device(device)
     written = []
+    cells: dict = {}
 
     def on_interrupt() -> str:
         if written:
             return f"{output} was written completely"
+        kept = ""
+        if cells.get("run") is not None and cells["run"].folder is not None and cells["run"].done:
+            run = cells["run"]
+            kept = (f"; {len(run.done)} of {len(run.specs)} cells kept in {run.folder.name}: the same command goes "
+                    f"on from them")
         if output:
-            return "no file written" + (f" ({output} left as it was)" if Path(output).exists() else "")
+            return "no file written" + (f" ({output} left as it was)" if Path(output).exists() else "") + kept
         return "nothing written"
 
     with interruptible(on_interrupt):
         return _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, written, length=length,
                          text=text, batch_size=batch_size, seed=seed, depth=depth, device=device, dtype=dtype,
-                         reallocate=reallocate, progress=progress)
+                         reallocate=reallocate, progress=progress, threads=threads, ray=use_ray,
+                         ray_address=ray_address, cells=cells)
 
 
 def _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, written, *, length, text, batch_size,
-              seed, depth, device, dtype, reallocate, progress) -> int:
-    _loading(model, device, not progress)   # first: importing torch alone takes seconds
+              seed, depth, device, dtype, reallocate, progress, threads=None, ray=False, ray_address=None,
+              cells=None) -> int:
+    if not ray:
+        _loading(model, device, not progress)   # first: importing torch alone takes seconds
     from . import tasks as T
     from .hf import StrategyConfig
-    from .model import load_model
-    from .run import aggregate, run_task
+    from .run import aggregate
 
     configs = []
     if "dense" in strategy_names:
@@ -164,22 +184,35 @@ def _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, w
         for s in strategy_names:
             if s != "dense":
                 configs.append(StrategyConfig(s, c, reallocate=reallocate))
-    checkpoint("load")
-    lm = load_model(model, device=device, dtype=dtype)
-    _check_length(lm, length, max(T.DEFAULT_NEW_TOKENS[t] for t in task_names))
-    results = []
-    total = sum(samples * len(configs) * (T.DEFAULT_NEW_TOKENS[t] + 1) for t in task_names)
-    with _progress(total, "evaluate", progress) as advance:
-        def step(n=1):
-            advance(n)
-            checkpoint("step")
+    if ray:
+        results, loaded = _evaluate_on_ray(model, task_names, configs, samples, output, length=length, text=text,
+                                           batch_size=batch_size, seed=seed, depth=depth, device=device,
+                                           dtype=dtype, progress=progress, threads=threads, address=ray_address,
+                                           cells=cells)
+    else:
+        from .measure import set_threads
+        from .model import load_model
+        from .run import run_task
 
-        for t in task_names:
-            smp = T.make_samples(t, lm.tokenizer, samples, length=length, seed=seed, text=text, depth=depth)
-            results += run_task(lm, t, smp, configs, batch_size=batch_size, progress=step)
+        if threads is not None:
+            set_threads(threads)
+        checkpoint("load")
+        lm = load_model(model, device=device, dtype=dtype)
+        _check_length(lm, length, max(T.DEFAULT_NEW_TOKENS[t] for t in task_names))
+        results = []
+        total = sum(samples * len(configs) * (T.DEFAULT_NEW_TOKENS[t] + 1) for t in task_names)
+        with _progress(total, "evaluate", progress) as advance:
+            def step(n=1):
+                advance(n)
+                checkpoint("step")
+
+            for t in task_names:
+                smp = T.make_samples(t, lm.tokenizer, samples, length=length, seed=seed, text=text, depth=depth)
+                results += run_task(lm, t, smp, configs, batch_size=batch_size, progress=step)
+        loaded = {"name": lm.name, "device": lm.device, "dtype": lm.dtype}
     rows = aggregate(results)
-    doc = {"model": lm.name, "device": lm.device, "dtype": lm.dtype, "length": length, "seed": seed,
-           "text": text or "python standard library docstrings", "rows": rows}
+    doc = {"model": loaded["name"], "device": loaded["device"], "dtype": loaded["dtype"], "length": length,
+           "seed": seed, "text": text or "python standard library docstrings", "rows": rows}
     if output:
         out = Path(output)
         body = json.dumps(doc, indent=2) + "\n" if out.suffix.lower() == ".json" else _csv(rows)
@@ -188,6 +221,8 @@ def _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, w
             _write_atomic(out, body)
             written.append(out)
         checkpoint("written")
+    if cells and cells.get("run") is not None:
+        cells["run"].clear()   # the output holds them now
     from ..simulator.output import write_stdout
     if fmt == "json":
         write_stdout(json.dumps(doc, indent=2) + "\n")
@@ -196,6 +231,40 @@ def _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, w
     else:
         _print_table(rows, doc)
     return 0
+
+
+def _evaluate_on_ray(model, task_names, configs, samples, output, *, length, text, batch_size, seed, depth, device,
+                     dtype, progress, threads, address, cells):
+    """The evaluation's cells as Ray tasks (sparq_ref.distributed); the results in the single process's order."""
+    import dataclasses
+
+    from .distributed import CellRun
+    from .run import RunResult
+
+    model_arg = model if model is None else str(Path(model).expanduser().resolve()) if Path(model).exists() else model
+    text_arg = None if text is None else str(Path(text).resolve())
+    specs = []
+    for t in task_names:
+        for b0 in range(0, samples, batch_size):   # a cell: one batch, every configuration after one prefill
+            specs.append({"model": model_arg, "device": device, "dtype": dtype, "task": t, "samples": samples,
+                          "length": length, "seed": seed, "text": text_arg, "depth": depth, "b0": b0,
+                          "batch_size": batch_size, "configs": [dataclasses.asdict(c) for c in configs],
+                          "threads": threads})
+    run = CellRun(specs, Path(str(output) + ".cells") if output else None)
+    cells["run"] = run
+    with _progress(len(specs), "evaluate on ray", progress, unit="cells") as advance:
+        def step(n=1):
+            advance(n)
+            if n:
+                checkpoint("cell")
+
+        run.run(address or None, gpus=bool(device and str(device).startswith("cuda")), advance=step)
+    results = []
+    for i, spec in enumerate(specs):
+        for r in run.done[i]["results"]:
+            results.append(RunResult(spec["task"], configs[r["config"]], r["sample"], r["score"], r["elements"],
+                                     r["dense_elements"], r["steps"], r["generated"]))
+    return results, run.done[0]["model"]
 
 
 def _csv(rows) -> str:

@@ -1,0 +1,164 @@
+"""`evaluate --ray`: the cells of an evaluation fanned out as Ray tasks, one per CPU slot (or GPU).
+
+A cell is one (task, batch of samples): what `run.run_task` computes for one batch, one dense prefill shared by
+every strategy configuration, as in one process. A worker loads the model once (`model.load_model` keeps it for the
+worker's later cells), makes the task's samples exactly as a single process does (same seed, same text), and returns
+the cell's per-sample results. The driver puts them back in the single process's order (task, batch, configuration,
+sample), so `run.aggregate` gives the same rows; with the same torch threads per process (`--threads`; Ray gives each
+one-CPU task one thread) the scores are the same bit for bit. Cells are as many as batches of samples: at
+`--batch-size 1` one per sample.
+
+- A worker that dies (killed, out of memory) has its cell run again (Ray's `max_retries`); an error in a cell (a
+  bad --text, a context too long for the model) is one line and ends the run.
+- With `--output`, every finished cell is kept in OUTPUT.cells/ (one JSON file per cell, named by a hash of what
+  it computes), so a rerun of the same command after Ctrl-C or a failure does only the cells still missing; the
+  folder goes when the output is written.
+- Ctrl-C cancels the cells in flight and keeps the finished ones.
+
+Ray is optional (`pip install 'sparq-sim[distributed]'`): without it, `--ray` is one line saying how to get it.
+`--ray-address` joins a running cluster (its workers need this package, the model and any --text file at the same
+paths); `--ray` alone starts a local one on this machine's CPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..simulator.errors import UserError
+
+MAX_RETRIES = 3        # a cell whose worker died is run again up to this many times
+INSTALL = "pip install 'sparq-sim[distributed]' (or pip install ray)"
+TEST_CRASH_ENV = "SPARQ_SIM_TEST_CRASH_ONCE"   # tests: FOLDER; each cell's first worker dies (a marker file per cell)
+
+
+def need_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"--ray needs Ray, which is not installed: {INSTALL}") from None
+    return ray
+
+
+def cell_key(spec: dict) -> str:
+    """What a cell computes, as a short hash: its file name in OUTPUT.cells/ (a changed option is another cell)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def evaluate_cell(spec: dict) -> dict:
+    """Run one cell (in a Ray worker, or anywhere): the per-sample results of every configuration on one batch, in
+    `run_task`'s order (configuration, then sample)."""
+    from . import tasks as T
+    from .hf import StrategyConfig
+    from .measure import set_threads
+    from .model import load_model
+    from .run import run_task
+
+    crash = os.environ.get(TEST_CRASH_ENV)
+    if crash:   # the test of retries: this cell's first attempt kills its worker process, as an OOM kill would
+        marker = Path(crash) / cell_key(spec)
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)
+    if spec.get("threads"):
+        set_threads(spec["threads"])
+    lm = load_model(spec["model"], device=spec["device"], dtype=spec["dtype"])
+    from .commands import _check_length
+    _check_length(lm, spec["length"], T.DEFAULT_NEW_TOKENS[spec["task"]])
+    smp = T.make_samples(spec["task"], lm.tokenizer, spec["samples"], length=spec["length"], seed=spec["seed"],
+                         text=spec["text"], depth=spec["depth"])
+    b0 = spec["b0"]
+    batch = smp[b0:b0 + spec["batch_size"]]
+    configs = [StrategyConfig(**c) for c in spec["configs"]]
+    res = run_task(lm, spec["task"], batch, configs, batch_size=spec["batch_size"])
+    return {"model": {"name": lm.name, "device": lm.device, "dtype": lm.dtype},
+            "results": [{"config": configs.index(r.config), "sample": b0 + r.sample, "score": r.score,
+                         "elements": r.elements, "dense_elements": r.dense_elements, "steps": r.steps,
+                         "generated": r.generated} for r in res]}
+
+
+class CellRun:
+    """The cells of one evaluation on Ray, with their results kept in `folder` (None: not kept)."""
+
+    def __init__(self, specs: list[dict], folder: Path | None):
+        self.specs = specs
+        self.keys = [cell_key(s) for s in specs]
+        self.folder = folder
+        self.done: dict[int, dict] = {}
+        if folder is not None and folder.is_dir():
+            for i, key in enumerate(self.keys):
+                f = folder / f"{key}.json"
+                if f.is_file():
+                    try:
+                        self.done[i] = json.loads(f.read_text())
+                    except (OSError, ValueError):   # a cell file cut short: computed again
+                        pass
+
+    def keep(self, i: int, result: dict) -> None:
+        self.done[i] = result
+        if self.folder is None:
+            return
+        from ..simulator.output import write_atomic
+        self.folder.mkdir(exist_ok=True)
+        write_atomic(str(self.folder / f"{self.keys[i]}.json"), json.dumps(result))
+
+    def run(self, address: str | None, gpus: bool, advance) -> None:
+        """Every cell not done yet, as Ray tasks; `advance(1)` as each finishes. Ctrl-C cancels the rest."""
+        import contextlib
+        import io
+
+        todo = [i for i in range(len(self.specs)) if i not in self.done]
+        advance(len(self.specs) - len(todo))
+        if not todo:
+            return
+        ray = need_ray()
+        # Ray's driver threads print the cluster's notices ("(raylet) A worker died ... will be retried") on standard
+        # output, where the results go: while the cluster is in use they go nowhere (a failure that matters is an
+        # exception here), and the driver leaves the cluster before the results are printed
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                self._run(ray, todo, address, gpus, advance)
+            finally:
+                ray.shutdown()
+
+    def _run(self, ray, todo, address, gpus, advance) -> None:
+        import logging
+
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                     ignore_reinit_error=True)
+        except Exception as e:   # no cluster at that address, a port taken: Ray's own words, on one line
+            raise UserError(f"--ray could not start or join a cluster{f' at {address}' if address else ''}: "
+                            f"{' '.join(str(e).split())[:300]}") from None
+        if gpus and ray.cluster_resources().get("GPU", 0) < 1:   # the cells would wait for a GPU forever
+            raise UserError(f"--device cuda: the Ray cluster{f' at {address}' if address else ''} has no GPU")
+        task = ray.remote(evaluate_cell).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=MAX_RETRIES)
+        pending = {task.remote(self.specs[i]): i for i in todo}
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as e:
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, UserError):
+                        raise UserError(str(cause)) from None
+                    raise UserError(f"cell {i + 1} of {len(self.specs)} failed in its worker: "
+                                    f"{type(cause).__name__ if cause else 'error'}: "
+                                    f"{' '.join(str(cause or e).split())[:300]}") from None
+                except ray.exceptions.WorkerCrashedError:
+                    raise UserError(f"cell {i + 1} of {len(self.specs)}: its worker died {MAX_RETRIES + 1} times "
+                                    f"(out of memory?)") from None
+                self.keep(i, result)
+                advance(1)
+        finally:
+            for ref in pending:   # Ctrl-C or an error: nothing keeps running for this command
+                ray.cancel(ref, force=True)
+
+    def clear(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,115 @@
+"""`evaluate --ray` (issue 13): the cells of an evaluation as Ray tasks on a real local cluster, with a tiny random
+Llama and a byte-level tokenizer saved as a Hugging Face folder (fast to load in every worker). The result is the
+single-process run's, bit for bit (one torch thread each); a killed worker's cell is run again; Ctrl-C keeps the
+finished cells and the same command goes on from them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import without_progress
+
+_EXE = Path(sys.executable).with_name("sparq-sim")
+CLI = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "sparq_sim.cli"]
+ARGS = ["evaluate", "--tasks", "passkey,repetition", "--samples", "6", "--batch-size", "1", "--length", "128",
+        "--compression", "8", "--strategies", "dense,sparq,h2o", "--threads", "1", "-f", "json"]
+
+
+def test_without_ray_it_says_how_to_install_it(capsys, monkeypatch):
+    from sparq_sim.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)    # `import ray` fails as when it is not installed
+    assert main(["evaluate", "--ray", "--samples", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ray needs Ray, which is not installed: pip install 'sparq-sim[distributed]'" in err
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 2-layer Llama (GQA 4/2 heads) with random weights and a byte-level tokenizer, saved like any model folder."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    vocab = {c: i for i, c in enumerate(ByteLevel.alphabet())}
+    vocab["<|endoftext|>"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>",
+                                                pad_token="<|endoftext|>")
+    cfg = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=128, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARQ_SIM_TEST")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
+    return env
+
+
+def _run(args, cwd, **env):
+    return subprocess.run(CLI + [str(a) for a in args], cwd=cwd, env=_env(**env), capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def single(tiny, tmp_path_factory):
+    """The single-process run, one torch thread."""
+    p = _run(ARGS + ["--model", tiny, "-q"], tmp_path_factory.mktemp("single"))
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+@pytest.mark.slow
+def test_ray_gives_the_single_process_result_bit_for_bit(tiny, single, tmp_path):
+    pytest.importorskip("ray")
+    p = _run(ARGS + ["--model", tiny, "--ray", "-o", "e.json"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == single == json.loads((tmp_path / "e.json").read_text())
+    assert without_progress(p.stderr) == []
+    assert p.stderr.splitlines()[-1].startswith("evaluate on ray: 100% (12/12 cells)")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["e.json"]       # the kept cells went with the output
+
+
+@pytest.mark.slow
+def test_a_killed_worker_has_its_cell_run_again(tiny, single, tmp_path):
+    """Every cell's first worker dies (os._exit, as an out-of-memory kill); Ray runs each cell again elsewhere."""
+    pytest.importorskip("ray")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    p = _run(ARGS + ["--model", tiny, "--ray", "-q"], tmp_path, SPARQ_SIM_TEST_CRASH_ONCE=str(marks))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == single
+    assert len(list(marks.iterdir())) == 12                               # every cell died once
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_cells_and_the_same_command_goes_on(tiny, single, tmp_path):
+    pytest.importorskip("ray")
+    args = ARGS + ["--model", tiny, "--ray", "-o", "e.json"]
+    p = _run(args, tmp_path, SPARQ_SIM_TEST_INTERRUPT="cell:3")
+    assert p.returncode == 130, p.stderr
+    line = without_progress(p.stderr)
+    assert len(line) == 1 and line[0].startswith("interrupted: no file written; ") and \
+        "cells kept in e.json.cells: the same command goes on from them" in line[0], p.stderr
+    kept = len(list((tmp_path / "e.json.cells").iterdir()))
+    assert 3 <= kept < 12
+    p = _run(args, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == single
+    lines = p.stderr.splitlines()      # 0 of 12 when it starts, then at once the kept cells: they are not run again
+    assert lines[0].startswith("evaluate on ray: 0% (0/12 cells)") and f"({kept}/12 cells)" in lines[1], p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["e.json"]

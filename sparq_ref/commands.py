@@ -141,8 +141,10 @@ def evaluate(model: str | None = None, tasks: str = "all", strategies: str = "al
         _check_output(Path(output))
     use_ray = bool(ray or ray_address)
     if use_ray:
-        from .distributed import need_ray
+        from .distributed import check_reachable, need_ray
         need_ray()   # one line now, not after the model loads, when Ray is missing
+        if ray_address:
+            check_reachable(ray_address)
         if device and not ray_address:   # a local cluster: this machine's device, checked here
             from .model import check_device
             check_device(device)

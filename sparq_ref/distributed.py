@@ -80,6 +80,26 @@ def evaluate_cell(spec: dict) -> dict:
                          "generated": r.generated} for r in res]}
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A cluster address must answer before Ray is asked to join it: Ray itself retries for minutes, printing its
+    own logs. HOST:PORT or ray://HOST:PORT is tried with one TCP connection; 'auto' (the cluster of this machine's
+    `ray start`) is left to Ray."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UserError(f"--ray-address {address!r}: give HOST:PORT of the cluster's head (ray start --head prints "
+                        f"it), ray://HOST:PORT, or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise UserError(f"--ray-address {address!r}: no Ray cluster answers there ({e.strerror or e})") from None
+
+
 class CellRun:
     """The cells of one evaluation on Ray, with their results kept in `folder` (None: not kept)."""
 

@@ -113,3 +113,16 @@ def test_ctrl_c_keeps_the_finished_cells_and_the_same_command_goes_on(tiny, sing
     lines = p.stderr.splitlines()      # 0 of 12 when it starts, then at once the kept cells: they are not run again
     assert lines[0].startswith("evaluate on ray: 0% (0/12 cells)") and f"({kept}/12 cells)" in lines[1], p.stderr
     assert sorted(x.name for x in tmp_path.iterdir()) == ["e.json"]
+
+
+@pytest.mark.parametrize("address,match", [("127.0.0.1:1", "no Ray cluster answers there"),
+                                           ("garbage", "give HOST:PORT of the cluster's head"),
+                                           ("", "--ray-address is empty")])
+def test_an_address_without_a_cluster_is_one_line_at_once(capsys, address, match):
+    """Ray itself would retry for minutes, printing its own logs: the address is tried first."""
+    pytest.importorskip("ray")
+    from sparq_sim.cli import main
+
+    assert main(["evaluate", "--ray-address", address, "--samples", "1", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and match in err

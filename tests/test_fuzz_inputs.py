@@ -1114,7 +1114,8 @@ def _flag_cases():
     # evaluate / record: only what is checked before torch and the model load
     for cmd, flag, values in [
         ("evaluate", "--samples", ["0", "-1", "abc"]), ("evaluate", "--length", ["0", "63"]),
-        ("evaluate", "--batch-size", ["0"]), ("evaluate", "--depth", ["1.5", "nan", "-0.1"]),
+        ("evaluate", "--batch-size", ["0"]), ("evaluate", "--threads", ["0", "abc"]),
+        ("evaluate", "--ray-address", ["", "nohost"]), ("evaluate", "--depth", ["1.5", "nan", "-0.1"]),
         ("evaluate", "--format", ["xml", ""]), ("evaluate", "--tasks", ["bogus", ""]),
         ("evaluate", "--strategies", ["bogus"]), ("evaluate", "--compression", ["0.5", "nan", "abc", ""]),
         ("evaluate", "--text", ["{out}/missing.txt", "{out}"]), ("evaluate", "-o", ["{out}", "{out}/no/x.json"]),

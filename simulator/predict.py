@@ -415,20 +415,27 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
                 used = used + (w_dev - w_on) + (kv_dev - kv_on)
             fits &= used <= caps[i]
         agg["memory_required_bytes"] = w_dev + kv_dev + workspace
-        # largest batch: per-sequence resident bytes against the room left in the KV tier(s)
+        # largest batch: per-sequence resident bytes against the room left in the KV tier(s); the host holds the
+        # weights' and the cache's offloaded shares (all of a cache placed there)
+        w_host = w_dev - w_on
+
+        def resident(i):   # weight bytes on tier i
+            return (w_on if wi == i and i != host else 0.0) + (w_host if i == host else 0.0)
+
         with np.errstate(divide="ignore"):
-            per_kv = kv_dev * kod / Bt
-            per_seq = per_kv + workspace / (B * M)   # a micro-batch's activations in flight per device
+            ws_seq = workspace / (B * M)   # a micro-batch's activations in flight per device, per sequence
             tiers = range(n_dev_tiers) if case.kv_location == "auto" else [int(np.ravel(ki)[0])]
             best = np.zeros(n)
             for i in tiers:
-                room = caps[i] - (w_on if wi == i else 0.0)
+                per_kv = kv_dev / Bt if i == host else kv_dev * kod / Bt
+                room = caps[i] - resident(i)
                 if act_i != i:  # workspace sits in another tier: it must fit there too
-                    room_act = caps[act_i] - (w_on if wi == act_i else 0.0)
-                    best = np.maximum(best, np.minimum(room / per_kv, room_act / (workspace / (B * M))))
+                    best = np.maximum(best, np.minimum(room / per_kv, (caps[act_i] - resident(act_i)) / ws_seq))
                 else:
-                    best = np.maximum(best, room / per_seq)
-        if w_on > caps[wi]:  # the weights alone do not fit where they are: no batch fits
+                    best = np.maximum(best, room / (per_kv + ws_seq))
+            if kod < 1 and host not in tiers:   # the cache's offloaded share must fit the host too
+                best = np.minimum(best, (caps[host] - resident(host)) / (kv_dev * (1 - kod) / Bt))
+        if (wi != host and w_on > caps[wi]) or w_host > caps[host]:   # the weights alone do not fit: no batch
             best = np.zeros(n)
         agg["max_batch"] = np.floor(np.minimum(np.where(np.isfinite(best), np.maximum(best, 0), 2**62), 2**62)
                                     ).astype(np.int64)

@@ -68,3 +68,19 @@ def test_bad_shares_are_one_line(capsys, args, needle):
     rc = main(["predict", *args])
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and err.count("\n") == 1
+
+
+def test_weights_too_large_for_the_host_fit_no_batch():
+    """Found by a CI run of the placement invariants: OPT-175B in fp32 (700 GB) with its weights on the host of a T4
+    profile does not fit, and no batch would (max_batch 0, not the room the device has left)."""
+    import sparq_sim
+
+    c = sparq_sim.predict_columns(hardware="t4", model="opt-175b", dtype="fp32", weights_location="host", seq_len=1,
+                                  batch=1, strategies="dense")
+    assert not c["fits"][0] and c["max_batch"][0] == 0
+    # the cache's offloaded share counts against the host: the largest batch is where fits turns false
+    kw = dict(hardware="t4", model="opt-6.7b", dtype="fp16", weights_on_device=0.0, kv_on_device=0.0,
+              seq_len=4096, strategies="dense")
+    mb = int(sparq_sim.predict_columns(batch=1, **kw)["max_batch"][0])
+    assert sparq_sim.predict_columns(batch=mb, **kw)["fits"][0]
+    assert not sparq_sim.predict_columns(batch=mb + 1, **kw)["fits"][0]

@@ -379,6 +379,9 @@ def wide_configs(draw):
                devices=draw(st.sampled_from([d for d in (1, 2, 4, 8) if m.n_heads % d == 0])))
     if draw(st.booleans()):
         cfg["r"] = draw(st.integers(1, m.head_dim))
+    if draw(st.booleans()):   # FlexGen-style split placement: shares of the weights and the cache on the device
+        cfg["weights_on_device"] = draw(st.sampled_from([0.0, 0.3, 1.0]))
+        cfg["kv_on_device"] = draw(st.sampled_from([0.0, 0.5, 1.0]))
     if draw(st.booleans()):
         P = draw(st.sampled_from([8, 16, 32]))
         cfg["page_size"] = P

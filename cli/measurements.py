@@ -30,6 +30,8 @@ def _measurements(measured: Optional[str], dataset: Optional[str]):
 
 
 def _measured_hardware(df, gpu: Optional[str], hardware_file: Optional[str]):
+    """The profile --hardware-file or --hardware names; without either, the one device of `df` (None: the caller
+    reads the file's devices itself)."""
     from ..hardware_profiles import load_hardware
     from ..simulator.measured import resolve_device
     _given(gpu, "--hardware", "a profile name (see `sparq-sim hardware list`)")
@@ -38,6 +40,8 @@ def _measured_hardware(df, gpu: Optional[str], hardware_file: Optional[str]):
         return load_hardware(_hardware_arg(None, hardware_file)[0])
     if gpu:
         return load_hardware(gpu)
+    if df is None:
+        return None
     names = sorted(set(df["hardware"].astype(str)))
     if len(names) > 1:
         raise UserError(f"the measurements hold several devices ({', '.join(names)}); choose one with --hardware")
@@ -120,14 +124,10 @@ def _summary_table(hw, how: str, summary: dict, holdout: bool) -> str:
 def _validate_stream(measured: str, gpu, hardware_file, fmt: str, output: Optional[str]):
     """validate MEASURED.csv without --holdout: two passes over the file in chunks (measured.StreamedValidation),
     every row checked before anything is written; per-row output streamed (CSV, JSON) or only the summary kept."""
-    from ..hardware_profiles import load_hardware
     from ..simulator.measured import StreamedValidation
     from ..simulator.output import csv_chunks, json_chunks, to_json, write_text
 
-    _given(gpu, "--hardware", "a profile name (see `sparq-sim hardware list`)")
-    _given(hardware_file, "--hardware-file", "a profile YAML file")
-    hw = (load_hardware(_hardware_arg(None, hardware_file)[0]) if hardware_file else
-          load_hardware(gpu) if gpu else None)
+    hw = _measured_hardware(None, gpu, hardware_file)
     sv = StreamedValidation(measured, hw, one_device=True)
     hw = sv.hw
     frames = ({c: d[c].to_numpy() for c in d.columns} for d in sv.rows())
@@ -354,7 +354,7 @@ def _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k
     from ..sparq_ref.measure import measure_kernels, set_threads
     set_threads(threads)
 
-    from ..common.progress import Progress, status
+    from ..common.progress import Progress
 
     def progress(i, n):
         if done["bar"] is None:
@@ -370,7 +370,8 @@ def _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k
         from ..sparq_ref.measure import measure_model_step
         if len(dts) > 1:
             raise UserError("--model-step takes one --dtype")
-        status(f"loading model {model or 'SmolLM2-135M (bundled)'} ...", quiet)
+        from ..sparq_ref.model import say_loading
+        say_loading(model, None, quiet)
         rows = measure_model_step(model, parse_axis(batch, "--batch", minimum=1), parse_axis(seq, "--seq", minimum=1),
                                   device=device, dtype=dts[0], repeats=repeats, warmup=warmup, progress=progress)
     else:

@@ -372,7 +372,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
             spans[w] = (spans_S[w], pw, dense_spans[w])
         params = spans[top][1]
         # every stage caches its layers for all the sequences (the fullest stage: frac of them)
-        kv_dev = cache_bytes_per_device(m, tp, strat, Bt, spans, prec, case.k_layout) * (frac if P > 1 else 1)
+        kv_dev = cache_bytes_per_device(m, tp, strat, Bt, spans, prec, case.k_layout) * frac   # 1.0: one stage
         ki = _location_index(case.kv_location, names, hw)
         if ki is None:  # first device tier with room for the cache next to what is already there
             ki_arr = np.full(n, n_dev_tiers - 1, dtype=np.int64)
@@ -632,11 +632,19 @@ def concat_columns(parts: list[dict]) -> dict:
                 else np.concatenate([p[c] for p in parts])) for c in parts[0]}
 
 
-def _share(value, flag: str) -> float:
+def _shares(value, flag: str) -> list[float]:
+    """--weights-on-device / --kv-on-device: shares kept on the device, each from 0 to 1."""
     vals = parse_axis(value, flag, integer=False, minimum=0)
-    if len(vals) != 1 or vals[0] > 1:
+    if any(v > 1 for v in vals):
+        raise UserError(f"{flag} is the share kept on the device, between 0 and 1; got {max(vals):g}")
+    return [float(v) for v in vals]
+
+
+def _share(value, flag: str) -> float:
+    vals = _shares(value, flag)
+    if len(vals) != 1:
         raise UserError(f"{flag} is one share kept on the device, between 0 and 1; got {value!r}")
-    return float(vals[0])
+    return vals[0]
 
 
 def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
@@ -664,12 +672,7 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
     dtypes = [d if str(d).strip().lower() == AUTO else parse_dtype(d) for d in dtype_names]
     kv_dtypes = [None] if kv_dtype is None else [parse_dtype(d, "kv dtype") for d in parse_names(kv_dtype, "--kv-dtype")]
     act = None if act_dtype is None else parse_dtype(act_dtype, "activation dtype")
-    shares = []
-    for flag, value in (("--weights-on-device", weights_on_device), ("--kv-on-device", kv_on_device)):
-        vals = parse_axis(value, flag, integer=False, minimum=0)
-        if any(v > 1 for v in vals):
-            raise UserError(f"{flag} is the share kept on the device, between 0 and 1; got {max(vals):g}")
-        shares.append(vals)
+    shares = [_shares(weights_on_device, "--weights-on-device"), _shares(kv_on_device, "--kv-on-device")]
     devs = parse_axis(devices, "--devices", minimum=1)
     pps = parse_axis(pipeline, "--pipeline", minimum=1)
     mbs = [None] if microbatches is None else parse_axis(microbatches, "--microbatches", minimum=1)

@@ -102,14 +102,6 @@ def _progress(total: int, description: str, enabled: bool, unit: str = "decode s
     return Progress(total, description, quiet=not enabled, unit=unit)
 
 
-def _loading(model: str | None, device: str | None, quiet: bool) -> None:
-    """The command's first words, before the seconds a model takes to load."""
-    from ..common.progress import status
-
-    status(f"loading model {model or 'SmolLM2-135M (bundled)'}" + (f" on {device}" if device else "") + " ...",
-           quiet)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # evaluate
 
@@ -174,7 +166,8 @@ def _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, w
               seed, depth, device, dtype, reallocate, progress, threads=None, ray=False, ray_address=None,
               cells=None) -> int:
     if not ray:
-        _loading(model, device, not progress)   # first: importing torch alone takes seconds
+        from .model import say_loading   # first: importing torch alone takes seconds
+        say_loading(model, device, not progress)
     from . import tasks as T
     from .hf import StrategyConfig
     from .run import aggregate
@@ -440,10 +433,10 @@ def _record(model, task_name, cfg, steps, out, part, config, digest, done, opene
     from ..traces.format import rows_table
     from ..traces.partial import config_hash, write_partial
     from . import tasks as T
-    from .model import load_model
+    from .model import load_model, say_loading
 
     checkpoint("load")
-    _loading(model, device, not progress)
+    say_loading(model, device, not progress)
     lm = load_model(model, device=device, dtype=dtype)
     _check_length(lm, length, steps)
     cfg.resolve([max(length, 64)], lm.head_dim)  # reject r > d_h and the like before any work

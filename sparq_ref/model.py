@@ -66,6 +66,14 @@ def bundled_gguf() -> Path:
     return path
 
 
+def say_loading(model: str | None, device: str | None = None, quiet: bool = False) -> None:
+    """A command's first words before the seconds a model takes to load (common.progress.status)."""
+    from ..common.progress import status
+
+    status(f"loading model {model or 'SmolLM2-135M (bundled)'}" + (f" on {device}" if device else "") + " ...",
+           quiet)
+
+
 def default_device() -> str:
     import torch
 

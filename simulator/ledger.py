@@ -152,6 +152,13 @@ def _z(B):
     return np.zeros(np.shape(B), dtype=np.float64)
 
 
+def _f64(x):
+    """x in float64: an array as an array; a number (a single configuration) as a numpy scalar, the same arithmetic
+    at a fraction of a 0-d array's cost per operation."""
+    a = np.asarray(x, dtype=np.float64)
+    return a if a.ndim else a[()]
+
+
 def _norm_op(phase, name, m, T, p: Precision, layers):
     return Op(phase, name, "norm", "vector", layers, 1, flops=NORM_FLOPS * T * m.d_model, weight=m.norm_params * p.w,
               act_read=2 * T * m.d_model * p.a, act_write=T * m.d_model * p.a)
@@ -163,7 +170,7 @@ def block_ops(phase: str, m: ModelSpec, tp: Parallel, T, p: Precision):
     Returns (before_attention, after_attention) lists; the attention operators go between them.
     """
     d, hd, L = m.d_model, m.head_dim, m.n_layers
-    T = np.asarray(T, dtype=np.float64)
+    T = _f64(T)
     attn_out = tp.heads * m.value_dim
     bias_o = d if m.linear_bias else 0
     before = [
@@ -243,7 +250,7 @@ def _mlp_triplet(phase, m: ModelSpec, T, p: Precision, layers, width, tag: str, 
 
 def mlp_ops(phase: str, m: ModelSpec, tp: Parallel, T, p: Precision) -> list[Op]:
     """The MLP of every layer: dense (d_ff), or an MoE layer's router, routed experts and shared experts."""
-    T = np.asarray(T, dtype=np.float64)
+    T = _f64(T)
     dense_layers = m.n_layers - m.moe_layers
     ops = _mlp_triplet(phase, m, T, p, dense_layers, tp.d_ff, "mlp") if dense_layers else []
     if m.moe_layers:
@@ -260,7 +267,7 @@ def mlp_ops(phase: str, m: ModelSpec, tp: Parallel, T, p: Precision) -> list[Op]
 
 def head_ops(phase: str, m: ModelSpec, tp: Parallel, B, p: Precision):
     """Final norm and lm_head for the B positions that produce a token (logits in fp32)."""
-    B = np.asarray(B, dtype=np.float64)
+    B = _f64(B)
     return [
         _norm_op(phase, "final_norm", m, B, p, 1),
         Op(phase, "lm_head", "lm_head", "matrix", 1, 1, flops=2 * B * m.d_model * tp.vocab,
@@ -275,8 +282,8 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
     The KV and metadata bytes are exactly `traffic_components` x KV heads x batch x bytes per element; the names of
     the components decide which operator carries them.
     """
-    B = np.asarray(B, dtype=np.float64)
-    S = np.asarray(S, dtype=np.float64)
+    B = _f64(B)
+    S = _f64(S)
     hq, hkv = tp.heads, tp.kv_heads
     geo = kv_geometry(m)
     comps = {name: (kind, e) for name, kind, e in traffic_components(strategy, S, geo, params)}
@@ -438,7 +445,7 @@ def prefill_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans: dict, p:
 def causal_pairs(S, window=None):
     """(query, key) pairs a causal prefill of S tokens computes: S (S + 1) / 2, or with a sliding window w each
     query sees at most w positions: w (w + 1) / 2 + (S - w) w once S > w."""
-    S = np.asarray(S, dtype=np.float64)
+    S = _f64(S)
     full = S * (S + 1) / 2
     if window is None:
         return full
@@ -451,8 +458,8 @@ def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans
     """The prefill's attention and the store of what the strategy keeps (the operators of `prefill_ops` that depend
     on the strategy), per group of layers. MLA prefills unabsorbed (compute bound): the latent rows are expanded to
     per-head keys and values, as DeepSeek's and vLLM's prefill paths do."""
-    B = np.asarray(B, dtype=np.float64)
-    S = np.asarray(S, dtype=np.float64)
+    B = _f64(B)
+    S = _f64(S)
     T = B * S
     hq, hkv = tp.heads, tp.kv_heads
     geo = kv_geometry(m)
@@ -486,7 +493,7 @@ def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans
 def cache_bytes_per_device(m: ModelSpec, tp: Parallel, strategy: str, B, spans: dict, p: Precision, k_layout: str):
     """KV cache (and the strategy's extra storage) per device: what must stay resident at context S. A local layer
     keeps its window (a ring buffer, as HF's hybrid cache does), a global one every position."""
-    B = np.asarray(B, dtype=np.float64)
+    B = _f64(B)
     geo = kv_geometry(m)
     total = 0.0
     for w, n, dense in layer_groups(m, strategy):

@@ -109,6 +109,9 @@ class ModelSpec:
             raise UserError(f"model {self.name!r}: q_lora_rank, qk_rope_head_dim and v_head_dim are for latent "
                             f"attention (kv_lora_rank >= 1)")
 
+    def __hash__(self):   # the ledger's caches look a spec up several times a prediction: a few fields, not all
+        return hash((self.name, self.n_layers, self.d_model, self.n_heads, self.head_dim))
+
     @property
     def group_size(self) -> int:
         """g: query heads per KV head."""

@@ -57,7 +57,7 @@ from .ledger import (FP32, Op, Parallel, Precision, attention_ops, block_ops, ca
                      kv_geometry, prefill_attention_ops, span, weight_bytes_per_device, windows)
 from .models import DEFAULT_MODEL, ModelSpec, load_model_spec
 from .ranges import parse_axis, parse_names
-from .roofline import BOUNDS, Placement, StackedTimes, tier_table, time_op, time_ops
+from .roofline import BOUNDS, Placement, StackedTimes, matrix_peak, tier_table, time_op, time_ops
 from .strategies import parse_strategies, resolve_params
 from .units import parse_dtype
 
@@ -221,44 +221,69 @@ def _aggregate(ops: list[Op], times, devices: int) -> dict:
     return agg
 
 
-def _segment_sums(t: StackedTimes, starts: list[int], devices: int) -> list[dict]:
-    """`_aggregate` of consecutive runs of operators timed together (`roofline.time_ops`), one dict per run starting
-    at each of `starts`: all runs summed at once (np.add.reduceat over rows laid out operator-last, so each row's sum
-    is the same whatever the number of rows: a sweep evaluated in chunks equals the whole to the last bit)."""
+_STACK_SUMS = 1 << 20   # at most this many elements: the sums of `_run_sums` taken with one reduceat
+
+
+def _run_sums(t: StackedTimes, starts: list[int], devices: int) -> dict:
+    """`_aggregate` of consecutive runs of operators timed together (`roofline.time_ops`), each run starting at one
+    of `starts`: bytes by kind, FLOPs and times as (rows x runs) arrays, "overhead_time_s" (runs,), and "by_bound"
+    [memory, compute, link (rows x runs), overhead (runs,)]. All runs are summed at once (np.add.reduceat over rows
+    laid out operator-last, so each row's sum is the same whatever the number of rows: a sweep evaluated in chunks
+    equals the whole to the last bit); a small sweep's quantities all in one reduceat, the same sums."""
     f, L = t.fields, t.layers[:, None]
-
-    def sums(a):   # (ops x rows) -> (rows x runs)
-        return np.add.reduceat(np.ascontiguousarray((a * L).T), starts, axis=1)
-
-    kinds = {name: devices * sums(sum(f[x] for x in fs) if len(fs) > 1 else f[fs[0]]) for name, fs in _KIND_SUMS}
-    time_s, ideal = sums(t.time_s), sums(t.ideal_s)
     busy = t.time_s - t.overhead_s[:, None]
-    bound = [sums(np.where(t.bound == b, busy, 0.0)) for b in range(3)]
-    overhead = np.add.reduceat(t.overhead_s * t.layers, starts)
+    terms = [sum(f[x] for x in fs) if len(fs) > 1 else f[fs[0]] for _, fs in _KIND_SUMS] + [t.time_s, t.ideal_s] + \
+        [np.where(t.bound == b, busy, 0.0) for b in range(3)]
+    if len(terms) * t.time_s.size <= _STACK_SUMS:   # (terms x ops x rows) -> (terms x rows x runs)
+        sums = list(np.add.reduceat(np.ascontiguousarray((np.stack(terms) * L).transpose(0, 2, 1)), starts, axis=2))
+    else:   # (ops x rows) -> (rows x runs), one quantity at a time
+        sums = [np.add.reduceat(np.ascontiguousarray((a * L).T), starts, axis=1) for a in terms]
+    out = {name: devices * v for (name, _), v in zip(_KIND_SUMS, sums)}
+    out["time_s"], out["ideal_time_s"] = sums[len(_KIND_SUMS)], sums[len(_KIND_SUMS) + 1]
+    out["overhead_time_s"] = np.add.reduceat(t.overhead_s * t.layers, starts)
+    out["by_bound"] = sums[len(_KIND_SUMS) + 2:] + [out["overhead_time_s"]]
+    return out
+
+
+def _take_runs(sums: dict, runs: slice) -> dict:
+    """Some of the runs of `_run_sums`'s totals."""
+    out = {key: v[..., runs] for key, v in sums.items() if key != "by_bound"}
+    out["by_bound"] = [b[..., runs] for b in sums["by_bound"]]
+    return out
+
+
+def _per_run(sums: dict) -> list[dict]:
+    """`_run_sums`'s totals as one dict per run (`_aggregate`'s)."""
     out = []
-    for j in range(len(starts)):
-        agg = {name: v[:, j] for name, v in kinds.items()}
-        agg["time_s"], agg["ideal_time_s"] = time_s[:, j], ideal[:, j]
-        agg["overhead_time_s"] = float(overhead[j])
-        agg["by_bound"] = [b[:, j] for b in bound] + [agg["overhead_time_s"]]
+    for j in range(len(sums["overhead_time_s"])):
+        agg = {name: sums[name][:, j] for name, _ in _KIND_SUMS}
+        agg["time_s"], agg["ideal_time_s"] = sums["time_s"][:, j], sums["ideal_time_s"][:, j]
+        agg["overhead_time_s"] = float(sums["overhead_time_s"][j])
+        agg["by_bound"] = [b[:, j] for b in sums["by_bound"][:3]] + [agg["overhead_time_s"]]
         out.append(agg)
     return out
 
 
-def _gather(agg: dict, index: np.ndarray) -> dict:
-    """Expand totals computed on unique values back to the rows of the grid."""
+def _segment_sums(t: StackedTimes, starts: list[int], devices: int) -> list[dict]:
+    """`_aggregate` of consecutive runs of operators timed together, one dict per run starting at each of `starts`."""
+    return _per_run(_run_sums(t, starts, devices))
+
+
+def _col(x):
+    """A column of points as (points x 1), to broadcast against (points x strategies); a number as it is."""
+    return x[:, None] if getattr(x, "ndim", 0) == 1 else x
+
+
+def _gather(agg: dict, index: np.ndarray | slice) -> dict:
+    """Expand totals computed on unique values back to the rows of the grid (a slice: they are the rows)."""
+    if isinstance(index, slice):
+        return agg
     out = {}
     for key, v in agg.items():
         if key == "by_bound":
             out[key] = [b[index] if np.ndim(b) else b for b in v]
         else:
             out[key] = v[index] if np.ndim(v) else v
-    return out
-
-
-def _add(a: dict, b: dict) -> dict:
-    out = {key: a[key] + b[key] for key in a if key != "by_bound"}
-    out["by_bound"] = [x + y for x, y in zip(a["by_bound"], b["by_bound"])]
     return out
 
 
@@ -299,20 +324,33 @@ def pipeline_step(agg: dict, heads: dict, link, P: int, M, frac: float, act_byte
         agg[key] = t + (P - 1) * pf_p2p[key] + (Mf - 1) * ((t - h) * frac + h)
 
 
+def _distinct(a):
+    """np.unique(a, return_inverse=True) of a column; a number (one row) as it is, its rows all of them."""
+    if np.ndim(a) == 0:
+        return a, slice(None)
+    return np.unique(a, return_inverse=True)
+
+
 def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page_size,
                    keep_ops: dict | None = None) -> dict:
     """All strategies for one categorical case over the flat numeric grid (B, S, C); rows grid-point major.
 
     Operators outside attention depend on the batch only: they are timed once per distinct batch size and gathered.
+    A single grid point (issue 16: <= 1 ms a call) goes through the same formulas on numpy scalars, every operator
+    timed in one stack: its row is the sweep's row to the last bit (tests/test_single_call.py).
     With `keep_ops` (a dict), also fills it with strategy -> (placement, [(op, times)]) for the per-operator ledger."""
     hw, m, prec = case.hw, case.model, case.prec
     tp = Parallel.of(m, case.devices)
     n = B.shape[0]
+    grid_B = B   # the batch column
+    one = n == 1 and keep_ops is None   # one configuration: the ledger runs on numpy scalars, the same IEEE
+    if one:                             # arithmetic as on one-element arrays at a fraction of numpy's cost per call
+        B, S, C = B[0], S[0], C[0]
     # pipeline parallelism: every operator sees one micro-batch; pipeline_step turns its times into the round's
     P = case.pipeline
     frac = math.ceil(m.n_layers / P) / m.n_layers   # the fullest stage's share of the layers
     Bt = B                                            # sequences decoding together
-    M = np.minimum(case.microbatches or P, Bt) if P > 1 else np.ones(n, dtype=np.int64)
+    M = np.minimum(case.microbatches or P, Bt) if P > 1 else np.ones(np.shape(Bt), dtype=np.int64)
     if P > 1:
         B = -(-Bt // M)                               # sequences per micro-batch
     wins = windows(m)   # each distinct attention window of the layers (None = global)
@@ -341,175 +379,197 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         return Placement(names, peak, achieved, wi, kv_index, act_i, 1.0 - wod, 1.0 - kod)
 
     base = placement(0)
-    uB, invB = np.unique(B, return_inverse=True)
+    uB, invB = _distinct(B)
     before, after = block_ops("decode", m, tp, uB, prec)
     common = before + after + head_ops("decode", m, tp, uB, prec)
     pf_head = head_ops("prefill", m, tp, uB, prec)  # the prefill's lm_head on the last position of each sequence
-    on_b = time_ops(common + pf_head, hw, base, prec, tp.devices, len(uB))   # everything that depends on B only
-    common_sums, head_sums = _segment_sums(on_b, [0, len(common)], tp.devices)
-    common_agg = _gather(common_sums, invB)
-    if P > 1:   # the last stage's share: the decode's and the prefill's final norm and lm_head
-        dec_head = _segment_sums(on_b, [len(before + after), len(common)], tp.devices)[0]
-        heads = {"decode": _gather(dec_head, invB), "prefill": _gather(head_sums, invB)}
+    on_b = common + pf_head   # everything that depends on B only
     T = B.astype(np.float64) * S   # tokens of the prefill: B and S are each at most 1e15, their product not int64
-    uT, invT = np.unique(T, return_inverse=True)   # the prefill's projections depend on B x S tokens
+    uT, invT = _distinct(T)   # the prefill's projections depend on B x S tokens
     pf_before, pf_after = block_ops("prefill", m, tp, uT, prec)
-    pf_block = _segment_sums(time_ops(pf_before + pf_after, hw, base, prec, tp.devices, len(uT)), [0], tp.devices)[0]
-    pf_time = pf_block["time_s"][invT] + head_sums["time_s"][invB]
-    pf_ideal = pf_block["ideal_time_s"][invT] + head_sums["ideal_time_s"][invB]
+    pf_block = pf_before + pf_after
+    if one:   # all the operators timed at once, with the attention's below
+        matrix_peak(hw, prec.compute or prec.dtype)   # a format the device lacks: that error first, as otherwise
+    else:
+        t_b = time_ops(on_b, hw, base, prec, tp.devices, np.size(uB))
+        b_sums = _run_sums(t_b, [0, len(common)], tp.devices)
+        pf_sums = _run_sums(time_ops(pf_block, hw, base, prec, tp.devices, np.size(uT)), [0], tp.devices)
 
-    # every strategy's attention (decode and prefill) timed together: one placement per strategy, its KV tier
+    # every strategy's attention (decode and prefill) timed together: one placement per strategy, its KV tier.
+    # From here on each quantity is a (points x strategies) matrix, strategies in `order` (dense first)
     dense_spans = {w: resolve_params("dense", spans_S[w], geo, C) for w in wins}
     order = ["dense"] + [s for s in strategies if s != "dense"]
+    no = len(order)
+    ki = _location_index(case.kv_location, names, hw)   # the same for every strategy (None: auto)
     found = {}
-    stacked, tiers, starts = [], [], []
-    for strat in order:
+    stacked, owner, starts = [], [], []
+    kv_dev = np.empty((n, no))
+    for j, strat in enumerate(order):
         spans = {}
         for w in wins:
             kw = case.k if case.k is None or w is None else np.minimum(case.k, spans_S[w])  # a window caps k
             pw = dense_spans[w] if strat == "dense" else resolve_params(
                 strat, spans_S[w], geo, C, r=case.r, k=kw, local_window=local_window, page_size=page_size)
             spans[w] = (spans_S[w], pw, dense_spans[w])
-        params = spans[top][1]
         # every stage caches its layers for all the sequences (the fullest stage: frac of them)
-        kv_dev = cache_bytes_per_device(m, tp, strat, Bt, spans, prec, case.k_layout) * frac   # 1.0: one stage
-        ki = _location_index(case.kv_location, names, hw)
-        if ki is None:  # first device tier with room for the cache next to what is already there
-            ki_arr = np.full(n, n_dev_tiers - 1, dtype=np.int64)
-            for i in reversed(range(n_dev_tiers)):
-                used = (w_on if wi == i else 0.0) + (workspace if act_i == i else 0.0)
-                ki_arr = np.where(used + kv_dev * kod <= caps[i], i, ki_arr)
-            ki = ki_arr if n_dev_tiers > 1 else 0
+        kv_dev[:, j] = cache_bytes_per_device(m, tp, strat, Bt, spans, prec, case.k_layout) * frac   # 1.0: one stage
         attn_ops = attention_ops(m, tp, strat, B, spans, prec)
         pf_attn = prefill_attention_ops(m, tp, strat, B, S, spans, prec, case.k_layout)
         starts += [len(stacked), len(stacked) + len(attn_ops)]   # its decode attention, then its prefill's
         stacked += attn_ops + pf_attn
-        tiers += [np.broadcast_to(ki, (n,))] * (len(attn_ops) + len(pf_attn))
-        found[strat] = (params, kv_dev, ki, attn_ops, pf_attn)
-    runs = _segment_sums(time_ops(stacked, hw, placement(np.stack(tiers)), prec, tp.devices, n), starts, tp.devices)
+        owner += [j] * (len(attn_ops) + len(pf_attn))
+        found[strat] = (spans[top][1], attn_ops, pf_attn)
+    ws = _col(workspace)
+    if ki is None:  # first device tier with room for the cache next to what is already there
+        ki_arr = np.full((n, no), n_dev_tiers - 1, dtype=np.int64)
+        for i in reversed(range(n_dev_tiers)):
+            used = (w_on if wi == i else 0.0) + (ws if act_i == i else 0.0)
+            ki_arr = np.where(used + kv_dev * kod <= caps[i], i, ki_arr)
+        ki = ki_arr if n_dev_tiers > 1 else 0
+    # the KV tier of each operator (ops x points), or one tier for all
+    op_tiers = ki if np.ndim(ki) == 0 else ki.T[owner]
+    if one:   # the operators of B, of B x S and the attention's, one row each: timed and summed together
+        first = len(on_b) + len(pf_block)
+        tiers_all = np.zeros((first + len(stacked), 1), dtype=np.int64)
+        tiers_all[first:] = op_tiers
+        t_b = time_ops(on_b + pf_block + stacked, hw, placement(tiers_all), prec, tp.devices, 1)
+        all_sums = _run_sums(t_b, [0, len(common), len(on_b)] + [first + x for x in starts], tp.devices)
+        b_sums, pf_sums, sums = (_take_runs(all_sums, r) for r in (slice(0, 2), slice(2, 3), slice(3, None)))
+    else:
+        sums = _run_sums(time_ops(stacked, hw, placement(op_tiers), prec, tp.devices, n), starts, tp.devices)
+    common_sums, head_sums = _per_run(b_sums)
+    common_agg = _gather(common_sums, invB)
+    if P > 1:   # the last stage's share: the decode's and the prefill's final norm and lm_head (t_b's first ops)
+        dec_head = _segment_sums(t_b, [len(before + after), len(common)], tp.devices)[0]
+        heads = {"decode": _gather(dec_head, invB), "prefill": _gather(head_sums, invB)}
+    pf_agg = _per_run(pf_sums)[0]
+    pf_time = pf_agg["time_s"][invT] + head_sums["time_s"][invB]
+    pf_ideal = pf_agg["ideal_time_s"][invT] + head_sums["ideal_time_s"][invB]
+    attn = {key: v[..., 0::2] for key, v in sums.items() if key != "by_bound"}   # decode attention
+    pre = {key: v[..., 1::2] for key, v in sums.items() if key != "by_bound"}    # the prefill's attention
 
-    results = {}
-    ops_log = {}
-    for j, strat in enumerate(order):
-        params, kv_dev, ki, attn_ops, pf_attn = found[strat]
-        pl = placement(ki)
-        attn_agg, pre = runs[2 * j], runs[2 * j + 1]
-        agg = _add(common_agg, attn_agg)
-        agg["attention_time_s"] = attn_agg["time_s"]
-        agg["attention_ideal_time_s"] = attn_agg["ideal_time_s"]
-        agg["prefill_time_s"] = pf_time + pre["time_s"]
-        agg["prefill_ideal_time_s"] = pf_ideal + pre["ideal_time_s"]
-        if P > 1:
-            pipeline_step(agg, heads, hw.device_link, P, M, frac, B * m.d_model * prec.a,
-                          B.astype(np.float64) * S * m.d_model * prec.a)
-        by = np.stack(np.broadcast_arrays(*[np.asarray(x, dtype=np.float64) for x in agg.pop("by_bound")]))
-        agg["bound_index"] = by.argmax(axis=0)
+    agg = {key: _col(common_agg[key]) + attn[key] for key in attn}
+    agg["by_bound"] = [_col(c) + a[:, 0::2] for c, a in zip(common_agg["by_bound"][:3], sums["by_bound"][:3])] + \
+        [agg["overhead_time_s"]]
+    agg["attention_time_s"] = attn["time_s"]
+    agg["attention_ideal_time_s"] = attn["ideal_time_s"]
+    agg["prefill_time_s"] = _col(pf_time) + pre["time_s"]
+    agg["prefill_ideal_time_s"] = _col(pf_ideal) + pre["ideal_time_s"]
+    if P > 1:
+        pipeline_step(agg, {phase: {key: _col(v) for key, v in h.items() if key != "by_bound"}
+                            for phase, h in heads.items()},
+                      hw.device_link, P, _col(M), frac, _col(B * m.d_model * prec.a),
+                      _col(B.astype(np.float64) * S * m.d_model * prec.a))
+    by = np.empty((4, n, no))   # time bound by memory, compute, link, and launch overhead
+    for i, x in enumerate(agg.pop("by_bound")):
+        by[i] = x
+    bound_index = by.argmax(axis=0)
 
-        # capacity, per device, tier by tier (the host's shares of weights and cache in host memory)
-        ki_b = np.broadcast_to(ki, (n,))
-        kv_on = np.where(ki_b == host, 0.0, kv_dev * kod)
-        fits = np.ones(n, dtype=bool)
-        for i in range(len(names)):
-            used = (w_on if wi == i else 0.0) + (workspace if act_i == i else 0.0) + np.where(ki_b == i, kv_on, 0.0)
-            if i == host:
-                used = used + (w_dev - w_on) + (kv_dev - kv_on)
-            fits &= used <= caps[i]
-        agg["memory_required_bytes"] = w_dev + kv_dev + workspace
-        # largest batch: per-sequence resident bytes against the room left in the KV tier(s); the host holds the
-        # weights' and the cache's offloaded shares (all of a cache placed there)
-        w_host = w_dev - w_on
+    # capacity, per device, tier by tier (the host's shares of weights and cache in host memory)
+    ki_b = np.broadcast_to(ki, (n, no))
+    kv_on = np.where(ki_b == host, 0.0, kv_dev * kod)
+    fits = np.ones((n, no), dtype=bool)
+    for i in range(len(names)):
+        used = (w_on if wi == i else 0.0) + (ws if act_i == i else 0.0) + np.where(ki_b == i, kv_on, 0.0)
+        if i == host:
+            used = used + (w_dev - w_on) + (kv_dev - kv_on)
+        fits &= used <= caps[i]
+    agg["memory_required_bytes"] = w_dev + kv_dev + ws
+    # largest batch: per-sequence resident bytes against the room left in the KV tier(s); the host holds the
+    # weights' and the cache's offloaded shares (all of a cache placed there)
+    w_host = w_dev - w_on
 
-        def resident(i):   # weight bytes on tier i
-            return (w_on if wi == i and i != host else 0.0) + (w_host if i == host else 0.0)
+    def resident(i):   # weight bytes on tier i
+        return (w_on if wi == i and i != host else 0.0) + (w_host if i == host else 0.0)
 
-        with np.errstate(divide="ignore"):
-            ws_seq = workspace / (B * M)   # a micro-batch's activations in flight per device, per sequence
-            tiers = range(n_dev_tiers) if case.kv_location == "auto" else [int(np.ravel(ki)[0])]
-            best = np.zeros(n)
-            for i in tiers:
-                per_kv = kv_dev / Bt if i == host else kv_dev * kod / Bt
-                room = caps[i] - resident(i)
-                if act_i != i:  # workspace sits in another tier: it must fit there too
-                    best = np.maximum(best, np.minimum(room / per_kv, (caps[act_i] - resident(act_i)) / ws_seq))
-                else:
-                    best = np.maximum(best, room / (per_kv + ws_seq))
-            if kod < 1 and host not in tiers:   # the cache's offloaded share must fit the host too
-                best = np.minimum(best, (caps[host] - resident(host)) / (kv_dev * (1 - kod) / Bt))
-        if (wi != host and w_on > caps[wi]) or w_host > caps[host]:   # the weights alone do not fit: no batch
-            best = np.zeros(n)
-        agg["max_batch"] = np.floor(np.minimum(np.where(np.isfinite(best), np.maximum(best, 0), 2**62), 2**62)
-                                    ).astype(np.int64)
-        agg["fits"] = fits
-        agg["kv_tier"] = ki_b
-        agg["params"] = params
-        results[strat] = agg
-        if keep_ops is not None:
+    Bc = _col(Bt)
+    with np.errstate(divide="ignore"):
+        ws_seq = _col(workspace / (B * M))   # a micro-batch's activations in flight per device, per sequence
+        tiers = range(n_dev_tiers) if case.kv_location == "auto" else [int(np.ravel(ki)[0])]
+        best = np.zeros((n, no))
+        for i in tiers:
+            per_kv = kv_dev / Bc if i == host else kv_dev * kod / Bc
+            room = caps[i] - resident(i)
+            if act_i != i:  # workspace sits in another tier: it must fit there too
+                best = np.maximum(best, np.minimum(room / per_kv, (caps[act_i] - resident(act_i)) / ws_seq))
+            else:
+                best = np.maximum(best, room / (per_kv + ws_seq))
+        if kod < 1 and host not in tiers:   # the cache's offloaded share must fit the host too
+            best = np.minimum(best, (caps[host] - resident(host)) / (kv_dev * (1 - kod) / Bc))
+    if (wi != host and w_on > caps[wi]) or w_host > caps[host]:   # the weights alone do not fit: no batch
+        best = np.zeros((n, no))
+    max_batch = np.floor(np.minimum(np.where(np.isfinite(best), np.maximum(best, 0), 2**62), 2**62)).astype(np.int64)
+    if keep_ops is not None:
+        for j, strat in enumerate(order):
+            _, attn_ops, pf_attn = found[strat]
+            pl = placement(ki if np.ndim(ki) == 0 else ki[:, j])
             full_before, full_after = block_ops("decode", m, tp, B, prec)
             full_head = head_ops("decode", m, tp, B, prec)
             t = lambda ops: [time_op(op, hw, pl, prec, tp.devices) for op in ops]  # noqa: E731
             pf_b, pf_a = block_ops("prefill", m, tp, T, prec)
             pf_h = head_ops("prefill", m, tp, B, prec)
             seq = full_before + attn_ops + full_after + full_head + pf_b + pf_attn + pf_a + pf_h
-            ops_log[strat] = (pl, list(zip(seq, t(seq))))
+            keep_ops[strat] = (pl, list(zip(seq, t(seq))))
 
     ns = len(strategies)
     N = n * ns
+    pick = None if order == list(strategies) else [order.index(s) for s in strategies]
 
-    def grid(key=None, values=None, dtype=np.float64):  # (points x strategies) -> rows: point major, strategy minor
-        vals = values if values is not None else [results[s][key] for s in strategies]
-        if any(np.ndim(v) == 0 for v in vals):
-            vals = [np.full(n, v) if np.ndim(v) == 0 else v for v in vals]
-        return np.array(vals, dtype=dtype).T
+    def sel(a):   # (points x order) -> (points x strategies asked for)
+        a = a if np.shape(a) == (n, no) else np.broadcast_to(a, (n, no))
+        return a if pick is None else a[:, pick]
 
-    def flat(a):
-        return np.ascontiguousarray(a).reshape(N)
+    def flat(a, dtype=np.float64):   # -> rows, point major (a new array)
+        return np.array(a, dtype=dtype).reshape(N)
 
-    dense = results["dense"]
-    col = {c: grid(c) for c in ("weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes",
-                                 "metadata_bytes", "flops", "time_s", "ideal_time_s", "attention_time_s",
-                                 "attention_ideal_time_s", "overhead_time_s", "prefill_time_s", "prefill_ideal_time_s",
-                                 "memory_required_bytes")}
+    def grid(values, dtype):   # one value per strategy: an array of the points, or a number for all of them
+        if not any(getattr(v, "ndim", 0) for v in values):
+            a = np.array(values, dtype=dtype)
+            return a if n == 1 else np.tile(a, n)
+        vals = [np.full(n, v) if np.ndim(v) == 0 else v for v in values]
+        return np.ascontiguousarray(np.array(vals, dtype=dtype).T).reshape(N)
+
+    def dense(key):
+        return agg[key][:, :1]
+
+    col = {c: sel(agg[c]) for c in ("weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes",
+                               "metadata_bytes", "flops", "time_s", "ideal_time_s", "attention_time_s",
+                               "attention_ideal_time_s", "overhead_time_s", "prefill_time_s", "prefill_ideal_time_s",
+                               "memory_required_bytes")}
     attn_bytes = col["kv_read_bytes"] + col["kv_write_bytes"] + col["metadata_bytes"]
-    dense_attn = (dense["kv_read_bytes"] + dense["kv_write_bytes"] + dense["metadata_bytes"])[:, None]
+    dense_attn = dense("kv_read_bytes") + dense("kv_write_bytes") + dense("metadata_bytes")
     total = col["weight_bytes"] + col["activation_bytes"] + attn_bytes
-    out: dict = {"batch": flat(grid(values=[Bt] * ns, dtype=np.int64)),
-                 "seq_len": flat(grid(values=[S] * ns, dtype=np.int64)),
-                 "attended_len": flat(grid(values=[Sa] * ns, dtype=np.int64)),
-                 "compression": flat(grid(values=[C] * ns))}
+    out: dict = {"batch": grid([Bt] * ns, np.int64), "seq_len": grid([S] * ns, np.int64),
+                 "attended_len": grid([Sa] * ns, np.int64), "compression": grid([C] * ns, np.float64)}
     for c in ("r", "k", "local_window", "page_size"):
-        out[c] = flat(grid(values=[results[st]["params"][c] for st in strategies], dtype=np.int64))
+        out[c] = grid([found[st][0][c] for st in strategies], np.int64)
     for c, v in col.items():
         out[c] = flat(v)
     out["attention_bytes"] = flat(attn_bytes)
     out["attention_fraction"] = flat(attn_bytes / dense_attn)
     out["total_bytes"] = flat(total)
     out["arithmetic_intensity"] = flat(col["flops"] / total)
-    out["tokens_per_s"] = flat(Bt[:, None] / col["time_s"])
-    out["speedup_vs_dense"] = flat(dense["time_s"][:, None] / col["time_s"])
-    out["attention_speedup_vs_dense"] = flat(dense["attention_time_s"][:, None] / col["attention_time_s"])
-    out["ideal_speedup_vs_dense"] = flat(dense["ideal_time_s"][:, None] / col["ideal_time_s"])
-    out["attention_ideal_speedup_vs_dense"] = flat(dense["attention_ideal_time_s"][:, None]
-                                                   / col["attention_ideal_time_s"])
-    out["bound"] = flat(grid("bound_index", dtype=np.int8))
-    out["kv_location"] = flat(grid("kv_tier", dtype=np.int8))
-    out["fits"] = flat(grid("fits", dtype=bool))
-    out["max_batch"] = flat(grid("max_batch", dtype=np.int64))
+    out["tokens_per_s"] = flat(grid_B[:, None] / col["time_s"])
+    out["speedup_vs_dense"] = flat(dense("time_s") / col["time_s"])
+    out["attention_speedup_vs_dense"] = flat(dense("attention_time_s") / col["attention_time_s"])
+    out["ideal_speedup_vs_dense"] = flat(dense("ideal_time_s") / col["ideal_time_s"])
+    out["attention_ideal_speedup_vs_dense"] = flat(dense("attention_ideal_time_s") / col["attention_ideal_time_s"])
     fixed = {"hardware": hw.name, "model": m.name, "dtype": prec.dtype, "kv_dtype": prec.kv_dtype,
              "act_dtype": prec.act_dtype,
              "k_layout": case.k_layout, "weights_location": names[wi]}
     for c, v in fixed.items():
         out[c] = Labels(np.zeros(N, dtype=np.int8), (v,))
-    out["bound"] = Labels(out["bound"], BOUNDS)
-    out["kv_location"] = Labels(out["kv_location"], names)
+    out["bound"] = Labels(flat(sel(bound_index), np.int8), BOUNDS)
+    out["kv_location"] = Labels(flat(sel(ki_b), np.int8), names)
+    out["fits"] = flat(sel(fits), bool)
+    out["max_batch"] = flat(sel(max_batch), np.int64)
     out["strategy"] = Labels(np.tile(np.arange(ns, dtype=np.int8), n), tuple(strategies))
     out["devices"] = np.full(N, case.devices, dtype=np.int64)
     out["pipeline"] = np.full(N, P, dtype=np.int64)
-    out["microbatches"] = flat(grid(values=[M] * ns, dtype=np.int64))
+    out["microbatches"] = grid([M] * ns, np.int64)
     out["memory_capacity_bytes"] = np.full(N, float(caps[:-1].sum()))
     out["weights_on_device"] = np.full(N, float(wod))
     out["kv_on_device"] = np.full(N, float(kod))
-    if keep_ops is not None:
-        keep_ops.update(ops_log)
     return {c: out[c] for c in COLUMNS}
 
 
@@ -616,10 +676,12 @@ _CHECKED = ("time_s", "ideal_time_s", "prefill_time_s", "total_bytes", "flops", 
 
 def _finite(cols: dict, case: Case) -> dict:
     """Every time, byte and FLOP count of a prediction is a finite number, or the sweep stops with one line."""
+    if len(cols["time_s"]) <= 4096 and np.isfinite(np.concatenate([cols[c] for c in _CHECKED])).all():
+        return cols   # a few rows: all the columns checked at once
     for c in _CHECKED:
-        bad = ~np.isfinite(cols[c])
-        if bad.any():
-            i = int(np.argmax(bad))
+        finite = np.isfinite(cols[c])
+        if not finite.all():
+            i = int(np.argmin(finite))
             raise UserError(f"the prediction for {case.hw.name}, {case.model.name}, batch {int(cols['batch'][i])}, "
                             f"context {int(cols['seq_len'][i])} is not a finite number ({c}); check the profile's "
                             f"figures and the sizes asked for")

@@ -41,8 +41,28 @@ def _number(text: str, what: str, integer: bool) -> float:
     return v
 
 
+_PARSED: dict = {}   # (text, what, integer, minimum) -> the values parsed from it (what parse_axis returns)
+_PARSED_MAX_VALUES = 4096   # kept only when at most this many values (a single call's axes, not a sweep's ranges)
+
+
 def parse_axis(value, what: str, integer: bool = True, minimum: float | None = None) -> list:
     """A list of numbers from a scalar, a list, or a string of comma-separated values and ranges."""
+    # a string, or an int or float (parsed from its str()): the values depend on that text alone, so they are kept
+    kind = type(value)
+    key = (value if kind is str else str(value), what, integer, minimum) if kind in (str, int, float) else None
+    if key is not None:
+        hit = _PARSED.get(key)
+        if hit is not None:
+            return list(hit)
+    out = _parse_axis(value, what, integer, minimum)
+    if key is not None and len(out) <= _PARSED_MAX_VALUES:
+        if len(_PARSED) >= 512:
+            _PARSED.clear()
+        _PARSED[key] = tuple(out)
+    return out
+
+
+def _parse_axis(value, what: str, integer: bool, minimum: float | None) -> list:
     if isinstance(value, (list, tuple)):
         parts = [str(v) for v in value]
     elif isinstance(value, str):

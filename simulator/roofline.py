@@ -14,6 +14,7 @@ collective (`allreduce_time`; NCCL's own tuning model, src/graph/tuning.cc, weig
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,6 +145,7 @@ def time_op(op: Op, hw: HardwareProfile, pl: Placement, prec: Precision, devices
 
 
 _BYTE_FIELDS = ("weight", "act_read", "act_write", "kv_read", "kv_write", "meta_read", "meta_write", "flops", "comm")
+_op_fields = operator.attrgetter(*_BYTE_FIELDS)
 
 
 @dataclass
@@ -157,6 +159,25 @@ class StackedTimes:
     bound: np.ndarray
 
 
+def _field_rows(ops: list[Op], rows: int) -> np.ndarray:
+    """The byte and FLOP fields of `ops` as one (fields x ops x rows) float64 array. Each field is a number or an
+    array broadcasting to `rows`; when all are numbers (a single configuration, its ledger on numpy scalars), one
+    conversion fills the whole array."""
+    k, nf = len(ops), len(_BYTE_FIELDS)
+    if rows == 1:
+        try:
+            a = np.array([_op_fields(op) for op in ops], dtype=np.float64)   # ops x fields
+        except ValueError:   # numbers mixed with arrays of one row: each on its own, below
+            a = None
+        if a is not None and a.size == k * nf:
+            return np.ascontiguousarray(a.reshape(k, nf).T).reshape(nf, k, 1)
+    out = np.empty((nf, k, rows))
+    flat = out.reshape(-1, rows)
+    for i, v in enumerate(getattr(op, name) for name in _BYTE_FIELDS for op in ops):
+        flat[i] = v
+    return out
+
+
 def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision, devices: int,
              rows: int) -> StackedTimes:
     """What `time_op` gives for each operator, computed with the operators stacked on one axis (one numpy call per
@@ -164,10 +185,7 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
     the sweep's points (every field broadcasts to `rows`); the placement's KV tier may also be per operator and row
     (ops x rows: several strategies timed together). Same formulas and the same result as `time_op`."""
     k = len(ops)
-    f = {name: np.empty((k, rows)) for name in _BYTE_FIELDS}
-    for i, op in enumerate(ops):
-        for name in _BYTE_FIELDS:
-            f[name][i] = getattr(op, name)
+    f = dict(zip(_BYTE_FIELDS, _field_rows(ops, rows)))
     layers = np.array([op.layers for op in ops], dtype=np.float64)
     unit = np.array([op.unit for op in ops])
     kv_bytes = f["kv_read"] + f["kv_write"] + f["meta_read"] + f["meta_write"]

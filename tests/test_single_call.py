@@ -1,0 +1,128 @@
+"""A single-configuration prediction (issue 16: <= 1 ms a call) takes a faster path through the same formulas, and
+keeps nothing from one call to the next that could go stale.
+
+- One grid point runs the ledger on numpy scalars and times every operator in one stack: its row is, to the last bit,
+  the row of the same point inside a sweep (every column, every strategy), for pipeline and tensor parallelism,
+  offload, several memory tiers, sliding windows, latent attention, a mixture of experts and whole generations.
+- What is kept between calls is keyed on what it depends on: parsed axis values (by their text, so -0.0 is not 0.0
+  and True is not 1), model specs (a spec's hash uses a few fields: specs equal in those but different elsewhere
+  give their own results). A user's profile file is read again on every call, so an edit shows at once; a list
+  argument changed between calls gives the new values; the columns a call returns are its own (writing into them
+  changes no later result).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import sparq_sim
+from sparq_sim.hardware_profiles import PROFILE_DIR
+from sparq_sim.simulator import predict as P
+from sparq_sim.simulator.errors import UserError
+from sparq_sim.simulator.models import load_model_spec, replace
+from sparq_sim.simulator.ranges import parse_axis
+
+CASES = [
+    dict(hardware="a100"),
+    dict(hardware="h100", model="llama3-8b", strategies="quest,sparq,h2o"),   # dense not asked for
+    dict(hardware="a100-40gb", model="llama2-70b", devices=2, pipeline=2),
+    dict(hardware="a100-40gb", model="llama2-70b", devices=2, pipeline=4, microbatches=3),
+    dict(hardware="l4", kv_location="host"),
+    dict(hardware="t4", model="opt-30b", dtype="fp16", weights_on_device=0.2, kv_on_device=0.5),
+    dict(hardware="ipu", dtype="fp16", devices=4),   # two device tiers: the cache's tier chosen per point
+    dict(hardware="ipu", dtype="fp16", kv_location="streaming"),
+    dict(hardware="h100", model="gemma3-12b"),       # sliding windows
+    dict(hardware="h200", model="deepseek-v3", dtype="fp8", devices=8),
+    dict(hardware="h200", model="deepseek-v3", dtype="fp8", devices=8, mla_decode="unabsorbed"),
+    dict(hardware="a100", model="mixtral-8x7b", devices=2),
+    dict(hardware="h100", model="llama3-8b", dtype="int4-g128", act_dtype="bf16", kv_dtype="fp8", k_layout="once"),
+    dict(hardware="a100", r=16, k=300, local_window=20, page_size=32),
+    dict(hardware="h100", model="llama3-8b", gen_len=9),
+]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, P.Labels):
+        return a.tolist() == b.tolist()
+    return a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_one_configuration_is_its_row_of_a_sweep_to_the_last_bit(kw):
+    points = [(1, 4096), (7, 4096), (1, 1000), (64, 32768)]
+    sweep = P.predict_columns(seq_len="1000,4096,32768", batch="1,7,64", **kw)
+    ns = len(P.parse_strategies(kw.get("strategies")))
+    for batch, seq in points:
+        one = P.predict_columns(seq_len=seq, batch=batch, **kw)
+        rows = np.flatnonzero((sweep["batch"] == batch) & (sweep["seq_len"] == seq))
+        assert len(rows) == ns == len(one["time_s"])
+        for c, v in one.items():
+            want = v.take(np.arange(ns)) if isinstance(v, P.Labels) else v
+            got = sweep[c].take(rows) if isinstance(sweep[c], P.Labels) else sweep[c][rows]
+            assert _same(want, got), (kw, batch, seq, c)
+
+
+def test_parsed_axes_are_kept_by_their_text():
+    assert parse_axis(1, "--seq") == [1]
+    with pytest.raises(UserError):
+        parse_axis(True, "--seq")            # equal to 1 and hashed alike, but not a number of the axis
+    assert math.copysign(1, parse_axis(0.0, "--share", integer=False)[0]) == 1
+    assert math.copysign(1, parse_axis(-0.0, "--share", integer=False)[0]) == -1   # -0.0 == 0.0, its text is not
+    assert parse_axis("0", "--seq") == [0]
+    with pytest.raises(UserError, match="--seq must be at least 1"):
+        parse_axis("0", "--seq", minimum=1)   # the same text with a minimum
+    with pytest.raises(UserError, match="--batch must be at least 1"):
+        parse_axis("0", "--batch", minimum=1)
+    got = parse_axis("1k,4k", "--seq")
+    got.append(5)                             # the caller's list: changing it changes nothing kept
+    assert parse_axis("1k,4k", "--seq") == [1024, 4096]
+    assert parse_axis(4096.0, "--seq") == parse_axis("4096", "--seq") == [4096]
+
+
+def test_a_list_argument_changed_between_calls_gives_the_new_values():
+    seqs = [4096]
+    first = P.predict_columns(seq_len=seqs)
+    seqs[0] = 8192
+    second = P.predict_columns(seq_len=seqs)
+    assert set(first["seq_len"]) == {4096} and set(second["seq_len"]) == {8192}
+    assert (second["kv_read_bytes"] > first["kv_read_bytes"]).all()
+
+
+def test_the_columns_returned_are_the_callers_own():
+    first = P.predict_columns(seq_len=4096)
+    want = {c: (v.tolist() if isinstance(v, P.Labels) else v.copy()) for c, v in first.items()}
+    for c, v in first.items():
+        if not isinstance(v, P.Labels):
+            assert v.flags.writeable, c
+            v[...] = 0
+    again = P.predict_columns(seq_len=4096)
+    for c, v in again.items():
+        assert (v.tolist() == want[c]) if isinstance(v, P.Labels) else np.array_equal(v, want[c]), c
+
+
+def test_a_profile_file_edited_between_calls_is_read_again(tmp_path):
+    text = (PROFILE_DIR / "a100-80gb.yaml").read_text().replace("name: a100-80gb", "name: my-a100")
+    f = tmp_path / "mine.yaml"
+    f.write_text(text)
+    before = P.predict_columns(hardware=str(f), seq_len=4096)
+    assert "bandwidth: 2039 GB/s" in text
+    f.write_text(text.replace("bandwidth: 2039 GB/s", "bandwidth: 1019.5 GB/s"))
+    after = P.predict_columns(hardware=str(f), seq_len=4096)
+    assert (after["ideal_time_s"] > before["ideal_time_s"] * 1.5).all()
+    f.write_text(text)
+    back = P.predict_columns(hardware=str(f), seq_len=4096)
+    assert np.array_equal(back["time_s"], before["time_s"])
+
+
+def test_model_specs_alike_in_their_hash_give_their_own_results():
+    m = load_model_spec("llama2-7b")
+    gqa = replace(m, n_kv_heads=8)   # same name and sizes: the same hash, a cache of a quarter the size
+    assert hash(gqa) == hash(m) and gqa != m
+    for first, second in ((m, gqa), (gqa, m)):
+        a = sparq_sim.predict_columns(model=first, seq_len=4096, strategies="dense")
+        b = sparq_sim.predict_columns(model=second, seq_len=4096, strategies="dense")
+        ratio = (a["kv_read_bytes"] / b["kv_read_bytes"])[0]
+        assert ratio == pytest.approx(4.0 if first is m else 0.25)

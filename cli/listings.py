@@ -28,7 +28,8 @@ def strategies(format: Optional[str] = FMT):
     if format == "json":
         _emit(to_json([s.__dict__ for s in STRATEGIES.values()]), None)
         return
-    lines = [f"{s.name:12s} {s.title}: {s.summary} [params: {', '.join(s.params) or '-'}] ({s.reference})"
+    w = max(map(len, STRATEGIES))
+    lines = [f"{s.name:{w}s} {s.title}: {s.summary} [params: {', '.join(s.params) or '-'}] ({s.reference})"
              + (f" [also: {', '.join(s.aliases)}]" if s.aliases else "") for s in STRATEGIES.values()]
     _emit("\n".join(lines) + "\n", None)
 

@@ -13,9 +13,9 @@ from .request import Request
 
 STRATEGY_COLOURS = {
     "dense": "#3b3b3b", "sparq": "#1f77b4", "h2o": "#d62728", "flexgen": "#2ca02c", "lm-infinite": "#9467bd",
-    "quest": "#ff7f0e",
+    "quest": "#ff7f0e", "loki": "#8c564b", "double-sparsity": "#e377c2", "snapkv": "#bcbd22",
 }
-_PALETTE = ["#17becf", "#bcbd22", "#8c564b", "#e377c2", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a"]
+_PALETTE = ["#17becf", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2"]
 DEVICE_DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 DEVICE_SYMBOLS = ["circle", "square", "diamond", "triangle-up", "cross", "x"]
 TIER_COLOURS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e"]

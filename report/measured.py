@@ -15,7 +15,7 @@ from ..hardware_profiles import HardwareProfile
 from ..simulator.ledger import Parallel, Precision, attention_decode_ops
 from ..simulator.models import ModelSpec
 from ..simulator.roofline import Placement, matrix_peak, tier_table, time_op
-from ..simulator.strategies import parse_strategies, resolve_params
+from ..simulator.strategies import COMPONENT_STRATEGIES, parse_strategies, resolve_params
 from .figure import STRATEGY_COLOURS, Chart, _apply_options, _layout, _log_ticks, _num, _ratio_ticks, strategy_colour
 
 MEASURED_COLUMNS = ("hardware", "kernel", "strategy", "k_layout", "batch", "seq_len", "n_heads", "n_kv_heads",
@@ -57,7 +57,7 @@ def predict_microbench_times(df, notes: list[str] | None = None) -> np.ndarray:
             m = ModelSpec(name=f"attention-{nh}x{hd}", n_layers=1, d_model=nh * hd, n_heads=nh, n_kv_heads=nkv,
                           head_dim=hd, d_ff=1, vocab_size=1, max_position=int(S.max()))
             over = {}
-            if strat == "sparq":
+            if strat in COMPONENT_STRATEGIES:
                 over["r"] = g["r"].to_numpy(dtype=np.float64)
             if strat != "dense" and g["k"].notna().all():
                 over["k"] = g["k"].to_numpy(dtype=np.float64)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .strategies import COMPONENT_STRATEGIES
+
 EVALUATION_FILE = Path(__file__).resolve().parent.parent / "data" / "evaluation" / "smollm2-135m.json"
 # a strategy "fails" a task when it keeps less than half of dense's score (higher is better) or adds more than a
 # tenth to it (lower is better: bits per character)
@@ -107,10 +109,21 @@ def legend(cols: dict) -> list[str]:
                "attn frac: the strategy's attention bytes (KV read and written, its metadata) over dense's. bound: "
                "what takes most of the step (memory, compute, link, launch overhead). fits: weights + KV cache (+ the "
                "strategy's extra storage) within the device memory."]
-    if "sparq" in strategies and len(strategies) > 1:
-        out.append("k: positions attended. SparQ first reads r = d_h/C columns of K over all positions, then k = "
-                   "S/(2C) rows of K and V, so its total is about 1/C of dense; the others read k = S/C tokens.")
+    comp = [s for s in strategies if s in COMPONENT_STRATEGIES]
+    if comp and len(strategies) > len(comp):
+        names = [COMPONENT_WORDS[s][0] for s in comp]
+        who = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        how = "; ".join((f"{COMPONENT_WORDS[s][0]}: " if len(comp) > 1 else "") + COMPONENT_WORDS[s][1] for s in comp)
+        out.append(f"k: positions attended. {who} first read{'s' if len(comp) == 1 else ''} r = d_h/C key components "
+                   f"over all positions ({how}), then k = S/(2C) rows of K and V, so the total is about 1/C of dense; "
+                   "the others read k = S/C tokens.")
     return out
+
+
+# how each strategy of strategies.COMPONENT_STRATEGIES picks its r key components (the table's legend)
+COMPONENT_WORDS = {"sparq": ("SparQ", "the r largest |q| components"),
+                   "loki": ("Loki", "the leading principal components"),
+                   "double-sparsity": ("Double Sparsity", "channels chosen offline")}
 
 
 @lru_cache(maxsize=1)

@@ -302,7 +302,7 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
     q_in = B * hq * dq * p.a
     out = B * hq * dvf * p.a
     if geo.columns_whole:   # unabsorbed MLA: expand the attended rows to per-head keys and values first
-        rows_k = S if strategy in ("dense", "flexgen", "sparq") else k
+        rows_k = S if strategy in ("dense", "flexgen", "sparq", "loki") else k
         rows_v = S if strategy == "dense" else k
         c, nope, v = m.kv_lora_rank, m.qk_nope_head_dim, m.v_head_dim
         expanded = B * hq * (rows_k * nope + rows_v * v)
@@ -351,7 +351,37 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
             Op("decode", name("h2o_score_update"), "attention", "vector", layers, 1, flops=B * hq * k + B * hkv * k,
                act_read=B * hq * k * FP32, meta_read=kv("score_stats_read"), meta_write=kv("score_stats_write")),
         ]
-    elif strategy == "lm-infinite":
+    elif strategy in ("loki", "double-sparsity"):
+        r = params["r"].astype(np.float64)
+        if strategy == "loki":
+            ops += [
+                # q (and the new key, before it is cached) into the layer's PCA basis: one d x d matrix per KV head
+                Op("decode", name("loki_project"), "attention", "matrix", layers, 1,
+                   flops=2 * B * (hq + hkv) * dq * dq, weight=hkv * dq * dq * p.a, act_read=q_in,
+                   act_write=q_in),
+                # approximate scores from the r leading components of every rotated key
+                Op("decode", name("loki_approx_scores"), "attention", "matrix", layers, 1,
+                   flops=2 * B * hq * S * r + SOFTMAX_FLOPS * B * hq * S, act_read=q_in,
+                   kv_read=kv("k_columns"), act_write=B * hkv * S * FP32),
+            ]
+        else:
+            ops += [
+                # approximate scores from the label cache: the r chosen channels of q against the same of every key
+                Op("decode", name("ds_approx_scores"), "attention", "matrix", layers, 1,
+                   flops=2 * B * hq * S * r + SOFTMAX_FLOPS * B * hq * S, act_read=q_in + B * hkv * r * INDEX_BYTES,
+                   meta_read=kv("label_read"), meta_write=kv("label_write"), act_write=B * hkv * S * FP32),
+            ]
+        tag_ = "loki" if strategy == "loki" else "ds"
+        ops += [
+            Op("decode", name(f"{tag_}_top_k"), "attention", "vector", layers, 1, flops=B * hkv * S,
+               act_read=B * hkv * S * FP32, act_write=B * hkv * k * INDEX_BYTES),
+            Op("decode", name("attn_scores"), "attention", "matrix", layers, 1,
+               flops=2 * B * hq * k * hd + SOFTMAX_FLOPS * B * hq * k, act_read=q_in + B * hkv * k * INDEX_BYTES,
+               kv_read=kv("k_rows"), act_write=B * hq * k * FP32),
+            Op("decode", name("attn_values"), "attention", "matrix", layers, 1, flops=2 * B * hq * k * dvf,
+               act_read=B * hq * k * FP32 + B * hkv * k * INDEX_BYTES, kv_read=kv("v_rows"), act_write=out),
+        ]
+    elif strategy in ("lm-infinite", "snapkv"):
         ops += [
             Op("decode", name("attn_scores"), "attention", "matrix", layers, 1,
                flops=2 * B * hq * k * hd + SOFTMAX_FLOPS * B * hq * k, act_read=q_in, kv_read=kv("k_rows")),

@@ -17,7 +17,7 @@ from ..hardware_profiles import HardwareProfile, load_hardware
 from .errors import UserError, input_file
 from .fitting import calibration_block, fit
 from .implementations import get_implementation
-from .strategies import get_strategy
+from .strategies import COMPONENT_STRATEGIES, get_strategy
 
 MODEL_STEP = "model-step"  # rows timing a whole decode step of a real model (sparq-sim measure --model-step)
 from .units import parse_dtype
@@ -248,10 +248,10 @@ def _check_rows(df, p, line0: int):
     checks = [
         (whole & ~has_model, lambda i: f"a {level[i]} row needs a model column (a built-in name or config path)"),
         ((level == "e2e") & ~(gen >= 1), lambda i: "an e2e row needs gen_len (tokens generated per sequence)"),
-        (~whole & (strat == "sparq") & ~((r >= 1) & (k >= 1) & (r <= df["head_dim"].to_numpy())
-                                          & (k <= df["seq_len"].to_numpy())),
-         lambda i: f"a sparq row needs 1 <= r <= head_dim and 1 <= k <= seq_len, got r={r[i]!r}, k={k[i]!r}"),
-        (np.isin(strat, ["h2o", "quest", "lm-infinite", "flexgen"]) & ~(k >= 1),
+        (~whole & np.isin(strat, COMPONENT_STRATEGIES) & ~((r >= 1) & (k >= 1) & (r <= df["head_dim"].to_numpy())
+                                                           & (k <= df["seq_len"].to_numpy())),
+         lambda i: f"a {strat[i]} row needs 1 <= r <= head_dim and 1 <= k <= seq_len, got r={r[i]!r}, k={k[i]!r}"),
+        (np.isin(strat, ["h2o", "quest", "lm-infinite", "flexgen", "snapkv"]) & ~(k >= 1),
          lambda i: f"a {strat[i]} row needs k (the attended-token budget)"),
     ]
     bad_row = [(first(bad), msg) for bad, msg in checks if bad.any()]

@@ -13,6 +13,14 @@ components with the index sets the reference implementation actually touches.
 | lm-infinite | 2 k d_h + 2 d_h                                  |
 | flexgen     | S d_h + k d_h + 2 d_h                            |
 | quest       | 2 ceil(S/P) d_h + 2 k d_h + 2 d_h                |
+| loki        | S r + 2 k d_h + 2 d_h                            |
+| double-sparsity | S r + r + 2 k d_h + 2 d_h                    |
+| snapkv      | 2 k d_h + 2 d_h                                  |
+
+Loki reads the first r of the d_h principal components of each key (the cache holds keys rotated into their offline
+PCA basis, row-major: r leading elements of every row); Double Sparsity reads its label cache, the r offline-chosen
+channels of every key stored apart and contiguously (S r), and writes the new token's r; both then read k full rows.
+SnapKV reads the k-token cache it kept at the end of prefill (plus every token generated since).
 
 Everything here takes numpy arrays (or scalars) so one call evaluates a whole sweep.
 
@@ -68,6 +76,22 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
              aliases=("streamingllm",)),
     Strategy("quest", "Quest", "per-page min/max key bounds select the top pages; then those pages' K and V",
              ("k", "page_size"), True, "Tang et al., ICML 2024"),
+    Strategy("loki", "Loki (low-rank keys)",
+             "keys in their offline PCA basis; the first r principal components score all positions, then k full "
+             "rows of K and V", ("r", "k"), True,
+             "Singhania et al., NeurIPS 2024 (arXiv 2406.02542), Algorithm 1: PCA of the (post-rotary) keys per layer "
+             "and head on calibration text, approximate scores from the top d_f = r / d_h components, top k_f = k / S"),
+    Strategy("double-sparsity", "Double Sparsity",
+             "r channels per head chosen offline; a label cache of those channels scores all positions, then k full "
+             "rows of K and V", ("r", "k"), True,
+             "Yang et al. 2024 (arXiv 2408.07092), 'Post-Training Sparse Attention with Double Sparsity': outlier "
+             "channels by offline calibration (|q_i k_i| summed over calibration tokens), label cache of those "
+             "channels in the KV dtype, token top-k on the approximate scores"),
+    Strategy("snapkv", "SnapKV",
+             "one-shot selection at the end of prefill: an observation window of the prompt's last queries votes "
+             "(pooled) for k positions; the cache keeps them and every generated token", ("k", "local_window"), False,
+             "Li et al., NeurIPS 2024 (arXiv 2404.14469): votes = attention of the last w prompt queries summed, "
+             "smoothed by 1-D pooling (here average, kernel 7), top k - w plus the window itself; no eviction after"),
 ]}
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
 ALIASES: dict[str, str] = {a: s.name for s in STRATEGIES.values() for a in s.aliases}
@@ -75,6 +99,10 @@ ALIASES: dict[str, str] = {a: s.name for s in STRATEGIES.values() for a in s.ali
 DEFAULT_PAGE_SIZE = 16       # Quest's page size (Tang et al. 2024)
 DEFAULT_SINKS = 16           # LM-Infinite keeps ~16 global "sink" tokens (Han et al., arXiv 2308.16137)
 QUEST_DENSE_LAYERS = 2       # Quest runs its first two layers dense (Tang et al. 2024)
+SNAPKV_WINDOW = 32           # SnapKV's observation window (the prompt's last queries; at most k / 2 here)
+SNAPKV_KERNEL = 7            # SnapKV's pooling kernel over the votes
+# the strategies that choose positions from r key components (SparQ's recipe for r and k: each moves 1/C of dense)
+COMPONENT_STRATEGIES = ("sparq", "loki", "double-sparsity")
 
 
 def get_strategy(name: str) -> Strategy:
@@ -141,7 +169,8 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
     `head_dim` is the key's width, or a KVGeometry.
 
     SparQ: r = d_h / C, k = S / (2C), local window l = k / 4 (the paper's defaults); on a shared row (MLA)
-    r = d_k / (2C).
+    r = d_k / (2C). Loki and Double Sparsity: SparQ's r and k (no window): r components over S plus 2k rows is
+    1/C of dense. SnapKV: k = S / C cached tokens, an observation window of min(32, k / 2).
     H2O: cache k = S / C tokens, half of them the recent window (H2O's equal split).
     LM-Infinite: cache k = S / C tokens, min(16, k/2) of them sinks, the rest the recent window.
     FlexGen: k = S / C rows of V.  Quest: budget k = S / C tokens, rounded to whole pages of P = 16.
@@ -175,7 +204,7 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
             kk = given(k, "k")
             kk = P * _round_pos(kk / P)
     elif k is None:
-        kk = _round_pos(S / (2 * C) if s.name == "sparq" else S / C)
+        kk = _round_pos(S / (2 * C) if s.name in COMPONENT_STRATEGIES else S / C)
     else:
         kk = given(k, "k")
     if k is not None and np.any(kk > S):
@@ -185,7 +214,7 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
     kk = np.minimum(kk, S)  # a recipe's rounding (one page at least) may pass a short context
     out["k"] = kk
 
-    if s.name == "sparq":
+    if s.name in COMPONENT_STRATEGIES:
         rr = given(r, "r") if r is not None else np.minimum(_round_pos(dh / C / (2 if g and g.shared else 1)), dh)
         if np.any(rr > dh):
             raise UserError(f"r = {int(np.max(rr))} exceeds head_dim = {int(np.min(dh))}; accepted: 1 <= r <= head_dim")
@@ -200,6 +229,8 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
             lw = kk // 4
         elif s.name == "h2o":
             lw = kk // 2
+        elif s.name == "snapkv":
+            lw = np.minimum(SNAPKV_WINDOW, kk // 2)
         else:  # lm-infinite: whatever the sinks leave
             lw = None
         if s.name == "lm-infinite":
@@ -246,8 +277,21 @@ def traffic_components(strategy: str, seq_len, head_dim, params: dict[str, np.nd
             # accumulated score statistics, read and written: 2 S (the paper's Table 1 model; counted at the KV dtype)
             ("score_stats_read", META_READ, S), ("score_stats_write", META_WRITE, S),
         ]
-    if s == "lm-infinite":
+    if s in ("lm-infinite", "snapkv"):
         return [("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write]
+    if s == "loki":
+        r = params["r"].astype(np.float64)
+        return [
+            ("k_columns", KV_READ, S * (dk if g.columns_whole else r)),   # the r leading components of every key
+            ("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write,
+        ]
+    if s == "double-sparsity":
+        r = params["r"].astype(np.float64)
+        return [
+            ("label_read", META_READ, S * r),         # the label cache: r channels of every key, contiguous
+            ("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write,
+            ("label_write", META_WRITE, r + 0 * S),   # the new token's label
+        ]
     if s == "flexgen":
         return [("k_all", KV_READ, S * dk), ("v_rows", KV_READ, k * dv), write]   # V gathered in a second pass
     if s == "quest":
@@ -275,7 +319,8 @@ def extra_cache_elements(strategy: str, seq_len, head_dim, params: dict[str, np.
     """Elements per KV head stored beyond K and V of the cached tokens.
 
     SparQ with K stored twice keeps a second, S-contiguous copy of K (+50% of the KV cache) and v_bar; Quest keeps
-    per-page min and max keys; H2O keeps its score statistics. `head_dim`: d_h or a KVGeometry (MLA: the copy is of
+    per-page min and max keys; H2O keeps its score statistics; Double Sparsity its label cache (r channels of every
+    key). Loki's keys are stored rotated in place (its d_h x d_h projection per head is a weight, not cache). `head_dim`: d_h or a KVGeometry (MLA: the copy is of
     the whole row, v_bar d_v wide).
     """
     s = get_strategy(strategy).name
@@ -288,4 +333,6 @@ def extra_cache_elements(strategy: str, seq_len, head_dim, params: dict[str, np.
         return 2 * np.ceil(S / params["page_size"]) * dk
     if s == "h2o":
         return S + 0 * dk
+    if s == "double-sparsity":
+        return S * params["r"]
     return 0 * S

@@ -33,8 +33,9 @@ class Fetched:
     rows:        [B, Hkv, S] bool, the token positions whose V rows were read (and K rows, except FlexGen and dense,
                  which read all of K; dense reads all rows of both). For SparQ the k positions of Step 2.
     seq_len:     [B] long, valid positions in the cache (including the token being decoded).
-    components:  [B, Hkv, r] long, SparQ's r query components (Step 1 reads these columns of K over all positions);
-                 None for the others.
+    components:  [B, Hkv, r] long, the r key components read over all positions: SparQ's largest |q| (columns of
+                 K), Loki's leading principal components (of the rotated keys), Double Sparsity's channels (its
+                 label cache); None for the others.
     alpha:       [B, H] float, SparQ's approximate mass on the chosen positions, per query head; None for the others.
     pages:       [B] long, Quest: pages whose min/max key vectors were read; None for the others.
     """
@@ -365,6 +366,103 @@ def quest_attention(q, K, V, *, k, page_size, valid=None, scaling=None):
     return y.reshape(B, H, d), Fetched("quest", rows, v.sum(1), pages=n_pages)
 
 
+def _approx_then_exact(q, K, V, Kc, qc, k, valid, scaling, name, components):
+    """Shared by Loki and Double Sparsity: approximate logits qc . Kc over every valid position (qc [B, Hkv, g, r],
+    Kc [B, Hkv, S, r]), softmax per query head (scaled as the exact logits), summed over the GQA group; the top-k
+    positions' K and V rows, exact attention on them (not renormalised beyond the chosen set)."""
+    B, H, Hkv, g, S, d = _shapes(q, K, V)
+    scale = _scale(scaling, d)
+    logits_hat = torch.matmul((qc * scale).to(K.dtype), Kc.transpose(-1, -2)).float()
+    logits_hat = logits_hat.masked_fill(~valid.view(B, 1, 1, S), NEG_INF)
+    score = torch.softmax(logits_hat, dim=-1).sum(2).masked_fill(~valid.unsqueeze(1), NEG_INF)
+    idx, ok = _topk_sets(score, _per_seq(k, B, q.device), valid.unsqueeze(1).expand(B, Hkv, S))
+    y, _ = _attend(q.view(B, Hkv, g, d), _gather_rows(K, idx), _gather_rows(V, idx), ok, scale)
+    return y.reshape(B, H, d), Fetched(name, _rows_mask(idx, ok, S), valid.sum(1), components=components)
+
+
+def loki_attention(q, K, V, *, r, k, basis, valid=None, scaling=None):
+    """Loki (Singhania et al., NeurIPS 2024, Algorithm 1): keys are kept in their offline PCA basis; the query is
+    rotated into it, the first r components of q and of every key give approximate scores, the top k positions (summed
+    over the GQA group) are attended exactly. basis [Hkv, d, d]: orthonormal columns in order of decreasing variance
+    (`sparq_ref.calibration`). A rotation keeps dot products, so the exact step reads K and V as stored; r = d_h and
+    k = S reproduce dense attention (up to float rounding)."""
+    B, H, Hkv, g, S, d = _shapes(q, K, V)
+    r = int(r)
+    if not 1 <= r <= d or tuple(basis.shape) != (Hkv, d, d):
+        raise ValueError(f"r = {r} must be between 1 and head_dim = {d}, basis [Hkv, d, d] = {(Hkv, d, d)}, "
+                         f"got {tuple(basis.shape)}")
+    v = _valid(valid, B, S, q.device)
+    P = basis[:, :, :r].to(device=q.device, dtype=torch.float32)                     # [Hkv, d, r]
+    qc = torch.matmul(q.view(B, Hkv, g, d).float(), P.unsqueeze(0))                    # [B, Hkv, g, r]
+    Kc = torch.matmul(K.float(), P.unsqueeze(0)).to(K.dtype)                           # the stored leading components
+    comps = torch.arange(r, device=q.device).expand(B, Hkv, r)
+    return _approx_then_exact(q, K, V, Kc, qc, k, v, scaling, "loki", comps)
+
+
+def double_sparsity_attention(q, K, V, *, r, k, channels, valid=None, scaling=None):
+    """Double Sparsity (Yang et al. 2024, arXiv 2408.07092): r channels per KV head chosen offline (`channels`
+    [Hkv, >= r], most important first: `sparq_ref.calibration`), whose values for every key form the label cache;
+    approximate scores from those channels of q and of the labels, the top k positions (summed over the GQA group)
+    attended exactly. r = d_h and k = S reproduce dense attention."""
+    B, H, Hkv, g, S, d = _shapes(q, K, V)
+    r = int(r)
+    if not 1 <= r <= d or channels.shape[0] != Hkv or channels.shape[1] < r:
+        raise ValueError(f"r = {r} must be between 1 and head_dim = {d}, with at least r channels for each of "
+                         f"{Hkv} KV heads (got {tuple(channels.shape)})")
+    v = _valid(valid, B, S, q.device)
+    ch = channels[:, :r].to(q.device).long().expand(B, Hkv, r)                        # [B, Hkv, r]
+    qc = q.view(B, Hkv, g, d).float().gather(-1, ch.unsqueeze(2).expand(B, Hkv, g, r))
+    labels = K.gather(-1, ch.unsqueeze(2).expand(B, Hkv, S, r))                        # the label cache
+    return _approx_then_exact(q, K, V, labels, qc, k, v, scaling, "double-sparsity", ch)
+
+
+def snapkv_votes(q_window, K, allowed, scaling=None) -> torch.Tensor:
+    """SnapKV's raw votes after a prefill: the attention each key gets from each of the prompt's last queries, summed
+    over the GQA group. q_window [B, H, w, d] (the last w prompt queries, post-rotary); K [B, Hkv, S, d];
+    allowed [B, w, S] (causal and padding) -> [B, Hkv, w, S] fp32, zero where not allowed."""
+    B, H, w, d = q_window.shape
+    Hkv, S = K.shape[1], K.shape[2]
+    g = H // Hkv
+    qc = q_window.reshape(B, Hkv, g, w, d)
+    logits = torch.matmul((qc.float() * _scale(scaling, d)).to(K.dtype), K.unsqueeze(2).transpose(-1, -2)).float()
+    p = torch.softmax(logits.masked_fill(~allowed.view(B, 1, 1, w, S), NEG_INF), -1).nan_to_num(0.0)
+    return p.sum(2)
+
+
+def snapkv_select(votes, valid, k, window, kernel) -> torch.Tensor:
+    """SnapKV's one-shot selection (Li et al., NeurIPS 2024): of a prompt of S positions (valid [B, S]), keep the last
+    `window` and the k - window others with the most votes from those `window` queries, the votes smoothed by an
+    average pool of `kernel` positions. votes [B, Hkv, >= window, S] (`snapkv_votes`, last rows = last queries);
+    k, window: [B] long (k <= window keeps the window only). -> keep [B, Hkv, S] bool."""
+    B, Hkv, W, S = votes.shape
+    dev = votes.device
+    win = _last_positions(valid, window)                                             # [B, S]
+    use = torch.arange(W, device=dev).view(1, W) >= (W - window).view(B, 1)          # the last `window` queries
+    v = (votes * use.view(B, 1, W, 1)).sum(2)                                         # [B, Hkv, S]
+    prefix = valid & ~win
+    v = v.masked_fill(~prefix.unsqueeze(1), 0.0)
+    pooled = torch.nn.functional.avg_pool1d(v.reshape(B * Hkv, 1, S), kernel, stride=1, padding=kernel // 2,
+                                            count_include_pad=False).reshape(B, Hkv, S)
+    pooled = pooled.masked_fill(~prefix.unsqueeze(1), NEG_INF)
+    n = (k - window).clamp_min(0)
+    idx, ok = _topk_sets(pooled, n.clamp_min(1), prefix.unsqueeze(1).expand(B, Hkv, S))
+    ok = ok & (n.view(B, 1, 1) > 0)
+    return _rows_mask(idx, ok, S) | win.unsqueeze(1)
+
+
+def snapkv_attention(q, K, V, *, keep, valid=None, scaling=None):
+    """SnapKV's decode step: exact attention over the positions kept at the end of prefill (keep [B, Hkv, S0]) and
+    every position appended since (S0 .. S-1)."""
+    B, H, Hkv, g, S, d = _shapes(q, K, V)
+    v = _valid(valid, B, S, q.device)
+    rows = torch.ones(B, Hkv, S, dtype=torch.bool, device=q.device)
+    rows[..., :keep.shape[-1]] = keep
+    rows = rows & v.unsqueeze(1)
+    idx, ok = _topk_sets(rows.float(), rows.sum(-1).max(-1).values, rows)
+    y, _ = _attend(q.view(B, Hkv, g, d), _gather_rows(K, idx), _gather_rows(V, idx), ok, _scale(scaling, d))
+    return y.reshape(B, H, d), Fetched("snapkv", rows, v.sum(1))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # traffic counted from the fetched sets
 
@@ -385,8 +483,14 @@ def elements_touched(f: Fetched, head_dim: int) -> dict[str, torch.Tensor]:
         out = {"k_columns": S_b * f.components.shape[-1], "k_rows": n_rows * d, "v_rows": n_rows * d}
     elif f.strategy == "h2o":
         out = {"k_rows": n_rows * d, "v_rows": n_rows * d}
-    elif f.strategy == "lm-infinite":
+    elif f.strategy in ("lm-infinite", "snapkv"):
         out = {"k_rows": n_rows * d, "v_rows": n_rows * d}
+    elif f.strategy == "loki":
+        out = {"k_columns": S_b * f.components.shape[-1], "k_rows": n_rows * d, "v_rows": n_rows * d}
+    elif f.strategy == "double-sparsity":
+        r = f.components.shape[-1]
+        out = {"label_read": S_b * r, "k_rows": n_rows * d, "v_rows": n_rows * d,
+               "label_write": torch.full_like(n_rows, r)}
     elif f.strategy == "flexgen":
         out = {"k_all": S_b * d, "v_rows": n_rows * d}
     elif f.strategy == "quest":

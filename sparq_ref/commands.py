@@ -203,7 +203,8 @@ def _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, w
 
             for t in task_names:
                 smp = T.make_samples(t, lm.tokenizer, samples, length=length, seed=seed, text=text, depth=depth)
-                results += run_task(lm, t, smp, configs, batch_size=batch_size, progress=step)
+                results += run_task(lm, t, smp, configs, batch_size=batch_size, progress=step,
+                                    calibration_text=text)
         loaded = {"name": lm.name, "device": lm.device, "dtype": lm.dtype}
     rows = aggregate(results)
     doc = {"model": loaded["name"], "device": loaded["device"], "dtype": loaded["dtype"], "length": length,
@@ -468,6 +469,11 @@ def _record(model, task_name, cfg, steps, out, part, config, digest, done, opene
         "decode_batch_size": batch_size,
         "device": lm.device,
     }
+    from .calibration import for_model
+    cal = for_model(lm, cfg.strategy, text)
+    if cal is not None:  # the channels (or the principal components' share) chosen offline: data of the run
+        r = int(cfg.resolve([max(length, 64)], lm.head_dim)["r"][0])
+        meta["calibration"] = cal.describe(cfg.strategy, r)
     n_kv = lm.config.num_key_value_heads
     batches = range(0, samples, batch_size)
     with TraceWriter(out, meta) as writer, _progress(steps * len(batches), f"record {cfg.strategy}", progress) as bar:
@@ -489,7 +495,7 @@ def _record(model, task_name, cfg, steps, out, part, config, digest, done, opene
                     chunks.append(rows_table({**cols, "batch": np.asarray(cols["batch"]) + b0}))
 
                 scores, strat, dense, n_steps = _record_batch(lm, task_name, smp[b0:b0 + size], cfg, n_new, sink,
-                                                              step)
+                                                              step, cal)
                 rows = pa.concat_tables(chunks) if chunks else kept.slice(0, 0)
                 info["scores"] += scores
                 info["strategy_elements"] += strat
@@ -535,7 +541,7 @@ def _new_tokens(tok, task, samples, steps) -> int:
     return n
 
 
-def _record_batch(lm, task, samples, cfg, n, sink, advance):
+def _record_batch(lm, task, samples, cfg, n, sink, advance, calibration=None):
     """Decode one batch of samples with tracing: (scores, elements touched, dense's elements, steps), per sample."""
     import torch
 
@@ -548,7 +554,9 @@ def _record_batch(lm, task, samples, cfg, n, sink, advance):
     if task == "bpc":
         cont = [tok(s.target, add_special_tokens=False).input_ids for s in samples]
         forced = torch.tensor([c[:n] for c in cont])
-    pre = prefill(lm.model, ids, mask, collect_h2o=cfg.strategy == "h2o", max_new_tokens=n + 1)
-    res = decode(lm.model, pre, Session(cfg, sink=sink), n, forced=forced, progress=advance)
+    pre = prefill(lm.model, ids, mask, collect_h2o=cfg.strategy == "h2o", collect_snapkv=cfg.strategy == "snapkv",
+                  max_new_tokens=n + 1)
+    res = decode(lm.model, pre, Session(cfg, sink=sink, calibration=calibration), n, forced=forced,
+                 progress=advance)
     scores = [score_sample(tok, task, s, res.tokens[i], res.logprobs[i])[0] for i, s in enumerate(samples)]
     return ([float(x) for x in scores], res.counts.strategy.tolist(), res.counts.dense.tolist(), res.steps)

@@ -73,7 +73,7 @@ def evaluate_cell(spec: dict) -> dict:
     b0 = spec["b0"]
     batch = smp[b0:b0 + spec["batch_size"]]
     configs = [StrategyConfig(**c) for c in spec["configs"]]
-    res = run_task(lm, spec["task"], batch, configs, batch_size=spec["batch_size"])
+    res = run_task(lm, spec["task"], batch, configs, batch_size=spec["batch_size"], calibration_text=spec["text"])
     return {"model": {"name": lm.name, "device": lm.device, "dtype": lm.dtype},
             "results": [{"config": configs.index(r.config), "sample": b0 + r.sample, "score": r.score,
                          "elements": r.elements, "dense_elements": r.dense_elements, "steps": r.steps,

@@ -4,9 +4,12 @@ The attention function ``sparq_ref`` is registered in transformers' `AttentionIn
 `AttentionMaskInterface` under the same name), and `install(model)` switches a model to it. While no `Session` is
 active it behaves exactly like sdpa. Inside ``with session:`` (or `activate(session)`):
 
-- prefill (query length > 1) is dense (sdpa), as in every SparQ implementation; H2O's statistics are collected;
+- prefill (query length > 1) is dense (sdpa), as in every SparQ implementation; H2O's statistics, SnapKV's votes
+  (the attention of the prompt's last queries) and, when calibrating, the keys' statistics (`calibration`) are
+  collected;
 - each decode step (query length 1) runs the session's strategy from `sparq_ref.attention` on the whole cache, per
-  layer, with per-layer, per-sequence state (SparQ's running mean of V, H2O's scores and evictions);
+  layer, with per-layer, per-sequence state (SparQ's running mean of V, H2O's scores and evictions, SnapKV's kept
+  positions) and, for Loki and Double Sparsity, the model's offline calibration;
 - the elements each step touches are counted from the fetched index sets, beside the dense count for the same cache;
 - with tracing on, one row per (step, layer, KV head, sequence) goes to the session's sink (see `traces/`).
 
@@ -91,6 +94,7 @@ class LayerState:
     v_count: torch.Tensor | None = None     # ... and their number [B]
     v_seen: int = 0                         # cache length covered by v_sum
     h2o: A.H2OState | None = None
+    snap_keep: torch.Tensor | None = None   # SnapKV: prompt positions kept at the end of prefill [B, Hkv, S0]
 
 
 @dataclass
@@ -111,15 +115,24 @@ class Session:
 
     sink: called with a dict of columns (numpy arrays; `positions` and `components` as lists of int32 arrays) once per
     decode call of each layer when tracing. h2o_scores: H2O statistics from a shared prefill (`Prefix.h2o_scores`).
+    calibration: Loki's and Double Sparsity's offline key statistics (`calibration.for_model`). key_stats: a
+    `calibration.KeyStats` that every prefill adds its queries and keys to. collect_snapkv: keep SnapKV's votes.
     """
 
     def __init__(self, config: StrategyConfig, *, sink: Callable[[dict], None] | None = None,
-                 h2o_scores: dict[int, torch.Tensor] | None = None, collect_h2o: bool = False):
+                 h2o_scores: dict[int, torch.Tensor] | None = None, collect_h2o: bool = False,
+                 calibration=None, key_stats=None, collect_snapkv: bool = False):
         self.config = config
         self.sink = sink
         self.collect_h2o = collect_h2o or config.strategy == "h2o"
+        self.collect_snapkv = collect_snapkv or config.strategy == "snapkv"
+        if config.strategy in ("loki", "double-sparsity") and calibration is None:
+            raise ValueError(f"{config.strategy} needs the model's key calibration (sparq_ref.calibration.for_model)")
+        self.calibration = calibration
+        self.key_stats = key_stats
         self.layers: dict[int, LayerState] = {}
         self.h2o_prefill: dict[int, torch.Tensor] = dict(h2o_scores or {})
+        self.snapkv_votes: dict[int, torch.Tensor] = {}
         self.counts: Counts | None = None
         self.step = -1
         self._last_layer = math.inf
@@ -151,7 +164,13 @@ class Session:
         if fresh:  # a new sequence: forget this layer's state
             self.layers.pop(layer, None)
             self.h2o_prefill.pop(layer, None)
+            self.snapkv_votes.pop(layer, None)
             self.step, self._last_layer = -1, math.inf
+        if self.key_stats is not None:
+            self.key_stats.add(layer, query, key[:, :, S - T:], allowed[:, -1, S - T:])
+        if self.collect_snapkv:  # the attention of the prompt's last queries: SnapKV's votes
+            w = min(T, reg.SNAPKV_WINDOW)
+            self.snapkv_votes[layer] = A.snapkv_votes(query[:, :, T - w:], key, allowed[:, T - w:], scaling)
         if not self.collect_h2o:
             return
         sc = A.h2o_prefill_scores(query, key, allowed, scaling)
@@ -203,6 +222,18 @@ class Session:
         elif strategy == "quest":
             y, f = A.quest_attention(q, key, value, k=params["k"], page_size=int(params["page_size"][0]), valid=valid,
                                      scaling=scaling)
+        elif strategy == "loki":
+            y, f = A.loki_attention(q, key, value, r=int(params["r"][0]), k=params["k"], valid=valid, scaling=scaling,
+                                    basis=self.calibration.basis[layer])
+        elif strategy == "double-sparsity":
+            y, f = A.double_sparsity_attention(q, key, value, r=int(params["r"][0]), k=params["k"], valid=valid,
+                                               scaling=scaling, channels=self.calibration.channels[layer])
+        elif strategy == "snapkv":
+            if st.snap_keep is None:  # the first decode step: select from the prompt, once
+                st.snap_keep = self._snapkv_keep(layer, valid, d)
+            y, f = A.snapkv_attention(q, key, value, keep=st.snap_keep, valid=valid, scaling=scaling)
+            # the cache SnapKV attends: its kept prompt positions plus every token since (the trace's k)
+            params = dict(params, k=f.rows.sum(-1).max(-1).values.cpu().numpy().astype(np.int64))
         else:  # pragma: no cover - the registry and this dispatch are tested together
             raise AssertionError(strategy)
 
@@ -210,6 +241,20 @@ class Session:
         if self.sink is not None:
             self._trace(layer, q, key, value, valid, scaling, y, f, params, S)
         return y.to(query.dtype).unsqueeze(1)  # [B, 1, H, d]
+
+    def _snapkv_keep(self, layer: int, valid, head_dim: int):
+        """SnapKV's selection from this layer's votes: a budget of k = S0 / C positions of the prompt (S0 its valid
+        length), the observation window among them."""
+        votes = self.snapkv_votes.get(layer)
+        if votes is None:
+            raise ValueError("SnapKV needs the votes of its prefill: prefill(..., collect_snapkv=True)")
+        S0 = votes.shape[-1]
+        v0 = valid[:, :S0]
+        p = self.config.resolve(v0.sum(1).cpu().numpy(), head_dim)
+        dev = votes.device
+        k = torch.as_tensor(p["k"], device=dev)
+        w = torch.minimum(torch.as_tensor(p["local_window"], device=dev), torch.tensor(votes.shape[2], device=dev))
+        return A.snapkv_select(votes, v0, k, w, reg.SNAPKV_KERNEL)
 
     def _v_mean(self, st: LayerState, value, valid):
         """SparQ's running mean of V, updated with the newest row (recomputed whenever the cache was not followed)."""
@@ -304,7 +349,12 @@ def sparq_ref_attention(module, query, key, value, attention_mask, dropout: floa
     if session is None or query.shape[2] != 1:
         if session is not None:
             B, T, S = key.shape[0], query.shape[2], key.shape[2]
-            if attention_mask is None:  # plain causal, queries aligned to the end of the keys
+            if attention_mask is None and kwargs.get("position_ids") is not None:
+                # no padding (transformers then drops the mask): each query sees the keys up to its own position,
+                # which in a preallocated cache is not the end of the keys (the tail is not filled yet)
+                pos = kwargs["position_ids"].to(key.device).view(-1, T)
+                allowed = (torch.arange(S, device=key.device).view(1, 1, S) <= pos.unsqueeze(-1)).expand(B, T, S)
+            elif attention_mask is None:  # plain causal, queries aligned to the end of the keys
                 allowed = torch.ones(T, S, dtype=torch.bool, device=key.device).tril(S - T).expand(B, T, S)
             else:
                 m = attention_mask[:, 0, :, :S]
@@ -358,10 +408,11 @@ class Prefix:
     logits: torch.Tensor          # [B, vocab] fp32, predicting the first new token
     attention_mask: torch.Tensor  # [B, T] long
     h2o_scores: dict[int, torch.Tensor]
+    snapkv_votes: dict[int, torch.Tensor] = field(default_factory=dict)   # per layer [B, Hkv, w, S]
 
 
 def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, collect_h2o=True,
-            max_new_tokens: int = 256) -> Prefix:
+            collect_snapkv=True, max_new_tokens: int = 256) -> Prefix:
     """Dense prefill into a preallocated cache with room for `max_new_tokens` (transformers' StaticCache: appending
     to a DynamicCache copies the whole cache at every step, which dominates decode time at batch 8 on a CPU)."""
     from transformers import StaticCache
@@ -373,12 +424,13 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
         attention_mask = torch.ones_like(input_ids)
     attention_mask = attention_mask.to(dev)
     pos = (attention_mask.cumsum(1) - 1).clamp_min(0)
-    collector = Session(StrategyConfig("dense"), collect_h2o=collect_h2o)
+    collector = Session(StrategyConfig("dense"), collect_h2o=collect_h2o, collect_snapkv=collect_snapkv)
     with torch.no_grad(), collector:
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
                     cache=StaticCache(config=model.config, max_cache_len=input_ids.shape[1] + max_new_tokens + 1),
                     use_cache=True)
-    return Prefix(out.past_key_values, out.logits[:, -1].float(), attention_mask, collector.h2o_prefill)
+    return Prefix(out.past_key_values, out.logits[:, -1].float(), attention_mask, collector.h2o_prefill,
+                  collector.snapkv_votes)
 
 
 @dataclass
@@ -400,6 +452,7 @@ def decode(model, prefix: Prefix, session: Session, max_new_tokens: int, *, forc
     dev = model.device
     cache = copy.deepcopy(prefix.cache)
     session.h2o_prefill = {k: v for k, v in prefix.h2o_scores.items()}
+    session.snapkv_votes = dict(prefix.snapkv_votes)
     mask = prefix.attention_mask.clone()
     pos = mask.sum(1, keepdim=True) - 1
     logits = prefix.logits

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from . import tasks as T
+from .calibration import for_model
 from .hf import Session, StrategyConfig, decode, prefill
 
 
@@ -38,21 +39,26 @@ def _encode(tokenizer, texts):
 
 def run_task(lm, task: str, samples: list[T.Sample], configs: list[StrategyConfig], *, batch_size: int = 4,
              new_tokens: int | None = None, progress: Callable[[int], None] | None = None,
-             sink_for: Callable[[StrategyConfig, int], Callable | None] | None = None) -> list[RunResult]:
-    """Score every configuration on every sample. progress(n) is called after each decode step.
+             sink_for: Callable[[StrategyConfig, int], Callable | None] | None = None,
+             calibration_text=None) -> list[RunResult]:
+    """Score every configuration on every sample. progress(n) is called with the tokens done: a decode step of a
+    batch of b sequences is b; a run that stops early counts its remaining tokens when it ends, so a run of a batch
+    adds up to b x (new_tokens + 1) whatever happens.
 
     sink_for(config, first_sample_index) may return a trace sink for that run (see `hf.Session`).
+    calibration_text: the text Loki and Double Sparsity calibrate on (`calibration`; None: the default text).
     """
     import torch
 
     tok, model = lm.tokenizer, lm.model
     n_new = new_tokens or T.DEFAULT_NEW_TOKENS[task]
     need_h2o = any(c.strategy == "h2o" for c in configs)
+    need_snapkv = any(c.strategy == "snapkv" for c in configs)
     out: list[RunResult] = []
     for b0 in range(0, len(samples), batch_size):
         batch = samples[b0:b0 + batch_size]
         ids, mask = _encode(tok, [s.prompt for s in batch])
-        pre = prefill(model, ids, mask, collect_h2o=need_h2o, max_new_tokens=n_new + 1)
+        pre = prefill(model, ids, mask, collect_h2o=need_h2o, collect_snapkv=need_snapkv, max_new_tokens=n_new + 1)
         forced = None
         if task == "bpc":
             cont = [tok(s.target, add_special_tokens=False).input_ids for s in batch]
@@ -77,8 +83,18 @@ def run_task(lm, task: str, samples: list[T.Sample], configs: list[StrategyConfi
 
         for cfg in configs:
             sink = sink_for(cfg, b0) if sink_for else None
-            res = decode(model, pre, Session(cfg, sink=sink), n_new if forced is None else forced.shape[1],
-                         forced=forced, stop=stop if task != "bpc" else None, progress=progress)
+            session = Session(cfg, sink=sink, calibration=for_model(lm, cfg.strategy, calibration_text))
+            done = [0]
+
+            def advance(n, batch=batch, done=done):   # a decode step moves every sequence of the batch one token
+                done[0] += n * len(batch)
+                progress(n * len(batch))
+
+            res = decode(model, pre, session, n_new if forced is None else forced.shape[1],
+                         forced=forced, stop=stop if task != "bpc" else None,
+                         progress=advance if progress is not None else None)
+            if progress is not None:   # the tokens of sequences that stopped early (or never ran): counted done
+                progress(len(batch) * (n_new + 1) - done[0])
             for i, s in enumerate(batch):
                 score, text = score_sample(tok, task, s, res.tokens[i], res.logprobs[i])
                 out.append(RunResult(task, cfg, b0 + i, score, float(res.counts.strategy[i]),

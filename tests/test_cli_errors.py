@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from sparq_sim.cli import main
+from sparq_sim.simulator.strategies import STRATEGY_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 A100_YAML = REPO / "hardware_profiles" / "a100-80gb.yaml"
@@ -30,7 +31,7 @@ REQUIRED_KEYS = ["hardware", "model", "batch", "seq_len", "strategy", "r", "k", 
                  "kv_write_bytes", "attention_bytes", "total_bytes", "flops", "time_s", "ideal_time_s",
                  "attention_time_s", "speedup_vs_dense", "attention_speedup_vs_dense", "bound", "fits",
                  "memory_required_bytes"]
-STRATS = ["dense", "sparq", "h2o", "flexgen", "lm-infinite", "quest"]
+STRATS = list(STRATEGY_NAMES)
 
 
 def cli(capsys, *args):

@@ -55,6 +55,12 @@ def test_compression_recipes(C):
     assert int(q["k"]) == S // C and int(q["page_size"]) == 16
     lm = resolve_params("lm-infinite", S, dh, C)
     assert int(lm["sinks"]) == 16 and int(lm["local_window"]) == S // C - 16
+    for name in ("loki", "double-sparsity"):   # SparQ's r and k, no window
+        p = resolve_params(name, S, dh, C)
+        assert (int(p["r"]), int(p["k"]), int(p["local_window"])) == (dh // C, S // (2 * C), 0)
+    snap = resolve_params("snapkv", S, dh, C)
+    assert int(snap["k"]) == S // C and int(snap["local_window"]) == min(32, S // C // 2)
+    assert int(resolve_params("snapkv", 40, dh, C)["local_window"]) == round(40 / C + 1e-9) // 2
 
 
 def test_reference_table_elements_by_hand():
@@ -67,9 +73,13 @@ def test_reference_table_elements_by_hand():
         "lm-infinite": 2 * k * dh + 2 * dh,
         "flexgen": S * dh + k * dh + 2 * dh,
         "quest": 2 * 63 * dh + 2 * k * dh + 2 * dh,  # ceil(1000 / 16) = 63 pages
+        "loki": S * r + 2 * k * dh + 2 * dh,         # r leading components of every rotated key, k rows
+        "double-sparsity": S * r + r + 2 * k * dh + 2 * dh,   # label cache read, the new label written, k rows
+        "snapkv": 2 * k * dh + 2 * dh,
     }
     for name in STRATEGY_NAMES:
-        p = resolve_params(name, S, dh, 8, r=r if name == "sparq" else None, k=k if name != "dense" else None)
+        p = resolve_params(name, S, dh, 8, r=r if name in ("sparq", "loki", "double-sparsity") else None,
+                           k=k if name != "dense" else None)
         assert float(elements_moved(name, S, dh, p)) == by_hand[name], name
 
 
@@ -134,6 +144,24 @@ def test_capacity_counts_sparq_second_k_copy_and_reports_what_does_not_fit():
     assert not big.fits.iloc[0] and big.weight_bytes.iloc[0] > 80e9
     tp = predict(model="llama2-70b", seq_len=4096, strategies="dense", devices=4)
     assert tp.fits.iloc[0]
+
+
+def test_capacity_counts_double_sparsity_label_cache_and_loki_stores_nothing_more():
+    B, S = 4, 4096
+    df = predict(model="llama2-7b", seq_len=S, batch=B, strategies="dense,loki,double-sparsity,snapkv")
+    d = one(df, "dense")
+    r = 128 // 8
+    assert one(df, "double-sparsity").memory_required_bytes - d.memory_required_bytes == pytest.approx(
+        B * 32 * 32 * S * r * 2, rel=1e-12)                  # batch x layers x KV heads x S x r x bf16
+    assert one(df, "loki").memory_required_bytes == d.memory_required_bytes
+    assert one(df, "snapkv").memory_required_bytes < d.memory_required_bytes   # S / C tokens kept
+
+
+def test_loki_reads_its_rotation_once_per_layer_whatever_the_batch():
+    for B in (1, 8):
+        df = predict(model="llama2-7b", seq_len=4096, batch=B, strategies="dense,loki")
+        # 32 layers x 32 KV heads x a 128 x 128 rotation in bf16
+        assert one(df, "loki").weight_bytes - one(df, "dense").weight_bytes == 32 * 32 * 128 * 128 * 2
 
 
 def test_kv_on_host_pays_the_host_link():

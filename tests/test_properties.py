@@ -33,11 +33,12 @@ from sparq_sim.hardware_profiles import load_hardware, profile_names
 from sparq_sim.simulator.ledger import kv_geometry
 from sparq_sim.simulator.models import BUILTIN, load_model_spec
 from sparq_sim.simulator.predict import decoded
+from sparq_sim.simulator.strategies import STRATEGY_NAMES
 
 PROFILES = profile_names()
 MODELS = list(BUILTIN)
 CLASSIC = [n for n, m in BUILTIN.items() if not m.is_mla and m.global_every is None]
-STRATS = ["dense", "sparq", "h2o", "flexgen", "lm-infinite", "quest"]
+STRATS = list(STRATEGY_NAMES)
 # bytes per element, scales included: int4 keeps an fp16 scale and an int4 zero per group of 128 (GPTQ/AWQ)
 BYTES_PER = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2.5 / 128}
 # the matrix unit each weight format computes on (int8 and int4 weight-only: dequantised to fp16)
@@ -189,8 +190,10 @@ def test_row_identities(cfg, s, b):
         assert cols["speedup_vs_dense"][i] == pytest.approx(cols["time_s"][d] / cols["time_s"][i], rel=1e-12)
         assert cols["attention_speedup_vs_dense"][i] == pytest.approx(
             cols["attention_time_s"][d] / cols["attention_time_s"][i], rel=1e-12)
-    # the strategy only changes attention: weights are read the same
-    assert len(set(cols["weight_bytes"].tolist())) == 1
+    # the strategy only changes attention: weights are read the same (Loki also reads its PCA rotations)
+    strat = np.asarray(cols["strategy"]).astype(str)
+    assert len(set(cols["weight_bytes"][strat != "loki"].tolist())) == 1
+    assert cols["weight_bytes"][strat == "loki"][0] > cols["weight_bytes"][d]
 
 
 @SETTINGS
@@ -256,6 +259,12 @@ def reference_elements(strategy, S, dh, r, k, P):
         return S * dh + k * dh, write, 0
     if strategy == "quest":          # 2 (S/P) d_h + 2 k d_h + 2 d_h: per-page min and max keys, whole pages
         return 2 * k * dh, write, 2 * math.ceil(S / P) * dh
+    if strategy == "loki":           # S r + 2 k d_h + 2 d_h: r leading components of every rotated key, k rows
+        return S * r + 2 * k * dh, write, 0
+    if strategy == "double-sparsity":   # S r + r + 2 k d_h + 2 d_h: the label cache read, the new label written
+        return 2 * k * dh, write, S * r + r
+    if strategy == "snapkv":         # 2 k d_h + 2 d_h: the kept cache
+        return 2 * k * dh, write, 0
     raise AssertionError(strategy)
 
 
@@ -304,7 +313,7 @@ def test_parameters_follow_the_compression_recipes(cfg, s):
             assert (r, k) == (0, 0)
             continue
         assert 1 <= k <= S, (strat, k, S)
-        if strat == "sparq":
+        if strat in ("sparq", "loki", "double-sparsity"):
             assert 1 <= r <= m.head_dim
             assert abs(r - m.head_dim / C) <= 0.5 or (r == 1 and m.head_dim / C < 1)
             assert abs(k - S / (2 * C)) <= 0.5 or (k == 1 and S / (2 * C) < 1)

@@ -22,6 +22,12 @@ def rand(B=2, H=6, Hkv=2, S=48, d=16, seed=0):
             torch.randn(B, Hkv, S, d, generator=g))
 
 
+def random_basis(Hkv, d, seed=0):
+    """An orthonormal basis per KV head (Loki's PCA basis stands in)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(Hkv, d, d, generator=g)).Q
+
+
 def positions(f, b=0, h=0):
     return f.positions(b, h)
 
@@ -259,8 +265,20 @@ def test_bytes_touched_equal_formula(strategy, pages, compression, d, dtype):
         _, f = A.flexgen_attention(q, K, V, **kw)
     elif strategy == "lm-infinite":
         _, f = A.lm_infinite_attention(q, K, V, local_window=int(p["local_window"][0]), sinks=int(p["sinks"][0]), **kw)
-    else:
+    elif strategy == "quest":
         _, f = A.quest_attention(q, K, V, page_size=int(p["page_size"][0]), **kw)
+    elif strategy == "loki":
+        _, f = A.loki_attention(q, K, V, r=int(p["r"][0]), basis=random_basis(Hkv, d, pages), **kw)
+    elif strategy == "double-sparsity":
+        ch = torch.stack([torch.randperm(d, generator=torch.Generator().manual_seed(pages + h)) for h in range(Hkv)])
+        _, f = A.double_sparsity_attention(q, K, V, r=int(p["r"][0]), channels=ch, **kw)
+    else:
+        assert strategy == "snapkv"
+        votes = torch.rand(B, Hkv, reg.SNAPKV_WINDOW, S, generator=torch.Generator().manual_seed(pages))
+        ones = torch.ones(B, S, dtype=torch.bool)
+        keep = A.snapkv_select(votes, ones, torch.full((B,), kw["k"]),
+                               torch.full((B,), int(p["local_window"][0])), reg.SNAPKV_KERNEL)
+        _, f = A.snapkv_attention(q, K, V, keep=keep)
     touched = A.elements_touched(f, d)
     formula = {name: float(np.asarray(e).reshape(-1)[0]) for name, _, e in
                reg.traffic_components(strategy, np.array([S]), d, p)}

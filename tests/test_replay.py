@@ -86,7 +86,8 @@ def synthetic(path, strategy, model=SMOL, S=512, steps=2, batch=1, compression=8
                         pos = np.concatenate([np.arange(j * P, min((j + 1) * P, s)) for j in sorted(sel)])
                     else:
                         pos = np.sort(rng.choice(s, size=k, replace=False))
-                    comp = np.sort(rng.choice(model.head_dim, size=r, replace=False)) if strategy == "sparq" else []
+                    comp = (np.sort(rng.choice(model.head_dim, size=r, replace=False))
+                            if strategy in ("sparq", "double-sparsity") else np.arange(r) if strategy == "loki" else [])
                     rows.append(dict(step=t, layer=layer, kv_head=h, batch=b, seq_len=s, positions=pos,
                                      components=comp))
     return make_trace(path, rows, strategy=strategy, kv=kv, model=model, params={"compression": float(compression)})
@@ -271,7 +272,13 @@ def _brute(strategy, S, pos, comp, d, e, G, N, layout, S_cap, qpage=16):
         else:
             iv = [(row_base(p) + c * e,) * 2 for p in all_pos for c in comp]
         out["k_columns"] = len(sec((a, a + e) for a, _ in iv)) * G
-    if strategy in ("sparq", "h2o", "lm-infinite", "quest"):
+    if strategy == "loki":   # the leading components of every row of the rotated keys, stored once
+        out["k_columns"] = len(sec((row_base(p) + c * e, row_base(p) + c * e + e) for p in all_pos for c in comp)) * G
+    if strategy == "double-sparsity":   # the label cache [S, r], contiguous; the new label at its end
+        r = len(comp)
+        out["label_read"] = len(sec([(0, S * r * e)])) * G
+        out["label_write"] = len(sec([((S - 1) * r * e, S * r * e)])) * G
+    if strategy in ("sparq", "h2o", "lm-infinite", "quest", "loki", "double-sparsity", "snapkv"):
         out["k_rows"] = out["v_rows"] = len(rows(pos)) * G
     if strategy == "flexgen":
         out["k_all"] = len(rows(all_pos)) * G
@@ -300,7 +307,10 @@ def tiny_cases(draw):
         pos = list(range(S))
     else:
         pos = sorted(draw(st.sets(st.integers(0, S - 1), min_size=1, max_size=S)))
-    comp = sorted(draw(st.sets(st.integers(0, d - 1), min_size=1, max_size=d))) if strategy == "sparq" else []
+    comp = sorted(draw(st.sets(st.integers(0, d - 1), min_size=1, max_size=d))) \
+        if strategy in ("sparq", "double-sparsity") else []
+    if strategy == "loki":
+        comp = list(range(draw(st.integers(1, d))))
     layout = draw(st.sampled_from(["twice", "once"]))
     return strategy, d, e, G, N, S, pos, comp, layout
 
@@ -333,7 +343,7 @@ def test_counts_match_brute_force_and_cache_lines(case):
         stp = R._trace_setup(trace, None, None, None)
         g = R._geometry(stp, load_hardware("h100"), layout, G, N or None)
         parts_, _ = R._traffic(stp, g)
-        lines = R._Lines(g, stp.flat, stp.quest_page)
+        lines = R._Lines(g, stp.flat, stp.quest_page, label=strategy == "double-sparsity")
         for strat, idx, part in parts_:
             for name, sectors in part.sectors.items():
                 ids, seg = lines.component(name, stp.flat, idx, strat, stp.quest_page)
@@ -382,7 +392,9 @@ def gqa_traces(draw):
                     else:
                         pos = sorted(draw(st.sets(st.integers(0, S - 1), min_size=1, max_size=S)))
                     comp = sorted(draw(st.sets(st.integers(0, d - 1), min_size=1, max_size=d))) \
-                        if strategy == "sparq" else []
+                        if strategy in ("sparq", "double-sparsity") else []
+                    if strategy == "loki":
+                        comp = list(range(min(d, 1 + len(pos) % d)))
                     rows.append(dict(step=step, layer=layer, kv_head=h, seq_len=S, positions=pos, components=comp))
     spec = ModelSpec(head_dim=d, **{**TINY, "n_layers": 3, "n_heads": 6, "n_kv_heads": 2})
     return strategy, kv, members, spec, rows

@@ -34,6 +34,7 @@ import sparq_sim  # noqa: E402
 import sparq_sim.cli as cli  # noqa: E402
 from sparq_sim.cli import main  # noqa: E402
 from sparq_sim.simulator import output as O  # noqa: E402
+from sparq_sim.simulator.strategies import STRATEGY_NAMES  # noqa: E402
 from sparq_sim.simulator import predict as P  # noqa: E402
 from sparq_sim.simulator import replay as R  # noqa: E402
 from sparq_sim.simulator.models import load_model_spec  # noqa: E402
@@ -76,7 +77,7 @@ def _assert_columns_equal(got: dict, want: dict):
 def test_chunks_concatenate_to_the_whole_sweep(chunk_rows):
     sw = P.sweep(**SWEEP)
     whole = P.predict_columns(**SWEEP)
-    assert sw.rows == len(whole["time_s"]) == 2 * 2 * 2 * 2 * 44 * 6
+    assert sw.rows == len(whole["time_s"]) == 2 * 2 * 2 * 2 * 44 * len(STRATEGY_NAMES)
     chunks = list(sw.chunks(chunk_rows))
     assert len(chunks) > 1
     assert all(len(c["time_s"]) <= max(chunk_rows, len(sw.strategies)) for c in chunks)
@@ -121,7 +122,7 @@ def test_cli_parquet_streams_in_chunks(tmp_path, monkeypatch):
     assert _leftovers(tmp_path) == []
     other = tmp_path / "out.bin"   # --format parquet with any file name
     assert _run(["predict", "--seq", "1k,2k", "-f", "parquet", "-o", str(other)])[0] == 0
-    assert pq.read_table(other).num_rows == 12
+    assert pq.read_table(other).num_rows == 2 * len(STRATEGY_NAMES)
     pd.testing.assert_frame_equal(pd.read_parquet(other)[["seq_len", "time_s"]],
                                   sparq_sim.predict(seq_len="1k,2k")[["seq_len", "time_s"]])
 
@@ -201,13 +202,14 @@ def test_write_parquet_failure_in_the_chunk_stream(tmp_path):
 
 
 def test_table_of_too_many_rows_is_refused(monkeypatch):
-    monkeypatch.setattr(cli.predict, "PREDICT_TABLE_MAX_ROWS", 100)
-    rc, out, err = _run(["predict", "--seq", "1:17"])   # 17 x 6 = 102 rows
+    n = len(STRATEGY_NAMES)
+    monkeypatch.setattr(cli.predict, "PREDICT_TABLE_MAX_ROWS", 11 * n)
+    rc, out, err = _run(["predict", "--seq", "1:12"])   # 12 x the strategies: one seq too many
     assert rc == 2 and out == ""
-    assert err.count("\n") == 1 and "102 rows" in err and "parquet" in err and "csv" in err
-    assert _run(["predict", "--seq", "1:16"])[0] == 0    # 96 rows: a table
-    rc, out, _ = _run(["predict", "--seq", "1:17", "-f", "csv"])
-    assert rc == 0 and out.count("\n") == 103
+    assert err.count("\n") == 1 and f"{12 * n} rows" in err and "parquet" in err and "csv" in err
+    assert _run(["predict", "--seq", "1:11"])[0] == 0    # a table
+    rc, out, _ = _run(["predict", "--seq", "1:12", "-f", "csv"])
+    assert rc == 0 and out.count("\n") == 12 * n + 1
 
 
 def test_parquet_format_needs_a_file():

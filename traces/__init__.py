@@ -11,12 +11,14 @@ Rows: one per (decode step, layer, KV head, sequence of the batch). Columns (SCH
 | kv_head     | int32         | KV head within the layer                                                                   |
 | batch       | int32         | sequence within the batch (0 when the batch is 1)                                          |
 | seq_len     | int32         | S: tokens in this sequence's cache at this step, the new one included (no padding)         |
-| k           | int32         | the strategy's budget k at this step (registry recipe for S; 0 = not used)                 |
-| r           | int32         | SparQ's r (0 = not used)                                                                   |
+| k           | int32         | the strategy's budget k at this step (registry recipe for S; 0 = not used; SnapKV: the     |
+|             |               | cache it attended, its kept prompt positions plus the tokens generated since)              |
+| r           | int32         | key components read over all S: SparQ's, Loki's, Double Sparsity's r (0 = not used)       |
 | positions   | list<int32>   | token positions whose rows were fetched, sorted, in [0, seq_len): all S for dense; SparQ's |
 |             |               | k positions of Step 2; H2O's cached tokens; sinks + window; FlexGen's top-k rows of V;     |
-|             |               | Quest's tokens of the chosen pages                                                         |
-| components  | list<int32>   | SparQ's r query components (Step 1 reads these columns of K over all S); empty otherwise   |
+|             |               | Quest's tokens of the chosen pages; Loki's and Double Sparsity's top-k; SnapKV's cache     |
+| components  | list<int32>   | SparQ's r query components (Step 1 reads these columns of K over all S); Loki's leading    |
+|             |               | principal components 0 .. r-1; Double Sparsity's label channels; empty otherwise           |
 | alpha       | float32, null | SparQ's approximate softmax mass on the k positions (mean over the query heads of the      |
 |             |               | group); null for the other strategies                                                      |
 | oracle_mass | float32       | exact softmax mass on `positions` (mean over the group's query heads)                      |
@@ -30,7 +32,9 @@ The elements a row moved follow from strategy, seq_len, len(positions) and len(c
 File metadata: key ``sparq_sim.trace`` holds a JSON object with schema_version, created, model (name, source and the
 spec: layers, heads, KV heads, head_dim, ...), strategy, params (compression and explicit overrides), dtypes (kv,
 compute), task (name, sample count, score, score_name), batch_size, steps, packages (python, torch, transformers,
-pyarrow, numpy, sparq_sim versions) and anything else the recorder adds. Strategy names are the registry's.
+pyarrow, numpy, sparq_sim versions) and anything else the recorder adds (Loki and Double Sparsity: `calibration`,
+the text they were calibrated on and, per layer and KV head, Double Sparsity's channels or the share of the keys'
+variance in Loki's first r components). Strategy names are the registry's.
 
 Writing is atomic (a temporary file beside the target, renamed when complete; an interrupted run leaves nothing).
 `sparq-sim record` over several decode batches also keeps the batches done in OUTPUT.partial (`traces.partial`) for

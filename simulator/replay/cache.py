@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..strategies import KV_READ, KV_WRITE, META_READ
 from .columns import OP_OF
 from .flatten import _cdiv, _Flat, _gather_segments
-from .geometry import _all_rows, _Geom, _vector
+from .geometry import _all_rows, _Geom, _vector, label_write_span
 from .metadata import _Setup
 from .source import _Dims
 
@@ -153,10 +153,10 @@ def _tile(U, uoff, reps, stride):
 class _Lines:
     """Line ids (G-sized lines) of every tensor of a trace, and the lines each component touches."""
 
-    TENSORS = ("k", "v", "kt", "vmean", "stats", "minmax")
+    TENSORS = ("k", "v", "kt", "vmean", "stats", "minmax", "label")
 
-    def __init__(self, g: _Geom, f, quest_page: int):
-        """f: the whole trace (_Flat) or its dimensions (_Dims)."""
+    def __init__(self, g: _Geom, f, quest_page: int, label: bool = False):
+        """f: the whole trace (_Flat) or its dimensions (_Dims). label: room for Double Sparsity's label cache."""
         dims = f if isinstance(f, _Dims) else _Dims.of_flat(f)
         self.g = g
         self.L = dims.L1
@@ -169,7 +169,8 @@ class _Lines:
         size = {"k": int(rows_all), "v": int(rows_all),
                 "kt": int(_cdiv(S_cap, g.N) * self.kt_page) if g.N else g.d * self.col,
                 "vmean": int(_vector(g, g.d)), "stats": int(_vector(g, S_cap)),
-                "minmax": 2 * int(_vector(g, _cdiv(S_cap, quest_page) * g.d))}
+                "minmax": 2 * int(_vector(g, _cdiv(S_cap, quest_page) * g.d)),
+                "label": int(_vector(g, S_cap * g.d)) if label else 0}
         self.mm_half = int(_vector(g, _cdiv(S_cap, quest_page) * g.d))
         regions = self.L * self.B * self.H
         self.stride = size
@@ -219,22 +220,24 @@ class _Lines:
                 ids, seg = _distinct_runs(ids, seg)
         return self.region(t, f, rows)[seg] + ids, seg
 
-    def columns(self, f, rows):
-        """Lines of SparQ's Step 1: r columns of K over all positions (K twice), or r components of every row."""
+    def columns(self, f, rows, layout=None):
+        """Lines of SparQ's Step 1: r columns of K over all positions (K twice), or r components of every row (K
+        once; Loki's leading components of its rotated keys)."""
         g = self.g
+        layout = layout or g.layout
         ci, coff = _gather_segments(f.comp_off, rows)
         comp = f.comp[ci]
         cseg = np.repeat(np.arange(len(rows)), np.diff(coff))
         S = f.seq_len[rows]
-        if g.layout == "twice" and not g.N:
+        if layout == "twice" and not g.N:
             lo = comp * self.col
             ids, s2 = _ranges(lo, lo + _cdiv(S[cseg] * g.e, g.G))
             seg = cseg[s2]
             return self.region("kt", f, rows)[seg] + ids, seg
         npos = _cdiv(S, g.N) * g.N if g.N else S
-        if g.layout == "twice" or g.R % g.G == 0:
+        if layout == "twice" or g.R % g.G == 0:
             # the same sector pattern in every page of the second copy (K twice), or in every row (rows G-aligned)
-            if g.layout == "twice":
+            if layout == "twice":
                 U, uoff = _pattern_lines(comp, coff, g.N * g.e, g.G)
                 ids, seg = _tile(U, uoff, _cdiv(S, g.N), self.kt_page)
                 return self.region("kt", f, rows)[seg] + ids, seg
@@ -252,7 +255,7 @@ class _Lines:
         np.cumsum(reps, out=first_el[1:])
         k = np.arange(first_el[-1], dtype=np.int64) - np.repeat(first_el[:-1], reps)
         el_c = comp[coff[:-1][el_seg] + k]
-        if g.layout == "twice":  # paged [d x N] blocks: page, then component-major inside the page
+        if layout == "twice":  # paged [d x N] blocks: page, then component-major inside the page
             page = el_p // g.N
             start = page * self.kt_page * g.G + el_c * g.N * g.e + (el_p % g.N) * g.e
             t = "kt"
@@ -296,7 +299,13 @@ class _Lines:
         if name in ("v_rows", "v_all"):
             return self.rows(f, rows, "v", positions=(name == "v_rows" or listed))
         if name == "k_columns":
-            return self.columns(f, rows)
+            return self.columns(f, rows, layout="once" if strategy == "loki" else None)
+        if name == "label_read":   # the label cache [S, r] of the row, from its start
+            return self.vector(f, rows, "label", f.seq_len[rows] * np.diff(f.comp_off)[rows])
+        if name == "label_write":  # the new token's r labels at the end of it
+            lo, hi = label_write_span(self.g, f.seq_len[rows], np.diff(f.comp_off)[rows])
+            ids, seg = _ranges(lo, hi)
+            return self.region("label", f, rows)[seg] + ids, seg
         if name == "kv_append":
             return self.append(f, rows)
         if name in ("v_mean_read", "v_mean_write"):
@@ -321,7 +330,7 @@ class _CacheModel:
 
     def __init__(self, st: _Setup, g: _Geom, hw, dims: _Dims, fills, dense: bool):
         self.st, self.g, self.dims, self.dense = st, g, dims, dense
-        self.lines = _Lines(g, dims, st.quest_page)
+        self.lines = _Lines(g, dims, st.quest_page, label=st.strategy == "double-sparsity")
         capacity = int(hw.cache_bytes * 8 // g.G)
         max_comps = max(len(v) for v in OP_OF.values())   # phases per (step, layer): fills + one per component
         self.lru = _LRU(capacity, self.lines.n_lines, dims.n_sl * (max_comps + 3) + 4 * (dims.step_max + 2))

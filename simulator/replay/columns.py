@@ -9,7 +9,8 @@ LEVELS = ("run", "step", "layer", "row")
 PARTS = ("k_columns", "k_rows", "v_rows", "metadata", "kv_write")
 PART_OF = {"k_columns": "k_columns", "k_rows": "k_rows", "k_all": "k_rows", "v_rows": "v_rows", "v_all": "v_rows",
            "kv_append": "kv_write", "v_mean_read": "metadata", "v_mean_write": "metadata",
-           "score_stats_read": "metadata", "score_stats_write": "metadata", "page_minmax": "metadata"}
+           "score_stats_read": "metadata", "score_stats_write": "metadata", "page_minmax": "metadata",
+           "label_read": "metadata", "label_write": "metadata"}
 FIELD_OF_KIND = {KV_READ: "kv_read", KV_WRITE: "kv_write", META_READ: "meta_read", META_WRITE: "meta_write"}
 # the ledger operator (ledger.attention_decode_ops) that carries each component, per strategy
 OP_OF = {
@@ -22,6 +23,11 @@ OP_OF = {
     "flexgen": {"kv_append": "kv_append", "k_all": "attn_scores", "v_rows": "attn_values"},
     "quest": {"kv_append": "kv_append", "page_minmax": "quest_page_scores", "k_rows": "attn_scores",
               "v_rows": "attn_values"},
+    "loki": {"kv_append": "kv_append", "k_columns": "loki_approx_scores", "k_rows": "attn_scores",
+             "v_rows": "attn_values"},
+    "double-sparsity": {"kv_append": "kv_append", "label_read": "ds_approx_scores", "label_write": "ds_approx_scores",
+                        "k_rows": "attn_scores", "v_rows": "attn_values"},
+    "snapkv": {"kv_append": "kv_append", "k_rows": "attn_scores", "v_rows": "attn_values"},
 }
 
 RUN_COLUMNS = [

@@ -174,3 +174,10 @@ def _copy_write(g: _Geom, S):
 
 def _vector(g: _Geom, n_elements):
     return _cdiv(n_elements * g.e, g.G)
+
+
+def label_write_span(g: _Geom, S, r):
+    """Sectors [lo, hi) of Double Sparsity's new label: r elements at element offset (S - 1) r of its label cache."""
+    lo = (S - 1) * r * g.e // g.G
+    hi = _cdiv(S * r * g.e, g.G)
+    return lo, np.maximum(hi, lo)

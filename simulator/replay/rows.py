@@ -89,6 +89,9 @@ def _unit_ops(st: _Setup, hw, strategy, f: _Flat, rows, mem_bytes: dict, kinds: 
         for fld in ("flops", "act_read", "act_write") + fields:
             v = np.broadcast_to(np.asarray(getattr(op, fld), dtype=np.float64), (nu,))
             agg[fld] = np.bincount(ginv, weights=v, minlength=len(gk))
+        # weights (Loki's projection, MLA's expansion) are read once per layer, whatever the batch
+        agg["weight"] = np.zeros(len(gk))
+        np.maximum.at(agg["weight"], ginv, np.broadcast_to(np.asarray(op.weight, dtype=np.float64), (nu,)))
         out.append(Op(op.phase, op.name, op.group, op.unit, 1, op.launches, **agg))
     return gk, out
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..strategies import QUEST_DENSE_LAYERS, traffic_components
 from .flatten import _cdiv, _Flat, _gather_segments
-from .geometry import _all_rows, _append, _columns_once, _columns_twice, _Geom, _rows, _vector
+from .geometry import _all_rows, _append, _columns_once, _columns_twice, _Geom, _rows, _vector, label_write_span
 
 if TYPE_CHECKING:
     from .metadata import _Setup
@@ -49,8 +49,14 @@ def _strategy_rows(strategy: str, f: _Flat, rows: np.ndarray, g: _Geom, quest_pa
             s, p = _rows(g, pos, poff)
         elif name in ("k_all", "v_all"):
             s, p = _all_rows(g, S)
-        elif name == "k_columns":
-            s, p = (_columns_twice if g.layout == "twice" else _columns_once)(g, S, comp, coff)
+        elif name == "k_columns":   # SparQ's columns on its K layout; Loki's leading components of rotated rows
+            twice = g.layout == "twice" and strategy == "sparq"
+            s, p = (_columns_twice if twice else _columns_once)(g, S, comp, coff)
+        elif name == "label_read":  # Double Sparsity's label cache: r channels of every key, one contiguous block
+            s = _vector(g, S * np.diff(coff))
+        elif name == "label_write":
+            lo, hi = label_write_span(g, S, np.diff(coff))
+            s = hi - lo
         elif name == "kv_append":
             s = 2 * _append(g, S)
         elif name in ("v_mean_read", "v_mean_write"):

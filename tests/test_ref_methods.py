@@ -1,0 +1,160 @@
+"""Loki, Double Sparsity and SnapKV in the reference (sparq_ref): dense at full budget, fetched sets as each method
+defines them (checked against a computation by hand), and the offline calibration they share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sparq_sim.simulator import strategies as reg  # noqa: E402
+from sparq_sim.sparq_ref import attention as A  # noqa: E402
+from sparq_sim.sparq_ref.calibration import KeyStats  # noqa: E402
+
+
+def rand(B=2, H=6, Hkv=2, S=48, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, d, generator=g), torch.randn(B, Hkv, S, d, generator=g),
+            torch.randn(B, Hkv, S, d, generator=g))
+
+
+def basis(Hkv, d, seed=0):
+    return torch.linalg.qr(torch.randn(Hkv, d, d, generator=torch.Generator().manual_seed(seed))).Q
+
+
+def order(Hkv, d, seed=0):
+    return torch.stack([torch.randperm(d, generator=torch.Generator().manual_seed(seed + h)) for h in range(Hkv)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dense at full budget
+
+
+@settings(max_examples=20, deadline=None)
+@given(B=st.integers(1, 3), Hkv=st.integers(1, 3), g=st.integers(1, 3), S=st.integers(1, 40),
+       d=st.sampled_from([4, 8, 16]), seed=st.integers(0, 10_000))
+def test_full_budget_is_dense(B, Hkv, g, S, d, seed):
+    q, K, V = rand(B, Hkv * g, Hkv, S, d, seed)
+    yd, _ = A.dense_attention(q, K, V)
+    yl, fl = A.loki_attention(q, K, V, r=d, k=S, basis=basis(Hkv, d, seed))
+    yds, fds = A.double_sparsity_attention(q, K, V, r=d, k=S, channels=order(Hkv, d, seed))
+    keep = A.snapkv_select(torch.rand(B, Hkv, 4, S), torch.ones(B, S, dtype=torch.bool), torch.full((B,), S),
+                           torch.full((B,), min(S, 4)), reg.SNAPKV_KERNEL)
+    ys, fs = A.snapkv_attention(q, K, V, keep=keep)
+    for y, f in ((yl, fl), (yds, fds), (ys, fs)):
+        torch.testing.assert_close(y, yd, rtol=1e-4, atol=1e-5)
+        assert f.rows.all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the fetched sets, by hand (one KV head, one query head: no GQA sum)
+
+
+def test_loki_picks_the_top_k_of_scores_in_the_leading_components():
+    q, K, V = rand(1, 1, 1, 40, 8, seed=3)
+    P = basis(1, 8, 7)
+    r, k = 3, 6
+    _, f = A.loki_attention(q, K, V, r=r, k=k, basis=P)
+    approx = (q[0, 0] @ P[0][:, :r]) @ (K[0, 0] @ P[0][:, :r]).T          # q P_r . (K P_r)
+    assert f.positions(0, 0) == sorted(torch.topk(approx, k).indices.tolist())
+    assert f.components[0, 0].tolist() == [0, 1, 2]
+
+
+def test_loki_with_keys_in_an_r_dim_subspace_finds_the_exact_top_k():
+    # keys of rank 2 plus their mean: PCA's first 2 components span them, so the approximate ranking is exact
+    g = torch.Generator().manual_seed(0)
+    d, S = 8, 64
+    U = torch.linalg.qr(torch.randn(d, 2, generator=g)).Q
+    K = (torch.randn(S, 2, generator=g) @ U.T + 0.5).view(1, 1, S, d)
+    stats = KeyStats()
+    stats.add(0, torch.randn(1, 1, S, d, generator=g), K, torch.ones(1, S, dtype=torch.bool))
+    cal = stats.finish("test")
+    q = torch.randn(1, 1, d, generator=g)
+    _, f = A.loki_attention(q, K, K, r=2, k=5, basis=cal.basis[0])
+    exact = (q[0, 0] @ K[0, 0].T)
+    assert f.positions(0, 0) == sorted(torch.topk(exact, 5).indices.tolist())
+    assert float(cal.variance[0][0, 2:].sum()) < 1e-9 * float(cal.variance[0][0, :2].sum())
+
+
+def test_double_sparsity_scores_with_its_label_channels():
+    q, K, V = rand(1, 1, 1, 40, 8, seed=5)
+    ch = torch.tensor([[6, 1, 3, 0, 2, 4, 5, 7]])
+    _, f = A.double_sparsity_attention(q, K, V, r=3, k=7, channels=ch)
+    approx = q[0, 0, [6, 1, 3]] @ K[0, 0][:, [6, 1, 3]].T
+    assert f.positions(0, 0) == sorted(torch.topk(approx, 7).indices.tolist())
+    assert sorted(f.components[0, 0].tolist()) == [1, 3, 6]
+
+
+def test_gqa_one_set_per_kv_head_from_group_sums():
+    q, K, V = rand(1, 4, 1, 30, 8, seed=9)
+    P = basis(1, 8, 1)
+    _, f = A.loki_attention(q, K, V, r=2, k=5, basis=P)
+    qr, Kr = q[0] @ P[0][:, :2], K[0, 0] @ P[0][:, :2]
+    s = torch.softmax((qr @ Kr.T) / np.sqrt(8), -1).sum(0)                # summed over the 4 query heads
+    assert f.positions(0, 0) == sorted(torch.topk(s, 5).indices.tolist())
+    assert f.rows.shape == (1, 1, 30)
+
+
+def test_snapkv_keeps_the_window_and_the_pooled_top_votes():
+    S, w, k = 40, 4, 13
+    votes = torch.zeros(1, 1, w, S)
+    votes[0, 0, :, 10] = 5.0                       # a strong vote: pooling spreads it over 10 +- 3
+    votes[0, 0, :, 25] = 1.0
+    votes[0, 0, :, 38] = 9.0                       # inside the window: kept anyway, never counted twice
+    keep = A.snapkv_select(votes, torch.ones(1, S, dtype=torch.bool), torch.tensor([k]), torch.tensor([w]), 7)
+    kept = torch.nonzero(keep[0, 0]).flatten().tolist()
+    assert kept[-w:] == [36, 37, 38, 39] and len(kept) == k
+    assert set(range(7, 14)) <= set(kept[:-w])     # the pooled neighbourhood of 10 (7 positions), then 25's
+    assert set(kept[:-w]) - set(range(7, 14)) <= set(range(22, 29))
+
+
+def test_snapkv_keeps_every_token_generated_after_the_prompt():
+    q, K, V = rand(1, 3, 1, 50, 8, seed=2)
+    S0 = 40
+    keep = torch.zeros(1, 1, S0, dtype=torch.bool)
+    keep[0, 0, [3, 17, 38, 39]] = True
+    _, f = A.snapkv_attention(q, K, V, keep=keep)
+    assert f.positions(0, 0) == [3, 17, 38, 39] + list(range(S0, 50))
+    y, _ = A.dense_attention(q, K[:, :, f.positions(0, 0)], V[:, :, f.positions(0, 0)])
+    torch.testing.assert_close(A.snapkv_attention(q, K, V, keep=keep)[0], y, rtol=1e-5, atol=1e-6)
+
+
+def test_snapkv_left_padding_is_never_kept():
+    valid = torch.ones(2, 30, dtype=torch.bool)
+    valid[1, :9] = False
+    votes = torch.rand(2, 1, 4, 30, generator=torch.Generator().manual_seed(0))
+    keep = A.snapkv_select(votes, valid, torch.tensor([12, 12]), torch.tensor([4, 4]), 7)
+    assert not keep[1, 0, :9].any() and int(keep[1].sum()) == 12 and int(keep[0].sum()) == 12
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# calibration
+
+
+def test_calibration_is_pca_of_the_keys_and_qk_channel_importance():
+    g = torch.Generator().manual_seed(4)
+    B, H, Hkv, T, d = 2, 4, 2, 30, 8
+    q = torch.randn(B, H, T, d, generator=g)
+    K = torch.randn(B, Hkv, T, d, generator=g) * torch.linspace(0.2, 3, d)
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[1, :5] = False                                   # padding is left out of the sums
+    stats = KeyStats()
+    stats.add(3, q[:, :, :12], K[:, :, :12], valid[:, :12])  # two calls add up
+    stats.add(3, q[:, :, 12:], K[:, :, 12:], valid[:, 12:])
+    cal = stats.finish("t")
+    for h in range(Hkv):
+        X = torch.cat([K[0, h], K[1, h, 5:]]).double()
+        evals, evecs = torch.linalg.eigh(torch.cov(X.T, correction=0))
+        torch.testing.assert_close(cal.variance[3][h], evals.flip(0).float(), rtol=1e-4, atol=1e-5)
+        # same subspace per component (eigenvectors up to sign)
+        dots = (cal.basis[3][h].double() * evecs.flip(1)).sum(0).abs()
+        torch.testing.assert_close(dots, torch.ones(d, dtype=torch.float64), rtol=1e-4, atol=1e-4)
+        qg = torch.cat([q[0, 2 * h:2 * h + 2], q[1, 2 * h:2 * h + 2, 5:]], 1).abs().sum(0)   # the group's heads
+        imp = (qg * torch.cat([K[0, h], K[1, h, 5:]]).abs()).sum(0)
+        assert cal.channels[3][h].tolist() == torch.argsort(imp, descending=True, stable=True).tolist()
+    assert cal.tokens == 2 * T - 5
+    d_ = cal.describe("double-sparsity", 3)
+    assert d_["channels"]["3"] == cal.channels[3][:, :3].tolist()

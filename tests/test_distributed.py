@@ -18,7 +18,7 @@ from conftest import without_progress
 _EXE = Path(sys.executable).with_name("sparq-sim")
 CLI = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "sparq_sim.cli"]
 ARGS = ["evaluate", "--tasks", "passkey,repetition", "--samples", "6", "--batch-size", "1", "--length", "128",
-        "--compression", "8", "--strategies", "dense,sparq,h2o", "--threads", "1", "-f", "json"]
+        "--compression", "8", "--strategies", "dense,sparq,h2o,loki", "--threads", "1", "-f", "json"]
 
 
 def test_without_ray_it_says_how_to_install_it(capsys, monkeypatch):

@@ -44,7 +44,7 @@ from .errors import UserError
 from .models import ModelSpec
 from .units import (COMPUTE_DTYPE, DTYPE_BYTES, WEIGHT_ONLY_EFFICIENCY, WEIGHT_STREAM_EFFICIENCY, base_dtype,
                     dtype_bytes)
-from .strategies import QUEST_DENSE_LAYERS, KVGeometry, cache_tokens, extra_cache_elements, traffic_components
+from .strategies import QUEST_DENSE_LAYERS, KVGeometry, _num, cache_tokens, extra_cache_elements, traffic_components
 
 FP32 = 4.0
 INDEX_BYTES = 4.0  # int32 indices
@@ -54,7 +54,7 @@ SOFTMAX_FLOPS = 5.0  # per score: max, subtract, exp, sum, scale
 NORM_FLOPS = 5.0     # per element: residual add, square, sum, scale, weight
 
 
-@dataclass
+@dataclass(slots=True)   # slots: a single configuration builds ~90 of them a call
 class Op:
     phase: str                 # decode | prefill
     name: str
@@ -149,14 +149,14 @@ def experts_read(m: ModelSpec, T):
 
 
 def _z(B):
-    return np.zeros(np.shape(B), dtype=np.float64)
+    """Zeros like B (an `_f64`) in float64; for a number, a numpy scalar."""
+    return np.zeros(B.shape, dtype=np.float64) if B.ndim else np.float64(0.0)
 
 
 def _f64(x):
     """x in float64: an array as an array; a number (a single configuration) as a numpy scalar, the same arithmetic
     at a fraction of a 0-d array's cost per operation."""
-    a = np.asarray(x, dtype=np.float64)
-    return a if a.ndim else a[()]
+    return _num(x, np.float64)
 
 
 def _norm_op(phase, name, m, T, p: Precision, layers):
@@ -294,7 +294,7 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
     def kv(name):  # bytes of one component for all sequences and this device's KV heads
         return B * hkv * comps[name][1] * p.kv
 
-    k = params["k"].astype(np.float64)
+    k = _f64(params["k"])
     z = _z(B)
     name = (lambda n: f"{tag}{n}")
     ops = [Op("decode", name("kv_append"), "attention", "vector", layers, 1, flops=z, act_read=B * hkv * geo.row * p.a,
@@ -318,7 +318,7 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
                kv_read=kv("v_all"), act_write=out),
         ]
     elif strategy == "sparq":
-        r = params["r"].astype(np.float64)
+        r = _f64(params["r"])
         ops += [
             # Step 1a: |q| summed over the GQA group, top-r components
             Op("decode", name("sparq_top_r"), "attention", "vector", layers, 1, flops=2 * B * hq * hd,
@@ -352,7 +352,7 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
                act_read=B * hq * k * FP32, meta_read=kv("score_stats_read"), meta_write=kv("score_stats_write")),
         ]
     elif strategy in ("loki", "double-sparsity"):
-        r = params["r"].astype(np.float64)
+        r = _f64(params["r"])
         if strategy == "loki":
             ops += [
                 # q (and the new key, before it is cached) into the layer's PCA basis: one d x d matrix per KV head
@@ -435,8 +435,8 @@ def windows(m: ModelSpec) -> tuple[int | None, ...]:
 
 
 def span(S, window):
-    """Positions a layer with this window attends to at context S."""
-    S = np.asarray(S)
+    """Positions a layer with this window attends to at context S (a numpy scalar stays one)."""
+    S = S if isinstance(S, np.generic) else np.asarray(S)
     return S if window is None else np.minimum(S, window)
 
 

@@ -22,6 +22,7 @@ import math
 import os
 import re
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 from .errors import UserError, closest, read_json
@@ -110,6 +111,10 @@ class ModelSpec:
                             f"attention (kv_lora_rank >= 1)")
 
     def __hash__(self):   # the ledger's caches look a spec up several times a prediction: a few fields, not all
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:   # computed once (the spec is frozen)
         return hash((self.name, self.n_layers, self.d_model, self.n_heads, self.head_dim))
 
     @property

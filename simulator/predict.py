@@ -53,8 +53,8 @@ import numpy as np
 
 from ..hardware_profiles import HardwareProfile, load_hardware
 from .errors import UserError
-from .ledger import (FP32, Op, Parallel, Precision, attention_ops, block_ops, cache_bytes_per_device, head_ops,
-                     kv_geometry, prefill_attention_ops, span, weight_bytes_per_device, windows)
+from .ledger import (FP32, Op, Parallel, Precision, _f64, attention_ops, block_ops, cache_bytes_per_device,
+                     head_ops, kv_geometry, prefill_attention_ops, span, weight_bytes_per_device, windows)
 from .models import DEFAULT_MODEL, ModelSpec, load_model_spec
 from .ranges import parse_axis, parse_names
 from .roofline import BOUNDS, Placement, StackedTimes, matrix_peak, tier_table, time_op, time_ops
@@ -224,12 +224,19 @@ def _aggregate(ops: list[Op], times, devices: int) -> dict:
 _STACK_SUMS = 1 << 20   # at most this many elements: the sums of `_run_sums` taken with one reduceat
 
 
-def _run_sums(t: StackedTimes, starts: list[int], devices: int) -> dict:
+# the quantities `_run_sums` totals, in order: bytes by kind and FLOPs, the two times, then the time bound by
+# memory, compute and link (_BY_BOUND)
+_TERMS = tuple(name for name, _ in _KIND_SUMS) + ("time_s", "ideal_time_s")
+_TIME, _IDEAL, _BY_BOUND = _TERMS.index("time_s"), _TERMS.index("ideal_time_s"), slice(len(_TERMS), len(_TERMS) + 3)
+
+
+def _run_sums(t: StackedTimes, starts: list[int], devices: int) -> tuple[list[np.ndarray], np.ndarray]:
     """`_aggregate` of consecutive runs of operators timed together (`roofline.time_ops`), each run starting at one
-    of `starts`: bytes by kind, FLOPs and times as (rows x runs) arrays, "overhead_time_s" (runs,), and "by_bound"
-    [memory, compute, link (rows x runs), overhead (runs,)]. All runs are summed at once (np.add.reduceat over rows
-    laid out operator-last, so each row's sum is the same whatever the number of rows: a sweep evaluated in chunks
-    equals the whole to the last bit); a small sweep's quantities all in one reduceat, the same sums."""
+    of `starts`: a (rows x runs) array per quantity, _TERMS (bytes by kind and FLOPs of all devices, the times of one)
+    then the time bound by memory, compute and link (_BY_BOUND); and the launch overhead (runs,). All runs are summed at
+    once (np.add.reduceat over rows laid out operator-last, so each row's sum is the same whatever the number of rows:
+    a sweep evaluated in chunks equals the whole to the last bit); a small sweep's quantities all in one reduceat, the
+    same sums."""
     f, L = t.fields, t.layers[:, None]
     busy = t.time_s - t.overhead_s[:, None]
     terms = [sum(f[x] for x in fs) if len(fs) > 1 else f[fs[0]] for _, fs in _KIND_SUMS] + [t.time_s, t.ideal_s] + \
@@ -238,53 +245,13 @@ def _run_sums(t: StackedTimes, starts: list[int], devices: int) -> dict:
         sums = list(np.add.reduceat(np.ascontiguousarray((np.stack(terms) * L).transpose(0, 2, 1)), starts, axis=2))
     else:   # (ops x rows) -> (rows x runs), one quantity at a time
         sums = [np.add.reduceat(np.ascontiguousarray((a * L).T), starts, axis=1) for a in terms]
-    out = {name: devices * v for (name, _), v in zip(_KIND_SUMS, sums)}
-    out["time_s"], out["ideal_time_s"] = sums[len(_KIND_SUMS)], sums[len(_KIND_SUMS) + 1]
-    out["overhead_time_s"] = np.add.reduceat(t.overhead_s * t.layers, starts)
-    out["by_bound"] = sums[len(_KIND_SUMS) + 2:] + [out["overhead_time_s"]]
-    return out
-
-
-def _take_runs(sums: dict, runs: slice) -> dict:
-    """Some of the runs of `_run_sums`'s totals."""
-    out = {key: v[..., runs] for key, v in sums.items() if key != "by_bound"}
-    out["by_bound"] = [b[..., runs] for b in sums["by_bound"]]
-    return out
-
-
-def _per_run(sums: dict) -> list[dict]:
-    """`_run_sums`'s totals as one dict per run (`_aggregate`'s)."""
-    out = []
-    for j in range(len(sums["overhead_time_s"])):
-        agg = {name: sums[name][:, j] for name, _ in _KIND_SUMS}
-        agg["time_s"], agg["ideal_time_s"] = sums["time_s"][:, j], sums["ideal_time_s"][:, j]
-        agg["overhead_time_s"] = float(sums["overhead_time_s"][j])
-        agg["by_bound"] = [b[:, j] for b in sums["by_bound"][:3]] + [agg["overhead_time_s"]]
-        out.append(agg)
-    return out
-
-
-def _segment_sums(t: StackedTimes, starts: list[int], devices: int) -> list[dict]:
-    """`_aggregate` of consecutive runs of operators timed together, one dict per run starting at each of `starts`."""
-    return _per_run(_run_sums(t, starts, devices))
+    nk = len(_KIND_SUMS)
+    return [devices * v for v in sums[:nk]] + sums[nk:], np.add.reduceat(t.overhead_s * t.layers, starts)
 
 
 def _col(x):
     """A column of points as (points x 1), to broadcast against (points x strategies); a number as it is."""
     return x[:, None] if getattr(x, "ndim", 0) == 1 else x
-
-
-def _gather(agg: dict, index: np.ndarray | slice) -> dict:
-    """Expand totals computed on unique values back to the rows of the grid (a slice: they are the rows)."""
-    if isinstance(index, slice):
-        return agg
-    out = {}
-    for key, v in agg.items():
-        if key == "by_bound":
-            out[key] = [b[index] if np.ndim(b) else b for b in v]
-        else:
-            out[key] = v[index] if np.ndim(v) else v
-    return out
 
 
 def pipeline_step(agg: dict, heads: dict, link, P: int, M, frac: float, act_bytes, prefill_act_bytes) -> None:
@@ -392,12 +359,15 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         matrix_peak(hw, prec.compute or prec.dtype)   # a format the device lacks: that error first, as otherwise
     else:
         t_b = time_ops(on_b, hw, base, prec, tp.devices, np.size(uB))
-        b_sums = _run_sums(t_b, [0, len(common)], tp.devices)
-        pf_sums = _run_sums(time_ops(pf_block, hw, base, prec, tp.devices, np.size(uT)), [0], tp.devices)
+        b_sums, b_oh = _run_sums(t_b, [0, len(common)], tp.devices)
+        pf_sums = _run_sums(time_ops(pf_block, hw, base, prec, tp.devices, np.size(uT)), [0], tp.devices)[0]
 
     # every strategy's attention (decode and prefill) timed together: one placement per strategy, its KV tier.
     # From here on each quantity is a (points x strategies) matrix, strategies in `order` (dense first)
     dense_spans = {w: resolve_params("dense", spans_S[w], geo, C) for w in wins}
+    # the ledger's arithmetic is in float64: the batch sizes and spans converted once, not in each of its calls
+    Bf, Btf, Sf = _f64(B), _f64(Bt), _f64(S)
+    spans_f = {w: _f64(x) for w, x in spans_S.items()}
     order = ["dense"] + [s for s in strategies if s != "dense"]
     no = len(order)
     ki = _location_index(case.kv_location, names, hw)   # the same for every strategy (None: auto)
@@ -410,11 +380,11 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
             kw = case.k if case.k is None or w is None else np.minimum(case.k, spans_S[w])  # a window caps k
             pw = dense_spans[w] if strat == "dense" else resolve_params(
                 strat, spans_S[w], geo, C, r=case.r, k=kw, local_window=local_window, page_size=page_size)
-            spans[w] = (spans_S[w], pw, dense_spans[w])
+            spans[w] = (spans_f[w], pw, dense_spans[w])
         # every stage caches its layers for all the sequences (the fullest stage: frac of them)
-        kv_dev[:, j] = cache_bytes_per_device(m, tp, strat, Bt, spans, prec, case.k_layout) * frac   # 1.0: one stage
-        attn_ops = attention_ops(m, tp, strat, B, spans, prec)
-        pf_attn = prefill_attention_ops(m, tp, strat, B, S, spans, prec, case.k_layout)
+        kv_dev[:, j] = cache_bytes_per_device(m, tp, strat, Btf, spans, prec, case.k_layout) * frac   # 1.0: one stage
+        attn_ops = attention_ops(m, tp, strat, Bf, spans, prec)
+        pf_attn = prefill_attention_ops(m, tp, strat, Bf, Sf, spans, prec, case.k_layout)
         starts += [len(stacked), len(stacked) + len(attn_ops)]   # its decode attention, then its prefill's
         stacked += attn_ops + pf_attn
         owner += [j] * (len(attn_ops) + len(pf_attn))
@@ -433,32 +403,32 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         tiers_all = np.zeros((first + len(stacked), 1), dtype=np.int64)
         tiers_all[first:] = op_tiers
         t_b = time_ops(on_b + pf_block + stacked, hw, placement(tiers_all), prec, tp.devices, 1)
-        all_sums = _run_sums(t_b, [0, len(common), len(on_b)] + [first + x for x in starts], tp.devices)
-        b_sums, pf_sums, sums = (_take_runs(all_sums, r) for r in (slice(0, 2), slice(2, 3), slice(3, None)))
+        all_sums, all_oh = _run_sums(t_b, [0, len(common), len(on_b)] + [first + x for x in starts], tp.devices)
+        b_sums, pf_sums, sums = ([v[:, r] for v in all_sums] for r in (slice(0, 2), slice(2, 3), slice(3, None)))
+        b_oh, s_oh = all_oh[:2], all_oh[3:]
     else:
-        sums = _run_sums(time_ops(stacked, hw, placement(op_tiers), prec, tp.devices, n), starts, tp.devices)
-    common_sums, head_sums = _per_run(b_sums)
-    common_agg = _gather(common_sums, invB)
+        sums, s_oh = _run_sums(time_ops(stacked, hw, placement(op_tiers), prec, tp.devices, n), starts, tp.devices)
+    # each quantity over the distinct batches: the decode's operators outside attention; the prefill's final norm and
+    # lm_head
+    b_common, b_head = [v[:, 0] for v in b_sums], [v[:, 1] for v in b_sums]
     if P > 1:   # the last stage's share: the decode's and the prefill's final norm and lm_head (t_b's first ops)
-        dec_head = _segment_sums(t_b, [len(before + after), len(common)], tp.devices)[0]
-        heads = {"decode": _gather(dec_head, invB), "prefill": _gather(head_sums, invB)}
-    pf_agg = _per_run(pf_sums)[0]
-    pf_time = pf_agg["time_s"][invT] + head_sums["time_s"][invB]
-    pf_ideal = pf_agg["ideal_time_s"][invT] + head_sums["ideal_time_s"][invB]
-    attn = {key: v[..., 0::2] for key, v in sums.items() if key != "by_bound"}   # decode attention
-    pre = {key: v[..., 1::2] for key, v in sums.items() if key != "by_bound"}    # the prefill's attention
+        dec_head = [v[:, 0] for v in _run_sums(t_b, [len(before + after), len(common)], tp.devices)[0]]
+        heads = {phase: {"time_s": _col(x[_TIME][invB]), "ideal_time_s": _col(x[_IDEAL][invB])}
+                 for phase, x in (("decode", dec_head), ("prefill", b_head))}
+    pf_time = pf_sums[_TIME][:, 0][invT] + b_head[_TIME][invB]
+    pf_ideal = pf_sums[_IDEAL][:, 0][invT] + b_head[_IDEAL][invB]
 
-    agg = {key: _col(common_agg[key]) + attn[key] for key in attn}
-    agg["by_bound"] = [_col(c) + a[:, 0::2] for c, a in zip(common_agg["by_bound"][:3], sums["by_bound"][:3])] + \
-        [agg["overhead_time_s"]]
-    agg["attention_time_s"] = attn["time_s"]
-    agg["attention_ideal_time_s"] = attn["ideal_time_s"]
-    agg["prefill_time_s"] = _col(pf_time) + pre["time_s"]
-    agg["prefill_ideal_time_s"] = _col(pf_ideal) + pre["ideal_time_s"]
+    # the step: the operators of B at each point, and the decode's attention (runs 0, 2, ...; the prefill's 1, 3, ...)
+    total = [_col(c[invB]) + v[:, 0::2] for c, v in zip(b_common, sums)]
+    agg = dict(zip(_TERMS, total))
+    agg["overhead_time_s"] = float(b_oh[0]) + s_oh[0::2]
+    agg["by_bound"] = total[_BY_BOUND] + [agg["overhead_time_s"]]
+    agg["attention_time_s"] = sums[_TIME][:, 0::2]
+    agg["attention_ideal_time_s"] = sums[_IDEAL][:, 0::2]
+    agg["prefill_time_s"] = _col(pf_time) + sums[_TIME][:, 1::2]
+    agg["prefill_ideal_time_s"] = _col(pf_ideal) + sums[_IDEAL][:, 1::2]
     if P > 1:
-        pipeline_step(agg, {phase: {key: _col(v) for key, v in h.items() if key != "by_bound"}
-                            for phase, h in heads.items()},
-                      hw.device_link, P, _col(M), frac, _col(B * m.d_model * prec.a),
+        pipeline_step(agg, heads, hw.device_link, P, _col(M), frac, _col(B * m.d_model * prec.a),
                       _col(B.astype(np.float64) * S * m.d_model * prec.a))
     by = np.empty((4, n, no))   # time bound by memory, compute, link, and launch overhead
     for i, x in enumerate(agg.pop("by_bound")):
@@ -466,7 +436,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     bound_index = by.argmax(axis=0)
 
     # capacity, per device, tier by tier (the host's shares of weights and cache in host memory)
-    ki_b = np.broadcast_to(ki, (n, no))
+    ki_b = np.full((n, no), ki) if np.ndim(ki) == 0 else ki
     kv_on = np.where(ki_b == host, 0.0, kv_dev * kod)
     fits = np.ones((n, no), dtype=bool)
     for i in range(len(names)):
@@ -563,7 +533,8 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     out["kv_location"] = Labels(flat(sel(ki_b), np.int8), names)
     out["fits"] = flat(sel(fits), bool)
     out["max_batch"] = flat(sel(max_batch), np.int64)
-    out["strategy"] = Labels(np.tile(np.arange(ns, dtype=np.int8), n), tuple(strategies))
+    codes = np.arange(ns, dtype=np.int8)
+    out["strategy"] = Labels(np.tile(codes, n) if n > 1 else codes, tuple(strategies))
     out["devices"] = np.full(N, case.devices, dtype=np.int64)
     out["pipeline"] = np.full(N, P, dtype=np.int64)
     out["microbatches"] = grid([M] * ns, np.int64)

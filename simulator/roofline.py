@@ -190,7 +190,9 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
     unit = np.array([op.unit for op in ops])
     kv_bytes = f["kv_read"] + f["kv_write"] + f["meta_read"] + f["meta_write"]
     act_bytes = f["act_read"] + f["act_write"]
-    kv_tier = np.broadcast_to(pl.kv, (k, rows)) if np.ndim(pl.kv) == 2 else np.broadcast_to(pl.kv, (rows,))
+    kv_tier = np.asarray(pl.kv)
+    if kv_tier.shape != (k, rows):
+        kv_tier = np.broadcast_to(kv_tier, (k, rows) if kv_tier.ndim == 2 else (rows,))
     mem_real = np.zeros((k, rows))
     mem_ideal = np.zeros((k, rows))
     for t in range(len(pl.tiers)):

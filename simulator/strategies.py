@@ -106,6 +106,8 @@ COMPONENT_STRATEGIES = ("sparq", "loki", "double-sparsity")
 
 
 def get_strategy(name: str) -> Strategy:
+    if type(name) is str and name in STRATEGIES:   # a registry name as is (every call of the ledger)
+        return STRATEGIES[name]
     key = str(name).strip().lower()
     key = ALIASES.get(key, key)
     if key not in STRATEGIES:
@@ -158,9 +160,36 @@ def geometry(head_dim) -> KVGeometry:
     return KVGeometry(head_dim, head_dim)
 
 
+def _num(x, dtype=np.float64):
+    """x as numpy `dtype` (float64 or int64): an array as an array; a number (a single configuration) as a numpy
+    scalar, the same arithmetic at a fraction of a 0-d array's cost per operation."""
+    if type(x) is dtype:   # already one: as it is
+        return x
+    if dtype is np.float64 and isinstance(x, np.integer):   # numpy's cast, as an array's
+        return np.float64(x)
+    a = np.asarray(x, dtype=dtype)
+    return a if a.ndim else a[()]
+
+
+def _shaped(x, dtype, shape):
+    """x as numpy `dtype` broadcast to `shape` (read-only); a number for shape () as a numpy scalar."""
+    a = _num(x, dtype)
+    return a if not shape and not a.ndim else np.broadcast_to(a, shape)
+
+
+def _full(shape, value: int):
+    """An int64 array of `shape` filled with `value`; for shape () a numpy scalar."""
+    return np.full(shape, value, dtype=np.int64) if shape else np.int64(value)
+
+
+def _any(x) -> bool:
+    """np.any of a comparison: an array's, or a numpy scalar's (one configuration) without a reduction."""
+    return bool(x.any() if getattr(x, "ndim", 0) else x)
+
+
 def _round_pos(x) -> np.ndarray:
     """Round half up to an integer >= 1."""
-    return np.maximum(1, np.floor(np.asarray(x, dtype=np.float64) + 0.5)).astype(np.int64)
+    return np.maximum(1, np.floor(_num(x) + 0.5)).astype(np.int64)
 
 
 def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=None, local_window=None,
@@ -174,15 +203,16 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
     H2O: cache k = S / C tokens, half of them the recent window (H2O's equal split).
     LM-Infinite: cache k = S / C tokens, min(16, k/2) of them sinks, the rest the recent window.
     FlexGen: k = S / C rows of V.  Quest: budget k = S / C tokens, rounded to whole pages of P = 16.
-    Returns int64 arrays r, k, local_window, page_size, sinks broadcast to seq_len's shape (0 = not used).
+    Returns int64 arrays r, k, local_window, page_size, sinks broadcast to seq_len's shape (0 = not used); for a
+    number seq_len (a single configuration), numpy int64 scalars.
     Raises UserError on r > d_h, k > S, a window larger than k, or values below 1.
     """
     s = get_strategy(strategy)
-    S = np.asarray(seq_len, dtype=np.int64)
+    S = _num(seq_len, np.int64)
     g = head_dim if isinstance(head_dim, KVGeometry) else None
-    dh = np.broadcast_to(np.asarray(g.d_k if g else head_dim, dtype=np.int64), S.shape)
-    C = np.broadcast_to(np.asarray(compression, dtype=np.float64), S.shape)
-    zero = np.zeros(S.shape, dtype=np.int64)
+    dh = _shaped(g.d_k if g else head_dim, np.int64, S.shape)
+    C = _shaped(compression, np.float64, S.shape)
+    zero = _full(S.shape, 0)
     out = {"r": zero, "k": zero, "local_window": zero, "page_size": zero, "sinks": zero}
     if s.name == "dense":
         return out
@@ -193,10 +223,10 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
             raise UserError(f"--{what.replace('_', '-')} must be a whole number, got {v!r}")
         if np.any(a < 1):
             raise UserError(f"--{what.replace('_', '-')} must be at least 1, got {int(np.min(a))}")
-        return np.broadcast_to(a.astype(np.int64), S.shape)
+        return _shaped(a, np.int64, S.shape)
 
     if s.name == "quest":
-        P = given(page_size, "page_size") if page_size is not None else np.full(S.shape, DEFAULT_PAGE_SIZE)
+        P = given(page_size, "page_size") if page_size is not None else _full(S.shape, DEFAULT_PAGE_SIZE)
         out["page_size"] = P
         if k is None:
             kk = P * _round_pos(S / C / P)
@@ -207,7 +237,7 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
         kk = _round_pos(S / (2 * C) if s.name in COMPONENT_STRATEGIES else S / C)
     else:
         kk = given(k, "k")
-    if k is not None and np.any(kk > S):
+    if k is not None and _any(kk > S):
         bad = np.argmax(np.broadcast_to(kk > S, S.shape))
         raise UserError(f"k = {int(np.broadcast_to(kk, S.shape).flat[bad])} exceeds the context length seq_len = "
                         f"{int(S.flat[bad])} ({s.name}); accepted: 1 <= k <= seq_len")
@@ -216,13 +246,13 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
 
     if s.name in COMPONENT_STRATEGIES:
         rr = given(r, "r") if r is not None else np.minimum(_round_pos(dh / C / (2 if g and g.shared else 1)), dh)
-        if np.any(rr > dh):
+        if _any(rr > dh):
             raise UserError(f"r = {int(np.max(rr))} exceeds head_dim = {int(np.min(dh))}; accepted: 1 <= r <= head_dim")
         out["r"] = rr
     if "local_window" in s.params:
         if local_window is not None:
-            lw = np.broadcast_to(np.asarray(local_window, dtype=np.int64), S.shape)
-            if np.any(lw < 0) or np.any(lw > kk):
+            lw = _shaped(local_window, np.int64, S.shape)
+            if _any(lw < 0) or _any(lw > kk):
                 raise UserError(f"--local-window must be between 0 and k, got {int(np.max(lw))} with k = "
                                 f"{int(np.min(kk))}")
         elif s.name == "sparq":
@@ -234,13 +264,12 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
         else:  # lm-infinite: whatever the sinks leave
             lw = None
         if s.name == "lm-infinite":
-            sk = (np.broadcast_to(np.asarray(sinks, dtype=np.int64), S.shape) if sinks is not None
-                  else np.minimum(DEFAULT_SINKS, kk // 2))
+            sk = _shaped(sinks, np.int64, S.shape) if sinks is not None else np.minimum(DEFAULT_SINKS, kk // 2)
             lw = kk - sk if lw is None else lw
-            if np.any(sk + lw > kk) or np.any(sk < 0):
+            if _any(sk + lw > kk) or _any(sk < 0):
                 raise UserError("sinks + local window must not exceed k for lm-infinite")
             out["sinks"] = sk
-        out["local_window"] = np.asarray(lw, dtype=np.int64)
+        out["local_window"] = _num(lw, np.int64)
     return out
 
 
@@ -253,16 +282,16 @@ def traffic_components(strategy: str, seq_len, head_dim, params: dict[str, np.nd
     """
     s = get_strategy(strategy).name
     g = geometry(head_dim)
-    S = np.asarray(seq_len, dtype=np.float64)
-    dk = np.asarray(g.d_k, dtype=np.float64)
-    dv = np.asarray(g.d_v, dtype=np.float64)
+    S = _num(seq_len)
+    dk = np.float64(g.d_k)
+    dv = np.float64(g.d_v)
     v_sep = 0 * dv if g.shared else dv   # V read apart from K's rows
-    k = params["k"].astype(np.float64)
+    k = _num(params["k"])
     write = ("kv_append", KV_WRITE, g.row + 0 * S)  # the new token's k and v (MLA: its row)
     if s == "dense":
         return [("k_all", KV_READ, S * dk), ("v_all", KV_READ, S * v_sep), write]
     if s == "sparq":
-        r = params["r"].astype(np.float64)
+        r = _num(params["r"])
         return [
             ("k_columns", KV_READ, S * (dk if g.columns_whole else r)),   # Step 1: r columns of K over all S positions
             ("k_rows", KV_READ, k * dk),              # Step 2: k full rows of K
@@ -280,13 +309,13 @@ def traffic_components(strategy: str, seq_len, head_dim, params: dict[str, np.nd
     if s in ("lm-infinite", "snapkv"):
         return [("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write]
     if s == "loki":
-        r = params["r"].astype(np.float64)
+        r = _num(params["r"])
         return [
             ("k_columns", KV_READ, S * (dk if g.columns_whole else r)),   # the r leading components of every key
             ("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write,
         ]
     if s == "double-sparsity":
-        r = params["r"].astype(np.float64)
+        r = _num(params["r"])
         return [
             ("label_read", META_READ, S * r),         # the label cache: r channels of every key, contiguous
             ("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write,
@@ -311,7 +340,7 @@ def elements_moved(strategy: str, seq_len, head_dim, params: dict[str, np.ndarra
 def cache_tokens(strategy: str, seq_len, params: dict[str, np.ndarray]) -> np.ndarray:
     """Positions whose K and V stay in memory: all S, or the k-token cache of an evicting strategy."""
     s = get_strategy(strategy)
-    S = np.asarray(seq_len, dtype=np.float64)
+    S = _num(seq_len)
     return S if s.keeps_full_cache else np.minimum(S, params["k"])
 
 
@@ -325,8 +354,8 @@ def extra_cache_elements(strategy: str, seq_len, head_dim, params: dict[str, np.
     """
     s = get_strategy(strategy).name
     g = geometry(head_dim)
-    S = np.asarray(seq_len, dtype=np.float64)
-    dk = np.asarray(g.d_k, dtype=np.float64)
+    S = _num(seq_len)
+    dk = np.float64(g.d_k)
     if s == "sparq":
         return (S * dk if k_layout == "twice" else 0 * S) + g.d_v
     if s == "quest":

@@ -13,7 +13,9 @@ keeps nothing from one call to the next that could go stale.
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ import pytest
 import sparq_sim
 from sparq_sim.hardware_profiles import PROFILE_DIR
 from sparq_sim.simulator import predict as P
+from sparq_sim.simulator import strategies as S_
 from sparq_sim.simulator.errors import UserError
 from sparq_sim.simulator.models import load_model_spec, replace
 from sparq_sim.simulator.ranges import parse_axis
@@ -126,3 +129,46 @@ def test_model_specs_alike_in_their_hash_give_their_own_results():
         b = sparq_sim.predict_columns(model=second, seq_len=4096, strategies="dense")
         ratio = (a["kv_read_bytes"] / b["kv_read_bytes"])[0]
         assert ratio == pytest.approx(4.0 if first is m else 0.25)
+
+
+GEOMETRIES = [128, 64, S_.KVGeometry(576, 512, shared=True), S_.KVGeometry(576, 512, shared=True, columns_whole=True)]
+OVERRIDES = [{}, {"r": 16, "k": 300}, {"k": 301, "page_size": 32}, {"local_window": 20, "k": 200}, {"sinks": 4},
+             {"r": 600}, {"k": 5000}, {"local_window": 999, "k": 100}, {"r": 2.5}]
+
+
+def _bits(x):
+    a = np.asarray(x)
+    return a.dtype, (a.view(np.uint64) if a.dtype == np.float64 else a).tolist()
+
+
+@pytest.mark.parametrize("strategy", list(S_.STRATEGY_NAMES) + ["streamingllm"])
+def test_the_strategy_formulas_on_numbers_are_their_one_element_arrays_to_the_last_bit(strategy):
+    """A single configuration resolves parameters and counts traffic on numbers (numpy scalars, not 0-d arrays): the
+    same formulas as on arrays, so every value is the one-element array's, and a bad override the same error."""
+    for geo, S, C, over in itertools.product(GEOMETRIES, [1, 7, 4096, 131072], [1, 3.3, 8], OVERRIDES):
+        try:
+            want = S_.resolve_params(strategy, np.array([S]), geo, C, **over)
+        except UserError as e:
+            with pytest.raises(UserError, match=re.escape(str(e))):
+                S_.resolve_params(strategy, S, geo, C, **over)
+            continue
+        for Sx in (S, np.int64(S)):
+            got = S_.resolve_params(strategy, Sx, geo, C, **over)
+            assert {c: _bits(v) for c, v in got.items()} == {c: _bits(v[0]) for c, v in want.items()}
+            assert all(np.ndim(v) == 0 and not isinstance(v, np.ndarray) for v in got.values())
+            for f, args in ((S_.traffic_components, (geo,)), (S_.elements_moved, (geo,)), (S_.cache_tokens, ()),
+                            (S_.extra_cache_elements, (geo,))):
+                one, arr = f(strategy, Sx, *args, got), f(strategy, np.array([S]), *args, want)
+                if f is S_.traffic_components:
+                    assert [(n, kind, _bits(e)) for n, kind, e in one] == \
+                        [(n, kind, _bits(np.broadcast_to(e, (1,))[0])) for n, kind, e in arr]
+                else:
+                    assert _bits(one) == _bits(np.broadcast_to(arr, (1,))[0]), f.__name__
+
+
+def test_a_spec_hash_is_its_key_fields_computed_once_and_anew_for_a_changed_spec():
+    m = load_model_spec("llama2-7b")
+    key = lambda s: hash((s.name, s.n_layers, s.d_model, s.n_heads, s.head_dim))  # noqa: E731
+    assert hash(m) == key(m) == hash(m)
+    for other in (replace(m, name="other"), replace(m, n_layers=8), replace(m, head_dim=64, d_model=2048)):
+        assert hash(other) == key(other) != hash(m)

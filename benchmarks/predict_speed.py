@@ -24,16 +24,19 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 from common import emit, figure  # noqa: E402
 from sparq_sim.simulator.predict import predict_columns  # noqa: E402
+from sparq_sim.simulator.strategies import STRATEGY_NAMES  # noqa: E402
+
+N_STRATEGIES = len(STRATEGY_NAMES)   # every registered strategy: what a call without --strategies evaluates
 
 # the sweeps run past some models' maximum context on purpose (a speed test, not a prediction anyone reads)
 warnings.simplefilter("ignore", UserWarning)
 
 SWEEPS = {
     # name: keyword arguments of predict_columns
-    "3 GPUs x 4 models x 509 seq x 17 batch x 6 strategies": dict(
+    f"3 GPUs x 4 models x 509 seq x 17 batch x {N_STRATEGIES} strategies": dict(
         hardware="a100,h100,h200", model="llama2-7b,llama3-8b,mistral-7b,llama2-13b",
         seq_len="1024:131072:+256", batch="1:128:x2,3,6,12,24,48,96,192,256,384"),
-    "1 GPU x 1 model x 200k seq x 6 strategies": dict(hardware="a100", seq_len="1:200000:+1"),
+    f"1 GPU x 1 model x 200k seq x {N_STRATEGIES} strategies": dict(hardware="a100", seq_len="1:200000:+1"),
 }
 
 
@@ -50,7 +53,7 @@ def bench_sweep(kwargs, repeats):
 
 def bench_single_calls(calls):
     """Per-call cost of the API for one configuration (issue 16: <= 1 ms): `predict_columns` and the DataFrame of
-    `sparq_sim.predict`, six strategies at one (batch, context), each the median of `calls` calls."""
+    `sparq_sim.predict`, every strategy at one (batch, context), each the median of `calls` calls."""
     import sparq_sim
 
     out = {}
@@ -96,7 +99,7 @@ def main(argv=None):
     for name, (med, lo, hi) in bench_single_calls(200 if args.quick else 1000).items():
         print(f"{'one configuration: ' + name:58s} {med * 1e3:9.3f} ms (min {lo * 1e3:.3f}, max {hi * 1e3:.3f}) "
               f"{'<= 1 ms':>16s} {'ok' if med <= 1e-3 else 'MISSED'}")
-        figures.append(figure(f"one configuration (a100, llama2-7b, 6 strategies), {name}",
+        figures.append(figure(f"one configuration (a100, llama2-7b, {N_STRATEGIES} strategies), {name}",
                               "per-call time (median)", med * 1e3, "ms", "<= 1 ms", lambda v: v <= 1.0))
     med, lo, hi = bench_cold_start(repeats)
     print(f"{'cold start: sparq-sim predict --gpu a100 --seq 4096':58s} {med:9.3f} s (min {lo:.3f}, max {hi:.3f}) "

@@ -1,4 +1,4 @@
-"""Report speed and size: a report over 3 devices x 12 sequence lengths x 6 strategies (batch 1, 8, 64).
+"""Report speed and size: a report over 3 devices x 12 sequence lengths x every strategy (batch 1, 8, 64).
 
 Targets (issue 6): renders in under 2 s and stays under 10 MB. Prints the median of several runs of
   - the render in a warm process (`sparq_sim.report.write_report`: predict, operator ledger, figures, HTML, write),

@@ -91,7 +91,7 @@ def varying(cols: dict) -> list[str]:
 
 def legend(cols: dict) -> list[str]:
     """The lines under the table: what the columns mean and why the strategies' k differ."""
-    strategies = set(np.asarray(cols["strategy"]).tolist())
+    strategies = list(dict.fromkeys(np.asarray(cols["strategy"]).tolist()))   # first-seen order: a stable legend
     if "e2e_time_s" in cols:
         out = ["whole generation: ttft = the prompt's prefill, which yields the first token; tpot = the mean of the N - "
                "1 decode steps that follow, the context growing one token a step (each step evaluated, realistic: "

@@ -245,13 +245,20 @@ def test_yaml_aliases_are_refused_in_any_field(tmp_path, capsys, where):
 
 # --- 5. signals ---------------------------------------------------------------------------------------------------
 
+def _default_signals():
+    """The child starts with every signal of the test at its default action, as from an interactive shell: a suite
+    run under nohup (SIGHUP ignored) would otherwise hand the command an ignored SIGHUP, which it rightly keeps."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129),
                                         (signal.SIGQUIT, 131)])
 def test_a_signal_during_a_streamed_sweep_leaves_no_file(tmp_path, sig, status):
     p = subprocess.Popen(CMD + ["predict", "--gpu", "a100,h100", "--model", "mistral-7b", "--seq", "1:32768", "--batch", "1:25", "-o",
                                 str(tmp_path / "sweep.csv")], env=ENV, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         preexec_fn=_default_signals)
     deadline = time.time() + 60
     while not list(tmp_path.iterdir()) and time.time() < deadline:   # the temporary file has appeared
         time.sleep(0.05)

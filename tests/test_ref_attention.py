@@ -28,6 +28,11 @@ def random_basis(Hkv, d, seed=0):
     return torch.linalg.qr(torch.randn(Hkv, d, d, generator=g)).Q
 
 
+def random_channels(Hkv, d, seed=0):
+    """A channel order per KV head [Hkv, d] (Double Sparsity's calibrated order stands in)."""
+    return torch.stack([torch.randperm(d, generator=torch.Generator().manual_seed(seed + h)) for h in range(Hkv)])
+
+
 def positions(f, b=0, h=0):
     return f.positions(b, h)
 
@@ -270,8 +275,7 @@ def test_bytes_touched_equal_formula(strategy, pages, compression, d, dtype):
     elif strategy == "loki":
         _, f = A.loki_attention(q, K, V, r=int(p["r"][0]), basis=random_basis(Hkv, d, pages), **kw)
     elif strategy == "double-sparsity":
-        ch = torch.stack([torch.randperm(d, generator=torch.Generator().manual_seed(pages + h)) for h in range(Hkv)])
-        _, f = A.double_sparsity_attention(q, K, V, r=int(p["r"][0]), channels=ch, **kw)
+        _, f = A.double_sparsity_attention(q, K, V, r=int(p["r"][0]), channels=random_channels(Hkv, d, pages), **kw)
     else:
         assert strategy == "snapkv"
         votes = torch.rand(B, Hkv, reg.SNAPKV_WINDOW, S, generator=torch.Generator().manual_seed(pages))

@@ -13,20 +13,7 @@ from hypothesis import strategies as st  # noqa: E402
 from sparq_sim.simulator import strategies as reg  # noqa: E402
 from sparq_sim.sparq_ref import attention as A  # noqa: E402
 from sparq_sim.sparq_ref.calibration import KeyStats  # noqa: E402
-
-
-def rand(B=2, H=6, Hkv=2, S=48, d=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, H, d, generator=g), torch.randn(B, Hkv, S, d, generator=g),
-            torch.randn(B, Hkv, S, d, generator=g))
-
-
-def basis(Hkv, d, seed=0):
-    return torch.linalg.qr(torch.randn(Hkv, d, d, generator=torch.Generator().manual_seed(seed))).Q
-
-
-def order(Hkv, d, seed=0):
-    return torch.stack([torch.randperm(d, generator=torch.Generator().manual_seed(seed + h)) for h in range(Hkv)])
+from test_ref_attention import rand, random_basis, random_channels  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -39,8 +26,8 @@ def order(Hkv, d, seed=0):
 def test_full_budget_is_dense(B, Hkv, g, S, d, seed):
     q, K, V = rand(B, Hkv * g, Hkv, S, d, seed)
     yd, _ = A.dense_attention(q, K, V)
-    yl, fl = A.loki_attention(q, K, V, r=d, k=S, basis=basis(Hkv, d, seed))
-    yds, fds = A.double_sparsity_attention(q, K, V, r=d, k=S, channels=order(Hkv, d, seed))
+    yl, fl = A.loki_attention(q, K, V, r=d, k=S, basis=random_basis(Hkv, d, seed))
+    yds, fds = A.double_sparsity_attention(q, K, V, r=d, k=S, channels=random_channels(Hkv, d, seed))
     keep = A.snapkv_select(torch.rand(B, Hkv, 4, S), torch.ones(B, S, dtype=torch.bool), torch.full((B,), S),
                            torch.full((B,), min(S, 4)), reg.SNAPKV_KERNEL)
     ys, fs = A.snapkv_attention(q, K, V, keep=keep)
@@ -55,7 +42,7 @@ def test_full_budget_is_dense(B, Hkv, g, S, d, seed):
 
 def test_loki_picks_the_top_k_of_scores_in_the_leading_components():
     q, K, V = rand(1, 1, 1, 40, 8, seed=3)
-    P = basis(1, 8, 7)
+    P = random_basis(1, 8, 7)
     r, k = 3, 6
     _, f = A.loki_attention(q, K, V, r=r, k=k, basis=P)
     approx = (q[0, 0] @ P[0][:, :r]) @ (K[0, 0] @ P[0][:, :r]).T          # q P_r . (K P_r)
@@ -90,7 +77,7 @@ def test_double_sparsity_scores_with_its_label_channels():
 
 def test_gqa_one_set_per_kv_head_from_group_sums():
     q, K, V = rand(1, 4, 1, 30, 8, seed=9)
-    P = basis(1, 8, 1)
+    P = random_basis(1, 8, 1)
     _, f = A.loki_attention(q, K, V, r=2, k=5, basis=P)
     qr, Kr = q[0] @ P[0][:, :2], K[0, 0] @ P[0][:, :2]
     s = torch.softmax((qr @ Kr.T) / np.sqrt(8), -1).sum(0)                # summed over the 4 query heads

@@ -35,6 +35,7 @@ import torch
 from ..simulator import strategies as reg
 from ..simulator.errors import UserError
 from . import attention as A
+from .calibration import NEEDS_CALIBRATION
 
 ATTN_NAME = "sparq_ref"
 _ACTIVE: contextvars.ContextVar["Session | None"] = contextvars.ContextVar("sparq_ref_session", default=None)
@@ -126,7 +127,7 @@ class Session:
         self.sink = sink
         self.collect_h2o = collect_h2o or config.strategy == "h2o"
         self.collect_snapkv = collect_snapkv or config.strategy == "snapkv"
-        if config.strategy in ("loki", "double-sparsity") and calibration is None:
+        if config.strategy in NEEDS_CALIBRATION and calibration is None:
             raise ValueError(f"{config.strategy} needs the model's key calibration (sparq_ref.calibration.for_model)")
         self.calibration = calibration
         self.key_stats = key_stats

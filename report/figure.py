@@ -14,6 +14,7 @@ from .request import Request
 STRATEGY_COLOURS = {
     "dense": "#3b3b3b", "sparq": "#1f77b4", "h2o": "#d62728", "flexgen": "#2ca02c", "lm-infinite": "#9467bd",
     "quest": "#ff7f0e", "loki": "#8c564b", "double-sparsity": "#e377c2", "snapkv": "#bcbd22",
+    "dsa": "#393b79",
 }
 _PALETTE = ["#17becf", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2"]
 DEVICE_DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]

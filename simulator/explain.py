@@ -117,6 +117,9 @@ def legend(cols: dict) -> list[str]:
         out.append(f"k: positions attended. {who} first read{'s' if len(comp) == 1 else ''} r = d_h/C key components "
                    f"over all positions ({how}), then k = S/(2C) rows of K and V, so the total is about 1/C of dense; "
                    "the others read k = S/C tokens.")
+    if "dsa" in strategies:
+        out.append("dsa: its lightning indexer first reads every position's indexer key (d_I wide, one per layer "
+                   "shared by the heads, at the KV precision), then k = S/C rows of K and V.")
     return out
 
 

@@ -44,7 +44,8 @@ from .errors import UserError
 from .models import ModelSpec
 from .units import (COMPUTE_DTYPE, DTYPE_BYTES, WEIGHT_ONLY_EFFICIENCY, WEIGHT_STREAM_EFFICIENCY, base_dtype,
                     dtype_bytes)
-from .strategies import QUEST_DENSE_LAYERS, KVGeometry, _num, cache_tokens, extra_cache_elements, traffic_components
+from .strategies import (QUEST_DENSE_LAYERS, KVGeometry, _num, cache_tokens, extra_cache_elements,
+                         index_cache_elements, traffic_components)
 
 FP32 = 4.0
 INDEX_BYTES = 4.0  # int32 indices
@@ -294,6 +295,9 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
     def kv(name):  # bytes of one component for all sequences and this device's KV heads
         return B * hkv * comps[name][1] * p.kv
 
+    def idx(name):  # bytes of a per-layer component (DSA's indexer cache: every device holds it whole)
+        return B * comps[name][1] * p.kv
+
     k = _f64(params["k"])
     z = _z(B)
     name = (lambda n: f"{tag}{n}")
@@ -380,6 +384,27 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
                kv_read=kv("k_rows"), act_write=B * hq * k * FP32),
             Op("decode", name("attn_values"), "attention", "matrix", layers, 1, flops=2 * B * hq * k * dvf,
                act_read=B * hq * k * FP32 + B * hkv * k * INDEX_BYTES, kv_read=kv("v_rows"), act_write=out),
+        ]
+    elif strategy == "dsa":
+        hi, di = m.indexer()[0], _f64(params["index_dim"])
+        wi = m.indexer_params()
+        q_idx = B * (hi * di + hi) * p.a   # the indexer's queries and head weights for this step
+        ops += [
+            # the lightning indexer's projections (replicated on every device): q_I and w from the query input, the
+            # new token's indexer key, stored
+            Op("decode", name("dsa_index_project"), "attention", "matrix", layers, 1, flops=2 * B * wi,
+               weight=wi * p.w, act_read=q_in, act_write=q_idx, meta_write=idx("index_key_write")),
+            # I_s = sum_j w_j ReLU(q_I,j . k_s) over every position's indexer key
+            Op("decode", name("dsa_index_scores"), "attention", "matrix", layers, 1,
+               flops=2 * B * hi * S * di + 3 * B * hi * S, act_read=q_idx, meta_read=idx("index_keys_read"),
+               act_write=B * S * FP32),
+            Op("decode", name("dsa_top_k"), "attention", "vector", layers, 1, flops=B * S, act_read=B * S * FP32,
+               act_write=B * k * INDEX_BYTES),
+            Op("decode", name("attn_scores"), "attention", "matrix", layers, 1,
+               flops=2 * B * hq * k * hd + SOFTMAX_FLOPS * B * hq * k, act_read=q_in + B * k * INDEX_BYTES,
+               kv_read=kv("k_rows"), act_write=B * hq * k * FP32),
+            Op("decode", name("attn_values"), "attention", "matrix", layers, 1, flops=2 * B * hq * k * dvf,
+               act_read=B * hq * k * FP32 + B * k * INDEX_BYTES, kv_read=kv("v_rows"), act_write=out),
         ]
     elif strategy in ("lm-infinite", "snapkv"):
         ops += [
@@ -510,12 +535,13 @@ def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans
             weight = m.kv_lora_rank * hq * (m.qk_nope_head_dim + m.v_head_dim) * p.w
         kept = cache_tokens(strat, S_w, pw)
         extra = extra_cache_elements(strat, S_w, geo, pw, k_layout)
+        index = index_cache_elements(strat, S_w, pw)   # DSA's indexer keys, per layer
         ops += [
             Op("prefill", tag + "attention", "attention", "matrix", n, 1, flops=flops, weight=weight,
                act_read=T * (hq * dq + hkv * geo.row) * p.a, act_write=T * hq * dv * p.a,
                kv_read=B * hkv * S * geo.row * p.kv),
             Op("prefill", tag + "kv_store", "attention", "vector", n, 1, flops=_z(B),
-               kv_write=B * hkv * kept * geo.row * p.kv, meta_write=B * hkv * extra * p.kv),
+               kv_write=B * hkv * kept * geo.row * p.kv, meta_write=B * hkv * extra * p.kv + B * index * p.kv),
         ]
     return ops
 
@@ -525,13 +551,14 @@ def cache_bytes_per_device(m: ModelSpec, tp: Parallel, strategy: str, B, spans: 
     keeps its window (a ring buffer, as HF's hybrid cache does), a global one every position."""
     B = _f64(B)
     geo = kv_geometry(m)
-    total = 0.0
+    total = index = 0.0
     for w, n, dense in layer_groups(m, strategy):
         S_w, params_w, dense_w = spans[w]
         strat, pw = ("dense", dense_w) if dense else (strategy, params_w)
         total = total + n * (cache_tokens(strat, S_w, pw) * geo.row + extra_cache_elements(strat, S_w, geo, pw,
                                                                                             k_layout))
-    return B * tp.kv_heads * p.kv * total
+        index = index + n * index_cache_elements(strat, S_w, pw)   # DSA's indexer keys: per layer, on every device
+    return B * tp.kv_heads * p.kv * total + B * p.kv * index
 
 
 def weight_bytes_per_device(m: ModelSpec, tp: Parallel, p: Precision, stages: int = 1) -> float:

@@ -251,7 +251,7 @@ def _check_rows(df, p, line0: int):
         (~whole & np.isin(strat, COMPONENT_STRATEGIES) & ~((r >= 1) & (k >= 1) & (r <= df["head_dim"].to_numpy())
                                                            & (k <= df["seq_len"].to_numpy())),
          lambda i: f"a {strat[i]} row needs 1 <= r <= head_dim and 1 <= k <= seq_len, got r={r[i]!r}, k={k[i]!r}"),
-        (np.isin(strat, ["h2o", "quest", "lm-infinite", "flexgen", "snapkv"]) & ~(k >= 1),
+        (np.isin(strat, ["h2o", "quest", "lm-infinite", "flexgen", "snapkv", "dsa"]) & ~(k >= 1),
          lambda i: f"a {strat[i]} row needs k (the attended-token budget)"),
     ]
     bad_row = [(first(bad), msg) for bad, msg in checks if bad.any()]

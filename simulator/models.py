@@ -60,6 +60,9 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     mla_absorb: bool = True            # decode absorbed (attention over the latent) or unabsorbed (rows expanded)
+    # DeepSeek Sparse Attention's lightning indexer (0 = the default of `indexer()`): heads and key width
+    index_heads: int = 0
+    index_head_dim: int = 0
     source: str = ""
 
     def __post_init__(self):
@@ -77,7 +80,8 @@ class ModelSpec:
         if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window < 1):
             raise UserError(f"model {self.name!r}: sliding_window must be a positive integer or null")
         for f in ("norms_per_layer", "n_experts", "experts_per_token", "n_shared_experts", "d_ff_expert",
-                  "dense_layers", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "v_head_dim"):
+                  "dense_layers", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "v_head_dim", "index_heads",
+                  "index_head_dim"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > 10**9:
                 raise UserError(f"model {self.name!r}: {f} must be a whole number >= 0, got {v!r}")
@@ -139,6 +143,26 @@ class ModelSpec:
     def value_dim(self) -> int:
         """Width of one head's value (and of its attention output)."""
         return self.v_head_dim if self.is_mla else self.head_dim
+
+    def indexer(self) -> tuple[int, int]:
+        """DSA's lightning indexer on this model: (H_I heads, d_I key width). A config's index_n_heads and
+        index_head_dim (DeepSeek-V3.2), else DeepSeek-V3.2's 64 x 128 scaled down: at most half the query heads,
+        at most the key width (which gives 64 x 128 on DeepSeek-V3)."""
+        from .strategies import DSA_INDEX_DIM, DSA_INDEX_HEADS
+
+        d_key = self.kv_lora_rank + self.qk_rope_head_dim if self.is_mla else self.head_dim
+        return (self.index_heads or min(DSA_INDEX_HEADS, max(1, self.n_heads // 2)),
+                self.index_head_dim or min(DSA_INDEX_DIM, d_key))
+
+    def indexer_params(self) -> int:
+        """Weights of one layer's indexer (elements): q_I (H_I x d_I) from the query input, one key (d_I) and the
+        heads' weights (H_I) from the layer input. DeepSeek-V3.2 (MLA): q from the query latent (q_lora_rank), k and
+        w from the hidden state. Standard attention (as `sparq_ref` builds it): q and w from the layer's post-rotary
+        queries (H d_h), the key from its keys (H_kv d_h), and a bias on w (H_I)."""
+        hi, di = self.indexer()
+        if self.is_mla:
+            return (self.q_lora_rank or self.d_model) * hi * di + self.d_model * di + self.d_model * hi
+        return self.n_heads * self.head_dim * (hi * di + hi) + self.n_kv_heads * self.head_dim * di + hi
 
     def layer_windows(self) -> list[int | None]:
         """Each layer's attention window: None = the whole context, else the sliding window."""
@@ -327,7 +351,7 @@ DEFAULT_MODEL = "llama2-7b"
 # model_type values of config.json this loader understands, and whether their MLP is gated.
 _GATED_TYPES = {"llama", "mistral", "gemma", "gemma2", "gemma3_text", "qwen2", "qwen3", "phi3", "olmo", "olmo2",
                 "granite", "cohere", "starcoder2_gated", "internlm2", "yi", "deepseek", "mixtral", "qwen2_moe",
-                "qwen3_moe", "deepseek_v2", "deepseek_v3"}
+                "qwen3_moe", "deepseek_v2", "deepseek_v3", "deepseek_v32"}
 _PLAIN_TYPES = {"gpt_neox", "gpt2", "gptj", "opt", "phi", "starcoder2", "gpt_bigcode", "falcon", "bloom"}
 
 
@@ -461,7 +485,8 @@ def _modern_fields(cfg: dict, mtype: str, where: str, n_layers: int, sliding, in
         out["qk_norm"] = True
     experts = cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts")
     needed = {"mixtral": "num_local_experts", "qwen2_moe": "num_experts", "qwen3_moe": "num_experts",
-              "deepseek_v2": "n_routed_experts", "deepseek_v3": "n_routed_experts"}.get(mtype)
+              "deepseek_v2": "n_routed_experts", "deepseek_v3": "n_routed_experts",
+              "deepseek_v32": "n_routed_experts"}.get(mtype)
     if needed and not experts:
         raise UserError(f"model config {where}: missing field {needed!r} ({mtype} is a mixture of experts)")
     if experts:
@@ -495,6 +520,9 @@ def _modern_fields(cfg: dict, mtype: str, where: str, n_layers: int, sliding, in
         nope = integer(cfg.get("qk_nope_head_dim"), "qk_nope_head_dim")
         out.update(qk_rope_head_dim=rope, head_dim=rope + nope,
                    v_head_dim=integer(cfg.get("v_head_dim"), "v_head_dim"))
+    if cfg.get("index_n_heads") or cfg.get("index_head_dim"):   # DeepSeek-V3.2's lightning indexer
+        out["index_heads"] = integer(cfg.get("index_n_heads"), "index_n_heads")
+        out["index_head_dim"] = integer(cfg.get("index_head_dim"), "index_head_dim")
     return out
 
 

@@ -325,6 +325,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     top = None if None in wins else max(wins)   # the widest: what the attended_len, r and k columns report
     Sa = spans_S[top]   # positions the widest layers see
     geo = kv_geometry(m)
+    index_dim = m.indexer()[1]   # DSA's indexer key width on this model
     names, peak, achieved, caps = tier_table(hw)
     n_dev_tiers = len(names) - 1
 
@@ -379,7 +380,8 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         for w in wins:
             kw = case.k if case.k is None or w is None else np.minimum(case.k, spans_S[w])  # a window caps k
             pw = dense_spans[w] if strat == "dense" else resolve_params(
-                strat, spans_S[w], geo, C, r=case.r, k=kw, local_window=local_window, page_size=page_size)
+                strat, spans_S[w], geo, C, r=case.r, k=kw, local_window=local_window, page_size=page_size,
+                index_dim=index_dim)
             spans[w] = (spans_f[w], pw, dense_spans[w])
         # every stage caches its layers for all the sequences (the fullest stage: frac of them)
         kv_dev[:, j] = cache_bytes_per_device(m, tp, strat, Btf, spans, prec, case.k_layout) * frac   # 1.0: one stage

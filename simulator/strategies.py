@@ -16,11 +16,17 @@ components with the index sets the reference implementation actually touches.
 | loki        | S r + 2 k d_h + 2 d_h                            |
 | double-sparsity | S r + r + 2 k d_h + 2 d_h                    |
 | snapkv      | 2 k d_h + 2 d_h                                  |
+| dsa         | 2 k d_h + 2 d_h, and per layer S d_I + d_I       |
 
 Loki reads the first r of the d_h principal components of each key (the cache holds keys rotated into their offline
 PCA basis, row-major: r leading elements of every row); Double Sparsity reads its label cache, the r offline-chosen
 channels of every key stored apart and contiguously (S r), and writes the new token's r; both then read k full rows.
 SnapKV reads the k-token cache it kept at the end of prefill (plus every token generated since).
+DeepSeek Sparse Attention (DSA) keeps an indexer cache beside K and V: one key of d_I elements per token and layer,
+shared by every head (the lightning indexer's keys), read whole at every step to score all S positions, then k full
+rows of K and V at the top-k positions, one set for all heads. Its indexer terms are counted per layer
+(`INDEX_READ`, `INDEX_WRITE`), not per KV head: `elements_moved(..., kv_heads=H_kv)` spreads them over the heads.
+The indexer keys are stored at the KV cache's precision (DeepSeek serves both in FP8: `--kv fp8`).
 
 Everything here takes numpy arrays (or scalars) so one call evaluates a whole sweep.
 
@@ -45,6 +51,9 @@ from .errors import UserError, closest
 
 # component kinds
 KV_READ, KV_WRITE, META_READ, META_WRITE = "kv_read", "kv_write", "meta_read", "meta_write"
+# per sequence per layer, shared by all KV heads (DSA's indexer cache), counted at the KV precision
+INDEX_READ, INDEX_WRITE = "index_read", "index_write"
+PER_LAYER_KINDS = (INDEX_READ, INDEX_WRITE)
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,13 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
              "(pooled) for k positions; the cache keeps them and every generated token", ("k", "local_window"), False,
              "Li et al., NeurIPS 2024 (arXiv 2404.14469): votes = attention of the last w prompt queries summed, "
              "smoothed by 1-D pooling (here average, kernel 7), top k - w plus the window itself; no eviction after"),
+    Strategy("dsa", "DeepSeek Sparse Attention",
+             "a lightning indexer (a few ReLU heads over small per-token indexer keys) scores all positions; the "
+             "top-k positions' K and V rows, one set for every head", ("k",), True,
+             "DeepSeek-AI, DeepSeek-V3.2-Exp technical report (2025), section 2.1: I_t,s = sum_j w_t,j "
+             "ReLU(q_t,j . k_s), H_I = 64 indexer heads of d_I = 128, FP8 indexer keys, top-k = 2048 selected per "
+             "query token and shared by all heads; the indexer distilled from the dense attention (KL) on "
+             "calibration text"),
 ]}
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
 ALIASES: dict[str, str] = {a: s.name for s in STRATEGIES.values() for a in s.aliases}
@@ -101,6 +117,8 @@ DEFAULT_SINKS = 16           # LM-Infinite keeps ~16 global "sink" tokens (Han e
 QUEST_DENSE_LAYERS = 2       # Quest runs its first two layers dense (Tang et al. 2024)
 SNAPKV_WINDOW = 32           # SnapKV's observation window (the prompt's last queries; at most k / 2 here)
 SNAPKV_KERNEL = 7            # SnapKV's pooling kernel over the votes
+DSA_INDEX_DIM = 128          # DeepSeek-V3.2's indexer key width d_I (index_head_dim); at most the model's key width
+DSA_INDEX_HEADS = 64         # ... and its indexer heads H_I (index_n_heads); at most half the query heads
 # the strategies that choose positions from r key components (SparQ's recipe for r and k: each moves 1/C of dense)
 COMPONENT_STRATEGIES = ("sparq", "loki", "double-sparsity")
 
@@ -193,7 +211,7 @@ def _round_pos(x) -> np.ndarray:
 
 
 def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=None, local_window=None,
-                   page_size=None, sinks=None) -> dict[str, np.ndarray]:
+                   page_size=None, sinks=None, index_dim=None) -> dict[str, np.ndarray]:
     """Each strategy's parameters for target compression C (docs/traffic-model.md), with explicit overrides.
     `head_dim` is the key's width, or a KVGeometry.
 
@@ -203,8 +221,10 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
     H2O: cache k = S / C tokens, half of them the recent window (H2O's equal split).
     LM-Infinite: cache k = S / C tokens, min(16, k/2) of them sinks, the rest the recent window.
     FlexGen: k = S / C rows of V.  Quest: budget k = S / C tokens, rounded to whole pages of P = 16.
-    Returns int64 arrays r, k, local_window, page_size, sinks broadcast to seq_len's shape (0 = not used); for a
-    number seq_len (a single configuration), numpy int64 scalars.
+    DSA: k = S / C positions; its indexer keys of index_dim = d_I elements (default min(128, d_k), DeepSeek-V3.2's)
+    come on top, as Quest's page bounds do.
+    Returns int64 arrays r, k, local_window, page_size, sinks, index_dim broadcast to seq_len's shape (0 = not
+    used); for a number seq_len (a single configuration), numpy int64 scalars.
     Raises UserError on r > d_h, k > S, a window larger than k, or values below 1.
     """
     s = get_strategy(strategy)
@@ -213,7 +233,7 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
     dh = _shaped(g.d_k if g else head_dim, np.int64, S.shape)
     C = _shaped(compression, np.float64, S.shape)
     zero = _full(S.shape, 0)
-    out = {"r": zero, "k": zero, "local_window": zero, "page_size": zero, "sinks": zero}
+    out = {"r": zero, "k": zero, "local_window": zero, "page_size": zero, "sinks": zero, "index_dim": zero}
     if s.name == "dense":
         return out
 
@@ -243,6 +263,9 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
                         f"{int(S.flat[bad])} ({s.name}); accepted: 1 <= k <= seq_len")
     kk = np.minimum(kk, S)  # a recipe's rounding (one page at least) may pass a short context
     out["k"] = kk
+    if s.name == "dsa":
+        out["index_dim"] = (given(index_dim, "index_dim") if index_dim is not None
+                            else np.minimum(DSA_INDEX_DIM, dh))
 
     if s.name in COMPONENT_STRATEGIES:
         rr = given(r, "r") if r is not None else np.minimum(_round_pos(dh / C / (2 if g and g.shared else 1)), dh)
@@ -308,6 +331,13 @@ def traffic_components(strategy: str, seq_len, head_dim, params: dict[str, np.nd
         ]
     if s in ("lm-infinite", "snapkv"):
         return [("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write]
+    if s == "dsa":
+        di = _num(params["index_dim"])
+        return [
+            ("index_keys_read", INDEX_READ, S * di),   # the indexer key of every position (per layer, all heads)
+            ("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write,
+            ("index_key_write", INDEX_WRITE, di + 0 * S),   # the new token's indexer key
+        ]
     if s == "loki":
         r = _num(params["r"])
         return [
@@ -332,9 +362,11 @@ def traffic_components(strategy: str, seq_len, head_dim, params: dict[str, np.nd
     raise AssertionError(s)
 
 
-def elements_moved(strategy: str, seq_len, head_dim, params: dict[str, np.ndarray]) -> np.ndarray:
-    """Total elements per KV head per decode step (one layer): the table above (docs/traffic-model.md)."""
-    return sum(e for _, _, e in traffic_components(strategy, seq_len, head_dim, params))
+def elements_moved(strategy: str, seq_len, head_dim, params: dict[str, np.ndarray], kv_heads: int = 1) -> np.ndarray:
+    """Total elements per KV head per decode step (one layer): the table above (docs/traffic-model.md). Terms kept
+    per layer (DSA's indexer cache) are shared by the layer's `kv_heads` KV heads: each carries 1 / kv_heads."""
+    return sum(e / kv_heads if kind in PER_LAYER_KINDS else e
+               for _, kind, e in traffic_components(strategy, seq_len, head_dim, params))
 
 
 def cache_tokens(strategy: str, seq_len, params: dict[str, np.ndarray]) -> np.ndarray:
@@ -349,8 +381,9 @@ def extra_cache_elements(strategy: str, seq_len, head_dim, params: dict[str, np.
 
     SparQ with K stored twice keeps a second, S-contiguous copy of K (+50% of the KV cache) and v_bar; Quest keeps
     per-page min and max keys; H2O keeps its score statistics; Double Sparsity its label cache (r channels of every
-    key). Loki's keys are stored rotated in place (its d_h x d_h projection per head is a weight, not cache). `head_dim`: d_h or a KVGeometry (MLA: the copy is of
-    the whole row, v_bar d_v wide).
+    key). Loki's keys are stored rotated in place (its d_h x d_h projection per head is a weight, not cache). DSA's
+    indexer keys are per layer, not per KV head: `index_cache_elements`. `head_dim`: d_h or a KVGeometry (MLA: the
+    copy is of the whole row, v_bar d_v wide).
     """
     s = get_strategy(strategy).name
     g = geometry(head_dim)
@@ -365,3 +398,9 @@ def extra_cache_elements(strategy: str, seq_len, head_dim, params: dict[str, np.
     if s == "double-sparsity":
         return S * params["r"]
     return 0 * S
+
+
+def index_cache_elements(strategy: str, seq_len, params: dict[str, np.ndarray]):
+    """Elements per sequence per layer stored apart from the KV heads: DSA's indexer keys, S d_I (0 for the others)."""
+    S = _num(seq_len)
+    return S * params["index_dim"] if get_strategy(strategy).name == "dsa" else 0 * S

@@ -463,13 +463,35 @@ def snapkv_attention(q, K, V, *, keep, valid=None, scaling=None):
     return y.reshape(B, H, d), Fetched("snapkv", rows, v.sum(1))
 
 
+def dsa_attention(q, K, V, *, k, index_q, index_w, index_keys, valid=None, scaling=None):
+    """DeepSeek Sparse Attention (DeepSeek-V3.2-Exp, section 2.1): the lightning indexer scores every position,
+    I_s = sum_j w_j ReLU(q^I_j . k^I_s) (index_q [B, H_I, d_I], index_w [B, H_I], index_keys [B, S, d_I]: the
+    indexer cache, `sparq_ref.calibration`), and the top k positions (k: int or [B]) are attended exactly by every
+    head: one set per sequence, shared by all KV heads (DeepSeek selects per query token for all heads). k = S
+    reproduces dense attention."""
+    B, H, Hkv, g, S, d = _shapes(q, K, V)
+    if index_keys.shape[:2] != (B, S) or index_q.shape[0] != B or index_w.shape != index_q.shape[:2]:
+        raise ValueError(f"indexer shapes: queries {tuple(index_q.shape)}, weights {tuple(index_w.shape)}, keys "
+                         f"{tuple(index_keys.shape)} for {B} sequences of {S} positions")
+    v = _valid(valid, B, S, q.device)
+    scores = torch.einsum("bj,bjs->bs", index_w.float(),
+                          torch.relu(torch.einsum("bjd,bsd->bjs", index_q.float(), index_keys.float())))
+    scores = scores.masked_fill(~v, NEG_INF).view(B, 1, S)
+    idx, ok = _topk_sets(scores, _per_seq(k, B, q.device), v.view(B, 1, S))
+    idx, ok = idx.expand(B, Hkv, -1), ok.expand(B, Hkv, -1)
+    y, _ = _attend(q.view(B, Hkv, g, d), _gather_rows(K, idx), _gather_rows(V, idx), ok, _scale(scaling, d))
+    return y.reshape(B, H, d), Fetched("dsa", _rows_mask(idx, ok, S), v.sum(1),
+                                       extra={"index_dim": int(index_keys.shape[-1])})
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # traffic counted from the fetched sets
 
 
 def elements_touched(f: Fetched, head_dim: int) -> dict[str, torch.Tensor]:
     """Elements read and written per (sequence, KV head) [B, Hkv], by the component names of
-    `sparq_sim.simulator.strategies.traffic_components`, counted from the index sets the step actually used.
+    `sparq_sim.simulator.strategies.traffic_components`, counted from the index sets the step actually used. A
+    per-layer component (DSA's indexer cache) is counted on KV head 0, so that the heads sum to the layer's.
     """
     d = int(head_dim)
     B, Hkv, S = f.rows.shape
@@ -485,6 +507,11 @@ def elements_touched(f: Fetched, head_dim: int) -> dict[str, torch.Tensor]:
         out = {"k_rows": n_rows * d, "v_rows": n_rows * d}
     elif f.strategy in ("lm-infinite", "snapkv"):
         out = {"k_rows": n_rows * d, "v_rows": n_rows * d}
+    elif f.strategy == "dsa":   # the indexer cache is the layer's, not a head's: counted once, on KV head 0
+        di = int(f.extra["index_dim"])
+        head0 = (torch.arange(Hkv, device=n_rows.device) == 0).view(1, Hkv).expand(B, Hkv).long()
+        out = {"index_keys_read": head0 * S_b * di, "k_rows": n_rows * d, "v_rows": n_rows * d,
+               "index_key_write": head0 * di}
     elif f.strategy == "loki":
         out = {"k_columns": S_b * f.components.shape[-1], "k_rows": n_rows * d, "v_rows": n_rows * d}
     elif f.strategy == "double-sparsity":

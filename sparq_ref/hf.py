@@ -9,7 +9,7 @@ active it behaves exactly like sdpa. Inside ``with session:`` (or `activate(sess
   collected;
 - each decode step (query length 1) runs the session's strategy from `sparq_ref.attention` on the whole cache, per
   layer, with per-layer, per-sequence state (SparQ's running mean of V, H2O's scores and evictions, SnapKV's kept
-  positions) and, for Loki and Double Sparsity, the model's offline calibration;
+  positions, DSA's indexer cache) and, for Loki, Double Sparsity and DSA, the model's offline calibration;
 - the elements each step touches are counted from the fetched index sets, beside the dense count for the same cache;
 - with tracing on, one row per (step, layer, KV head, sequence) goes to the session's sink (see `traces/`).
 
@@ -96,6 +96,7 @@ class LayerState:
     v_seen: int = 0                         # cache length covered by v_sum
     h2o: A.H2OState | None = None
     snap_keep: torch.Tensor | None = None   # SnapKV: prompt positions kept at the end of prefill [B, Hkv, S0]
+    index_keys: torch.Tensor | None = None  # DSA: the indexer cache [B, S, d_I] (FP8 values, read back as fp32)
 
 
 @dataclass
@@ -116,8 +117,9 @@ class Session:
 
     sink: called with a dict of columns (numpy arrays; `positions` and `components` as lists of int32 arrays) once per
     decode call of each layer when tracing. h2o_scores: H2O statistics from a shared prefill (`Prefix.h2o_scores`).
-    calibration: Loki's and Double Sparsity's offline key statistics (`calibration.for_model`). key_stats: a
-    `calibration.KeyStats` that every prefill adds its queries and keys to. collect_snapkv: keep SnapKV's votes.
+    calibration: Loki's and Double Sparsity's offline key statistics, DSA's trained indexers
+    (`calibration.for_model`). key_stats: a `calibration.KeyStats` that every prefill adds its queries and keys to.
+    collect_snapkv: keep SnapKV's votes.
     """
 
     def __init__(self, config: StrategyConfig, *, sink: Callable[[dict], None] | None = None,
@@ -127,8 +129,9 @@ class Session:
         self.sink = sink
         self.collect_h2o = collect_h2o or config.strategy == "h2o"
         self.collect_snapkv = collect_snapkv or config.strategy == "snapkv"
-        if config.strategy in NEEDS_CALIBRATION and calibration is None:
-            raise ValueError(f"{config.strategy} needs the model's key calibration (sparq_ref.calibration.for_model)")
+        if config.strategy in NEEDS_CALIBRATION and (calibration is None or
+                                                     (config.strategy == "dsa" and not calibration.indexer)):
+            raise ValueError(f"{config.strategy} needs the model's calibration (sparq_ref.calibration.for_model)")
         self.calibration = calibration
         self.key_stats = key_stats
         self.layers: dict[int, LayerState] = {}
@@ -168,7 +171,7 @@ class Session:
             self.snapkv_votes.pop(layer, None)
             self.step, self._last_layer = -1, math.inf
         if self.key_stats is not None:
-            self.key_stats.add(layer, query, key[:, :, S - T:], allowed[:, -1, S - T:])
+            self.key_stats.add(layer, query, key[:, :, S - T:], allowed[:, -1, S - T:], scaling)
         if self.collect_snapkv:  # the attention of the prompt's last queries: SnapKV's votes
             w = min(T, reg.SNAPKV_WINDOW)
             self.snapkv_votes[layer] = A.snapkv_votes(query[:, :, T - w:], key, allowed[:, T - w:], scaling)
@@ -229,6 +232,11 @@ class Session:
         elif strategy == "double-sparsity":
             y, f = A.double_sparsity_attention(q, key, value, r=int(params["r"][0]), k=params["k"], valid=valid,
                                                scaling=scaling, channels=self.calibration.channels[layer])
+        elif strategy == "dsa":
+            ix = self.calibration.indexer[layer]
+            qi, w = ix.queries(q)
+            y, f = A.dsa_attention(q, key, value, k=params["k"], index_q=qi, index_w=w,
+                                   index_keys=self._index_keys(st, ix, key), valid=valid, scaling=scaling)
         elif strategy == "snapkv":
             if st.snap_keep is None:  # the first decode step: select from the prompt, once
                 st.snap_keep = self._snapkv_keep(layer, valid, d)
@@ -256,6 +264,18 @@ class Session:
         k = torch.as_tensor(p["k"], device=dev)
         w = torch.minimum(torch.as_tensor(p["local_window"], device=dev), torch.tensor(votes.shape[2], device=dev))
         return A.snapkv_select(votes, v0, k, w, reg.SNAPKV_KERNEL)
+
+    def _index_keys(self, st: LayerState, ix, key):
+        """DSA's indexer cache for this layer: the newest position's key appended in FP8 (every position's computed
+        again whenever the cache was not followed step by step)."""
+        from .calibration import fp8_roundtrip
+
+        S = key.shape[2]
+        if st.index_keys is None or st.index_keys.shape[1] != S - 1:
+            st.index_keys = fp8_roundtrip(ix.keys(key))
+        else:
+            st.index_keys = torch.cat([st.index_keys, fp8_roundtrip(ix.keys(key[:, :, S - 1:]))], 1)
+        return st.index_keys
 
     def _v_mean(self, st: LayerState, value, valid):
         """SparQ's running mean of V, updated with the newest row (recomputed whenever the cache was not followed)."""

@@ -76,11 +76,19 @@ def test_reference_table_elements_by_hand():
         "loki": S * r + 2 * k * dh + 2 * dh,         # r leading components of every rotated key, k rows
         "double-sparsity": S * r + r + 2 * k * dh + 2 * dh,   # label cache read, the new label written, k rows
         "snapkv": 2 * k * dh + 2 * dh,
+        # k rows, and per layer the indexer key of every position and the new one's, d_I = min(128, d_h) = 64 wide
+        "dsa": 2 * k * dh + 2 * dh + S * 64 + 64,
     }
     for name in STRATEGY_NAMES:
         p = resolve_params(name, S, dh, 8, r=r if name in ("sparq", "loki", "double-sparsity") else None,
                            k=k if name != "dense" else None)
         assert float(elements_moved(name, S, dh, p)) == by_hand[name], name
+    # the indexer's terms are the layer's, shared by its KV heads; the others are each head's
+    p = resolve_params("dsa", S, dh, 8, k=k, index_dim=32)
+    assert float(elements_moved("dsa", S, dh, p, kv_heads=4)) == 2 * k * dh + 2 * dh + (S * 32 + 32) / 4
+    for name in STRATEGY_NAMES[:-1]:
+        p = resolve_params(name, S, dh, 8)
+        assert float(elements_moved(name, S, dh, p, kv_heads=4)) == float(elements_moved(name, S, dh, p)), name
 
 
 @pytest.mark.parametrize("model", ["llama2-7b", "llama3-8b", "gemma-7b", "smollm2-135m", "pythia-1.4b"])
@@ -90,7 +98,8 @@ def test_attention_bytes_are_the_formula_times_heads_layers_batch_bytes(model):
     df = predict(model=model, seq_len=S, batch=B, kv_dtype="fp8")
     for row in df.itertuples():
         p = {c: np.asarray(getattr(row, c)) for c in ("r", "k", "local_window", "page_size")}
-        per_head = float(elements_moved(row.strategy, S, m.head_dim, p))
+        p["index_dim"] = np.asarray(m.indexer()[1])   # DSA's indexer keys, per layer: spread over the KV heads
+        per_head = float(elements_moved(row.strategy, S, m.head_dim, p, kv_heads=m.n_kv_heads))
         if row.strategy == "quest":  # Quest's first two layers are dense
             dense = float(elements_moved("dense", S, m.head_dim, p))
             per_layer_sum = 2 * dense + (m.n_layers - 2) * per_head

@@ -190,10 +190,12 @@ def test_row_identities(cfg, s, b):
         assert cols["speedup_vs_dense"][i] == pytest.approx(cols["time_s"][d] / cols["time_s"][i], rel=1e-12)
         assert cols["attention_speedup_vs_dense"][i] == pytest.approx(
             cols["attention_time_s"][d] / cols["attention_time_s"][i], rel=1e-12)
-    # the strategy only changes attention: weights are read the same (Loki also reads its PCA rotations)
+    # the strategy only changes attention: weights are read the same (Loki also reads its PCA rotations, DSA its
+    # indexer's projections)
     strat = np.asarray(cols["strategy"]).astype(str)
-    assert len(set(cols["weight_bytes"][strat != "loki"].tolist())) == 1
+    assert len(set(cols["weight_bytes"][~np.isin(strat, ["loki", "dsa"])].tolist())) == 1
     assert cols["weight_bytes"][strat == "loki"][0] > cols["weight_bytes"][d]
+    assert cols["weight_bytes"][strat == "dsa"][0] > cols["weight_bytes"][d]
 
 
 @SETTINGS
@@ -209,8 +211,11 @@ def test_no_strategy_moves_more_than_dense_at_compression_2_or_more(cfg, s, b, c
         if strat == "flexgen" and shared_row:
             continue   # on MLA's shared row dense reads V with K; FlexGen's sparse-V second pass reads k rows again
         i = _pick(cols, strat)
-        assert cols["attention_bytes"][i] <= dense, (strat, comp, s, cols["r"][i], cols["k"][i],
-                                                     cols["attention_bytes"][i] / dense)
+        # DSA's indexer keys come on top of its 1/C of K and V, and every device reads them whole: where a device
+        # caches one KV head (llama2-70b on 8), they are half its K and V, and DSA at 1/2 moves more than dense
+        extra = dsa_index_bytes(load_model_spec(cfg["model"]), cols, i) if strat == "dsa" else 0.0
+        assert cols["attention_bytes"][i] - extra <= dense, (strat, comp, s, cols["r"][i], cols["k"][i],
+                                                             cols["attention_bytes"][i] / dense)
         assert cols["kv_read_bytes"][i] <= cols["kv_read_bytes"][d]
         assert cols["attention_fraction"][i] == pytest.approx(cols["attention_bytes"][i] / dense, rel=1e-12)
 
@@ -265,7 +270,25 @@ def reference_elements(strategy, S, dh, r, k, P):
         return 2 * k * dh, write, S * r + r
     if strategy == "snapkv":         # 2 k d_h + 2 d_h: the kept cache
         return 2 * k * dh, write, 0
+    if strategy == "dsa":            # 2 k d_h + 2 d_h per KV head; the indexer's keys per layer (dsa_index_bytes)
+        return 2 * k * dh, write, 0
     raise AssertionError(strategy)
+
+
+def dsa_index_elements(m, S):
+    """DSA's indexer keys per sequence and device, all layers: every attended position's and the new one's, d_I =
+    min(128, the key width) each (DeepSeek-V3.2's 128, or less); a sliding-window layer attends its window."""
+    d_key = m.kv_lora_rank + m.qk_rope_head_dim if m.is_mla else m.head_dim
+    return sum((min(S, w or S) + 1) * min(128, d_key) for w in m.layer_windows())
+
+
+def dsa_index_bytes(m, cols, i):
+    """A predict row's indexer bytes: every layer, sequence and device (each holds the indexer cache whole)."""
+    S, B, N = int(cols["seq_len"][i]), int(cols["batch"][i]), int(cols["devices"][i])
+    # the indexer keys are at the KV precision: the new token's K and V written on every device give its bytes
+    heads = N * (1 if m.is_mla else math.ceil(m.n_kv_heads / N))
+    kvb = cols["kv_write_bytes"][i] / (heads * m.n_layers * B * kv_geometry(m).row)
+    return dsa_index_elements(m, S) * B * N * kvb
 
 
 def reference_bytes(strategy, model, S, B, kv_bytes, devices, r, k, P):
@@ -279,7 +302,10 @@ def reference_bytes(strategy, model, S, B, kv_bytes, devices, r, k, P):
         dense = reference_elements("dense", S, m.head_dim, 0, 0, P)
         quest = reference_elements("quest", S, m.head_dim, r, k, P)
         return tuple(per(nd * a + (L - nd) * b) for a, b in zip(dense, quest))
-    return tuple(per(L * e) for e in reference_elements(strategy, S, m.head_dim, r, k, P))
+    out = tuple(per(L * e) for e in reference_elements(strategy, S, m.head_dim, r, k, P))
+    if strategy == "dsa":   # the indexer keys: per layer, on every device, at the KV precision
+        out = out[:2] + (out[2] + dsa_index_elements(m, S) * B * devices * kv_bytes,)
+    return out
 
 
 @SETTINGS
@@ -469,6 +495,20 @@ def loki_rotations(m, N, a):
     return m.n_layers * N * per_device * d * d * a
 
 
+def dsa_indexer_weights(m, N, w):
+    """Bytes of DSA's indexer projections over N devices (replicated), all layers, at the weights' format:
+    H_I = min(64, H / 2) heads of d_I = min(128, key width); DeepSeek (MLA) projects q from the query latent and the
+    key and head weights from the hidden state; otherwise all three come from the post-rotary queries and keys, and
+    the head weights have a bias."""
+    hi = min(64, max(1, m.n_heads // 2))
+    di = min(128, m.kv_lora_rank + m.qk_rope_head_dim if m.is_mla else m.head_dim)
+    if m.is_mla:
+        per_layer = m.q_lora_rank * hi * di + m.d_model * di + m.d_model * hi
+    else:
+        per_layer = m.n_heads * m.head_dim * (hi * di + hi) + m.n_kv_heads * m.head_dim * di + hi   # + w's bias
+    return N * m.n_layers * per_layer * w
+
+
 @SETTINGS
 @given(cfg=configs(placement=False), s=st.integers(1, 1 << 16), b=st.integers(1, 128), data=st.data())
 def test_tensor_parallel_splits_weights_and_bounds_speedup(cfg, s, b, data):
@@ -485,6 +525,8 @@ def test_tensor_parallel_splits_weights_and_bounds_speedup(cfg, s, b, data):
         w1, wN = cols["weight_bytes"][i1], cols["weight_bytes"][iN]
         if strat == "loki":   # its PCA rotations go with the KV heads each device caches (replicas included)
             w1, wN = w1 - loki_rotations(m, 1, a), wN - loki_rotations(m, N, a)
+        if strat == "dsa":    # its indexer's projections: replicated, every device reads them whole
+            w1, wN = w1 - dsa_indexer_weights(m, 1, w), wN - dsa_indexer_weights(m, N, w)
         # all devices together read at least the single device's weights; each device reads 1/N of the total,
         # which is no more than the single device reads
         assert wN >= w1 * (1 - 1e-12)
@@ -504,8 +546,13 @@ def test_tensor_parallel_splits_weights_and_bounds_speedup(cfg, s, b, data):
         excess = wN - w1
         assert excess >= (N - 1) * norms * w * (1 - 1e-9) - 1e-6, (excess, (N - 1) * norms * w)
         assert excess <= ((N - 1) * (norms + biases + b * m.d_model) + kv_rep_w) * w * (1 + 1e-9) + 1e-6
-        # attention traffic: split over KV heads, replicated ones counted on every device (MLA: its one row)
-        if m.is_mla:
+        # attention traffic: split over KV heads, replicated ones counted on every device (MLA: its one row; DSA's
+        # indexer keys, on every device)
+        if strat == "dsa" and not m.is_mla:
+            assert (cols["attention_bytes"][iN] - dsa_index_bytes(m, cols, iN) == pytest.approx(
+                cols["attention_bytes"][i1] - dsa_index_bytes(m, cols, i1), rel=1e-9) if m.n_kv_heads % N == 0
+                else cols["attention_bytes"][iN] >= cols["attention_bytes"][i1])
+        elif m.is_mla:
             assert cols["attention_bytes"][iN] == pytest.approx(N * cols["attention_bytes"][i1], rel=1e-12)
         elif m.n_kv_heads % N == 0:
             assert cols["attention_bytes"][iN] == pytest.approx(cols["attention_bytes"][i1], rel=1e-12)

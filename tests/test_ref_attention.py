@@ -28,6 +28,13 @@ def random_basis(Hkv, d, seed=0):
     return torch.linalg.qr(torch.randn(Hkv, d, d, generator=g)).Q
 
 
+def random_indexer(B, S, d_i, seed=0, heads=3):
+    """DSA's indexer inputs for one decode step: queries [B, H_I, d_I], weights [B, H_I], keys [B, S, d_I]."""
+    g = torch.Generator().manual_seed(seed)
+    return dict(index_q=torch.randn(B, heads, d_i, generator=g), index_w=torch.rand(B, heads, generator=g),
+                index_keys=torch.randn(B, S, d_i, generator=g))
+
+
 def random_channels(Hkv, d, seed=0):
     """A channel order per KV head [Hkv, d] (Double Sparsity's calibrated order stands in)."""
     return torch.stack([torch.randperm(d, generator=torch.Generator().manual_seed(seed + h)) for h in range(Hkv)])
@@ -276,6 +283,8 @@ def test_bytes_touched_equal_formula(strategy, pages, compression, d, dtype):
         _, f = A.loki_attention(q, K, V, r=int(p["r"][0]), basis=random_basis(Hkv, d, pages), **kw)
     elif strategy == "double-sparsity":
         _, f = A.double_sparsity_attention(q, K, V, r=int(p["r"][0]), channels=random_channels(Hkv, d, pages), **kw)
+    elif strategy == "dsa":
+        _, f = A.dsa_attention(q, K, V, **random_indexer(B, S, int(p["index_dim"][0]), pages), **kw)
     else:
         assert strategy == "snapkv"
         votes = torch.rand(B, Hkv, reg.SNAPKV_WINDOW, S, generator=torch.Generator().manual_seed(pages))
@@ -284,12 +293,16 @@ def test_bytes_touched_equal_formula(strategy, pages, compression, d, dtype):
                                torch.full((B,), int(p["local_window"][0])), reg.SNAPKV_KERNEL)
         _, f = A.snapkv_attention(q, K, V, keep=keep)
     touched = A.elements_touched(f, d)
-    formula = {name: float(np.asarray(e).reshape(-1)[0]) for name, _, e in
-               reg.traffic_components(strategy, np.array([S]), d, p)}
+    comps = reg.traffic_components(strategy, np.array([S]), d, p)
+    formula = {name: float(np.asarray(e).reshape(-1)[0]) for name, _, e in comps}
     assert set(touched) == set(formula)
+    per_layer = {name for name, kind, _ in comps if kind in reg.PER_LAYER_KINDS}   # DSA's indexer cache
     for name, t in touched.items():
-        assert (t == formula[name]).all(), (name, t, formula[name])
+        if name in per_layer:   # the layer's, once: on KV head 0
+            assert (t[:, 0] == formula[name]).all() and (t[:, 1:] == 0).all(), (name, t, formula[name])
+        else:
+            assert (t == formula[name]).all(), (name, t, formula[name])
     nbytes = DTYPE_BYTES[dtype]
     got = float(A.total_elements(f, d).sum()) * nbytes
-    want = float(reg.elements_moved(strategy, np.array([S]), d, p)[0]) * B * Hkv * nbytes
+    want = float(reg.elements_moved(strategy, np.array([S]), d, p, kv_heads=Hkv)[0]) * B * Hkv * nbytes
     assert got == want

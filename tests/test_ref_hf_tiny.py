@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from sparq_sim.simulator import strategies as reg  # noqa: E402
 from sparq_sim.sparq_ref import hf  # noqa: E402
-from sparq_sim.sparq_ref.calibration import calibrate_on  # noqa: E402
+from sparq_sim.sparq_ref.calibration import calibrate_on, fp8_roundtrip  # noqa: E402
 
 COMMON = dict(vocab_size=97, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96,
               max_position_embeddings=256)
@@ -54,7 +54,7 @@ def test_dense_matches_sdpa_and_every_strategy_runs(arch):
     pre = hf.prefill(m, ids, mask, max_new_tokens=6)
     res = hf.decode(m, pre, hf.Session(hf.StrategyConfig("dense")), 5)
     assert res.tokens.tolist() == ref[:, ids.shape[1]:].tolist()
-    cal = calibrate_on(m, ids[:, 13:])
+    cal = calibrate_on(m, ids[:, 13:], indexer=True)
     for strategy in reg.STRATEGY_NAMES[1:]:
         rows = []
         s = hf.Session(hf.StrategyConfig(strategy, 4.0), sink=rows.append, calibration=cal)
@@ -62,7 +62,8 @@ def test_dense_matches_sdpa_and_every_strategy_runs(arch):
         assert out.steps == 4 and len(rows) == 4 * m.config.num_hidden_layers
         seq = np.concatenate([r["seq_len"] for r in rows])
         assert set(seq[np.concatenate([r["batch"] for r in rows]) == 1]) == {58, 59, 60, 61}  # padding not counted
-        assert 0 < out.counts.transfer_ratio < 0.75, strategy
+        # DSA's indexer keys (16 wide, the head width) come on top of its 1/4: with one KV head, half of it again
+        assert 0 < out.counts.transfer_ratio < (1.0 if strategy == "dsa" else 0.75), strategy
 
 
 def test_gqa_sets_are_per_kv_head():
@@ -159,3 +160,29 @@ def test_calibrated_strategies_trace_their_components():
                 assert r["components"][i].tolist() == want
     with pytest.raises(ValueError, match="calibration"):
         hf.Session(hf.StrategyConfig("loki", 4.0))
+    with pytest.raises(ValueError, match="calibration"):   # key statistics without the trained indexer
+        hf.Session(hf.StrategyConfig("dsa", 4.0), calibration=cal)
+
+
+def test_dsa_decodes_with_its_trained_indexer_and_shares_one_set():
+    m = tiny("llama-gqa")
+    ids, mask = batch()
+    cal = calibrate_on(m, ids[:, 13:], indexer=True)
+    assert sorted(cal.indexer) == [0, 1, 2] and cal.indexer_info["index_dim"] == 16
+    info = cal.indexer_info
+    assert info["index_heads"] == 2 and info["kl_end_nats"] < info["kl_start_nats"]
+    pre = hf.prefill(m, ids, mask, max_new_tokens=4)
+    rows = []
+    s = hf.Session(hf.StrategyConfig("dsa", 4.0), sink=rows.append, calibration=cal)
+    hf.decode(m, pre, s, 3)
+    for r in rows:
+        for b in (0, 1):
+            sets = [r["positions"][i].tolist() for i in range(len(r["batch"])) if r["batch"][i] == b]
+            assert len(sets) == 2 and sets[0] == sets[1]                  # one set for both KV heads
+            assert len(sets[0]) == int(r["k"][list(r["batch"]).index(b)])
+    # the session's indexer cache follows the KV cache token by token: one FP8 key per position
+    st = s.layers[0]
+    assert st.index_keys.shape == (2, ids.shape[1] + 2, 16)
+    K = pre.cache.layers[0].keys   # the prompt's keys, as the prefill cached them, give the same FP8 indexer keys
+    T = ids.shape[1]
+    torch.testing.assert_close(st.index_keys[:, :T], fp8_roundtrip(cal.indexer[0].keys(K[:, :, :T])))

@@ -1,5 +1,6 @@
-"""Loki, Double Sparsity and SnapKV in the reference (sparq_ref): dense at full budget, fetched sets as each method
-defines them (checked against a computation by hand), and the offline calibration they share."""
+"""Loki, Double Sparsity, SnapKV and DSA in the reference (sparq_ref): dense at full budget, fetched sets as each
+method defines them (checked against a computation by hand), and the offline calibration they share (DSA: its
+indexer, distilled from the dense attention)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from hypothesis import strategies as st  # noqa: E402
 
 from sparq_sim.simulator import strategies as reg  # noqa: E402
 from sparq_sim.sparq_ref import attention as A  # noqa: E402
+from sparq_sim.sparq_ref import calibration as C  # noqa: E402
 from sparq_sim.sparq_ref.calibration import KeyStats  # noqa: E402
-from test_ref_attention import rand, random_basis, random_channels  # noqa: E402
+from test_ref_attention import rand, random_basis, random_channels, random_indexer  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -31,7 +33,8 @@ def test_full_budget_is_dense(B, Hkv, g, S, d, seed):
     keep = A.snapkv_select(torch.rand(B, Hkv, 4, S), torch.ones(B, S, dtype=torch.bool), torch.full((B,), S),
                            torch.full((B,), min(S, 4)), reg.SNAPKV_KERNEL)
     ys, fs = A.snapkv_attention(q, K, V, keep=keep)
-    for y, f in ((yl, fl), (yds, fds), (ys, fs)):
+    ya, fa = A.dsa_attention(q, K, V, k=S, **random_indexer(B, S, d, seed))
+    for y, f in ((yl, fl), (yds, fds), (ys, fs), (ya, fa)):
         torch.testing.assert_close(y, yd, rtol=1e-4, atol=1e-5)
         assert f.rows.all()
 
@@ -115,6 +118,64 @@ def test_snapkv_left_padding_is_never_kept():
     votes = torch.rand(2, 1, 4, 30, generator=torch.Generator().manual_seed(0))
     keep = A.snapkv_select(votes, valid, torch.tensor([12, 12]), torch.tensor([4, 4]), 7)
     assert not keep[1, 0, :9].any() and int(keep[1].sum()) == 12 and int(keep[0].sum()) == 12
+
+
+def test_dsa_attends_the_top_k_of_the_indexer_scores_with_every_head():
+    B, Hkv, g, S, d, k = 2, 3, 2, 50, 8, 7
+    q, K, V = rand(B, Hkv * g, Hkv, S, d, seed=11)
+    ix = random_indexer(B, S, 4, seed=12, heads=3)
+    valid = torch.ones(B, S, dtype=torch.bool)
+    valid[1, :6] = False                                          # left padding: never chosen
+    y, f = A.dsa_attention(q, K, V, k=k, valid=valid, **ix)
+    for b in range(B):
+        # I_s = sum_j w_j ReLU(q_j . k_s), written out
+        score = [sum(float(ix["index_w"][b, j]) * max(0.0, float(ix["index_q"][b, j] @ ix["index_keys"][b, s]))
+                     for j in range(3)) for s in range(S)]
+        order = sorted((s for s in range(S) if valid[b, s]), key=lambda s: -score[s])
+        want = sorted(order[:k])
+        for h in range(Hkv):                                      # one set for every KV head
+            assert f.positions(b, h) == want
+        # exact attention on those rows, per query head
+        for h in range(Hkv * g):
+            kv = h // g
+            logits = (K[b, kv, want] @ q[b, h]) / d ** 0.5
+            torch.testing.assert_close(y[b, h], torch.softmax(logits, 0) @ V[b, kv, want], rtol=1e-5, atol=1e-5)
+    assert f.extra["index_dim"] == 4 and f.seq_len.tolist() == [50, 44]
+
+
+def test_dsa_counts_its_indexer_cache_once_per_layer():
+    q, K, V = rand(1, 4, 2, 30, 8, seed=2)
+    _, f = A.dsa_attention(q, K, V, k=5, **random_indexer(1, 30, 6, seed=3))
+    t = A.elements_touched(f, 8)
+    assert t["index_keys_read"].tolist() == [[30 * 6, 0]] and t["index_key_write"].tolist() == [[6, 0]]
+    assert t["k_rows"].tolist() == [[5 * 8, 5 * 8]] and t["kv_append"].tolist() == [[16, 16]]
+
+
+def test_fp8_roundtrip_keeps_e4m3_precision_per_token():
+    x = torch.tensor([[448.0, -1.0, 0.5, 3.0], [1e-3, 2e-3, -4e-3, 0.0]])
+    y = C.fp8_roundtrip(x)
+    assert y[0].tolist() == [448.0, -1.0, 0.5, 3.0]               # representable at scale 1
+    torch.testing.assert_close(y[1], x[1], rtol=2 ** -3, atol=0)  # 3 mantissa bits, its own scale per row
+    assert float(y[1].abs().max()) == pytest.approx(4e-3, rel=1e-6)   # the row's amax maps to 448 exactly
+
+
+def test_indexer_distillation_lowers_the_kl_and_is_deterministic():
+    g = torch.Generator().manual_seed(9)
+    n, H, Hkv, T, d = 2, 4, 2, 24, 8
+    q = torch.randn(n, H, T, d, generator=g) * 2
+    k = torch.randn(n, Hkv, T, d, generator=g) * 2
+    runs = [C._distill_layer(q, k, None, 2, 8, 40, 3e-3, torch.Generator().manual_seed(0)) for _ in range(2)]
+    (ix, before, after), (ix2, _, after2) = runs
+    assert after < 0.8 * before and after == after2
+    assert all(torch.equal(a, b) for a, b in zip(ix.parameters(), ix2.parameters()))
+    # the KL it reports is the indexer's against the heads' mean attention, by hand
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    p = torch.softmax((q.view(n, Hkv, 2, T, d) @ k.unsqueeze(2).transpose(-1, -2) / d ** 0.5)
+                      .masked_fill(~causal, float("-inf")), -1).mean((1, 2))
+    qi, w = ix.queries(q.permute(0, 2, 1, 3))
+    s_ = torch.log_softmax(C.Indexer.scores(qi, w, ix.keys(k)).masked_fill(~causal, float("-inf")), -1)
+    kl = (p * (torch.log(p.clamp_min(1e-30)) - s_).masked_fill(~causal, 0)).sum(-1).mean()
+    assert float(kl) == pytest.approx(after, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -113,8 +113,8 @@ def test_each_strategy_decodes_and_traces(lm, prefix, strategy, tmp_path):
             zip(np.where((t.layer < reg.QUEST_DENSE_LAYERS) & (strategy == "quest"), "dense", strategy),
                 t.seq_len, n_pos, n_comp), range(len(t))):
         p = {"k": np.array(k), "r": np.array(r), "page_size": np.array(16), "local_window": np.array(0),
-             "sinks": np.array(0)}
-        total += float(reg.elements_moved(strat, np.array(S), 64, p))
+             "sinks": np.array(0), "index_dim": np.array(64)}   # DSA: its indexer keys, per layer, over 3 KV heads
+        total += float(reg.elements_moved(strat, np.array(S), 64, p, kv_heads=Hkv))
     assert total == pytest.approx(float(res.counts.strategy.sum()), rel=1e-12)
     if strategy != "dense":
         assert res.counts.transfer_ratio < 0.75

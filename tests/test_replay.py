@@ -278,7 +278,10 @@ def _brute(strategy, S, pos, comp, d, e, G, N, layout, S_cap, qpage=16):
         r = len(comp)
         out["label_read"] = len(sec([(0, S * r * e)])) * G
         out["label_write"] = len(sec([((S - 1) * r * e, S * r * e)])) * G
-    if strategy in ("sparq", "h2o", "lm-infinite", "quest", "loki", "double-sparsity", "snapkv"):
+    if strategy == "dsa":   # the layer's indexer cache [S, d_I], contiguous (d_I = min(128, d) = d here); the new key
+        out["index_keys_read"] = len(sec([(0, S * d * e)])) * G
+        out["index_key_write"] = len(sec([((S - 1) * d * e, S * d * e)])) * G
+    if strategy in ("sparq", "h2o", "lm-infinite", "quest", "loki", "double-sparsity", "snapkv", "dsa"):
         out["k_rows"] = out["v_rows"] = len(rows(pos)) * G
     if strategy == "flexgen":
         out["k_all"] = len(rows(all_pos)) * G
@@ -343,7 +346,8 @@ def test_counts_match_brute_force_and_cache_lines(case):
         stp = R._trace_setup(trace, None, None, None)
         g = R._geometry(stp, load_hardware("h100"), layout, G, N or None)
         parts_, _ = R._traffic(stp, g)
-        lines = R._Lines(g, stp.flat, stp.quest_page, label=strategy == "double-sparsity")
+        lines = R._Lines(g, stp.flat, stp.quest_page, label=strategy == "double-sparsity",
+                         index_dim=stp.index_dim if strategy == "dsa" else 0)
         for strat, idx, part in parts_:
             for name, sectors in part.sectors.items():
                 ids, seg = lines.component(name, stp.flat, idx, strat, stp.quest_page)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from ..strategies import KV_READ, KV_WRITE, META_READ
+from ..strategies import INDEX_READ, KV_READ, KV_WRITE, META_READ
 from .columns import OP_OF
 from .flatten import _cdiv, _Flat, _gather_segments
 from .geometry import _all_rows, _Geom, _vector, label_write_span
@@ -153,10 +153,11 @@ def _tile(U, uoff, reps, stride):
 class _Lines:
     """Line ids (G-sized lines) of every tensor of a trace, and the lines each component touches."""
 
-    TENSORS = ("k", "v", "kt", "vmean", "stats", "minmax", "label")
+    TENSORS = ("k", "v", "kt", "vmean", "stats", "minmax", "label", "index")
 
-    def __init__(self, g: _Geom, f, quest_page: int, label: bool = False):
-        """f: the whole trace (_Flat) or its dimensions (_Dims). label: room for Double Sparsity's label cache."""
+    def __init__(self, g: _Geom, f, quest_page: int, label: bool = False, index_dim: int = 0):
+        """f: the whole trace (_Flat) or its dimensions (_Dims). label: room for Double Sparsity's label cache;
+        index_dim: for DSA's indexer cache (one per layer and sequence, in the region of KV head 0)."""
         dims = f if isinstance(f, _Dims) else _Dims.of_flat(f)
         self.g = g
         self.L = dims.L1
@@ -170,7 +171,9 @@ class _Lines:
                 "kt": int(_cdiv(S_cap, g.N) * self.kt_page) if g.N else g.d * self.col,
                 "vmean": int(_vector(g, g.d)), "stats": int(_vector(g, S_cap)),
                 "minmax": 2 * int(_vector(g, _cdiv(S_cap, quest_page) * g.d)),
-                "label": int(_vector(g, S_cap * g.d)) if label else 0}
+                "label": int(_vector(g, S_cap * g.d)) if label else 0,
+                "index": int(_vector(g, S_cap * index_dim))}
+        self.index_dim = index_dim
         self.mm_half = int(_vector(g, _cdiv(S_cap, quest_page) * g.d))
         regions = self.L * self.B * self.H
         self.stride = size
@@ -306,6 +309,15 @@ class _Lines:
             lo, hi = label_write_span(self.g, f.seq_len[rows], np.diff(f.comp_off)[rows])
             ids, seg = _ranges(lo, hi)
             return self.region("label", f, rows)[seg] + ids, seg
+        if name in ("index_keys_read", "index_key_write"):   # DSA's indexer cache: the layer's, on KV head 0
+            S = f.seq_len[rows]
+            if name == "index_keys_read":
+                lo, hi = np.zeros(len(rows), dtype=np.int64), _vector(self.g, S * self.index_dim)
+            else:
+                lo, hi = label_write_span(self.g, S, self.index_dim)
+            head0 = f.kv_head[rows] == 0
+            ids, seg = _ranges(lo, np.where(head0, hi, lo))
+            return self.region("index", f, rows)[seg] + ids, seg
         if name == "kv_append":
             return self.append(f, rows)
         if name in ("v_mean_read", "v_mean_write"):
@@ -330,7 +342,8 @@ class _CacheModel:
 
     def __init__(self, st: _Setup, g: _Geom, hw, dims: _Dims, fills, dense: bool):
         self.st, self.g, self.dims, self.dense = st, g, dims, dense
-        self.lines = _Lines(g, dims, st.quest_page, label=st.strategy == "double-sparsity")
+        self.lines = _Lines(g, dims, st.quest_page, label=st.strategy == "double-sparsity",
+                            index_dim=st.index_dim if st.strategy == "dsa" else 0)
         capacity = int(hw.cache_bytes * 8 // g.G)
         max_comps = max(len(v) for v in OP_OF.values())   # phases per (step, layer): fills + one per component
         self.lru = _LRU(capacity, self.lines.n_lines, dims.n_sl * (max_comps + 3) + 4 * (dims.step_max + 2))
@@ -367,7 +380,7 @@ class _CacheModel:
             for name in names:
                 ids, seg = lines.component(name, f, rows, strategy, st.quest_page, baseline=self.dense)
                 h = lru.access(ids)
-                if kinds[name] in (KV_READ, META_READ):
+                if kinds[name] in (KV_READ, META_READ, INDEX_READ):
                     got = np.bincount(seg[h], minlength=len(rows)) * G_bytes
                     hits.setdefault(name, np.zeros(f.n))[rows] += got
             lru.fill(int(fill_after[i] // G_bytes))

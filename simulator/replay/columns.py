@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..strategies import KV_READ, KV_WRITE, META_READ, META_WRITE
+from ..strategies import INDEX_READ, INDEX_WRITE, KV_READ, KV_WRITE, META_READ, META_WRITE
 
 K_LAYOUTS = ("twice", "once")
 LEVELS = ("run", "step", "layer", "row")
@@ -10,8 +10,10 @@ PARTS = ("k_columns", "k_rows", "v_rows", "metadata", "kv_write")
 PART_OF = {"k_columns": "k_columns", "k_rows": "k_rows", "k_all": "k_rows", "v_rows": "v_rows", "v_all": "v_rows",
            "kv_append": "kv_write", "v_mean_read": "metadata", "v_mean_write": "metadata",
            "score_stats_read": "metadata", "score_stats_write": "metadata", "page_minmax": "metadata",
-           "label_read": "metadata", "label_write": "metadata"}
-FIELD_OF_KIND = {KV_READ: "kv_read", KV_WRITE: "kv_write", META_READ: "meta_read", META_WRITE: "meta_write"}
+           "label_read": "metadata", "label_write": "metadata", "index_keys_read": "metadata",
+           "index_key_write": "metadata"}
+FIELD_OF_KIND = {KV_READ: "kv_read", KV_WRITE: "kv_write", META_READ: "meta_read", META_WRITE: "meta_write",
+                 INDEX_READ: "meta_read", INDEX_WRITE: "meta_write"}
 # the ledger operator (ledger.attention_decode_ops) that carries each component, per strategy
 OP_OF = {
     "dense": {"kv_append": "kv_append", "k_all": "attn_scores", "v_all": "attn_values"},
@@ -28,6 +30,8 @@ OP_OF = {
     "double-sparsity": {"kv_append": "kv_append", "label_read": "ds_approx_scores", "label_write": "ds_approx_scores",
                         "k_rows": "attn_scores", "v_rows": "attn_values"},
     "snapkv": {"kv_append": "kv_append", "k_rows": "attn_scores", "v_rows": "attn_values"},
+    "dsa": {"kv_append": "kv_append", "index_key_write": "dsa_index_project", "index_keys_read": "dsa_index_scores",
+            "k_rows": "attn_scores", "v_rows": "attn_values"},
 }
 
 RUN_COLUMNS = [

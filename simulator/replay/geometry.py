@@ -177,7 +177,8 @@ def _vector(g: _Geom, n_elements):
 
 
 def label_write_span(g: _Geom, S, r):
-    """Sectors [lo, hi) of Double Sparsity's new label: r elements at element offset (S - 1) r of its label cache."""
+    """Sectors [lo, hi) of Double Sparsity's new label: r elements at element offset (S - 1) r of its label cache
+    (and of DSA's new indexer key, r = d_I, in its indexer cache)."""
     lo = (S - 1) * r * g.e // g.G
     hi = _cdiv(S * r * g.e, g.G)
     return lo, np.maximum(hi, lo)

@@ -21,6 +21,7 @@ class _Setup:
     dtype: str
     quest_page: int
     reallocate: bool
+    index_dim: int = 0          # DSA: the indexer key's width d_I
     flat: _Flat | None = None   # the whole trace (`_trace_setup`); replay itself walks it batch by batch
 
 
@@ -62,7 +63,10 @@ def _meta_setup(meta: dict, where: str, name: str, model, dtype, kv_dtype) -> _S
     except (TypeError, ValueError):
         comp = 1.0
     qp = params.get("page_size") or DEFAULT_PAGE_SIZE
-    return _Setup(name, strategy, comp, spec, kvd, dt, int(qp), bool(params.get("reallocate", True)))
+    # DSA: the indexer the run trained (its calibration metadata), else the simulator's rule for the model
+    di = (meta.get("calibration") or {}).get("index_dim") if strategy == "dsa" else None
+    di = di if isinstance(di, int) and not isinstance(di, bool) and di >= 1 else spec.indexer()[1]
+    return _Setup(name, strategy, comp, spec, kvd, dt, int(qp), bool(params.get("reallocate", True)), int(di))
 
 
 def _check_ranges(st: _Setup, where: str, comp_max: int, kv_head_max: int, layer_max: int) -> None:

@@ -69,7 +69,7 @@ def _unit_ops(st: _Setup, hw, strategy, f: _Flat, rows, mem_bytes: dict, kinds: 
     k_u = np.bincount(uinv, weights=f.k_formula[rows], minlength=nu) / heads
     r_u = np.bincount(uinv, weights=f.r_formula[rows], minlength=nu) / heads
     params = {"k": k_u, "r": r_u, "local_window": np.zeros(nu), "sinks": np.zeros(nu),
-              "page_size": np.full(nu, float(st.quest_page))}
+              "page_size": np.full(nu, float(st.quest_page)), "index_dim": np.full(nu, float(st.index_dim))}
     ops = attention_decode_ops(m, tp, strategy, np.ones(nu), S_u, params, prec, 1)
     by_op = {op.name: op for op in ops}
     fields = ("kv_read", "kv_write", "meta_read", "meta_write")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..strategies import QUEST_DENSE_LAYERS, traffic_components
+from ..strategies import PER_LAYER_KINDS, QUEST_DENSE_LAYERS, traffic_components
 from .flatten import _cdiv, _Flat, _gather_segments
 from .geometry import _all_rows, _append, _columns_once, _columns_twice, _Geom, _rows, _vector, label_write_span
 
@@ -25,8 +25,10 @@ class _Part:
     pages: np.ndarray
 
 
-def _strategy_rows(strategy: str, f: _Flat, rows: np.ndarray, g: _Geom, quest_page: int, reallocate: bool) -> _Part:
-    """Traffic of `strategy` on the trace rows `rows` (indices into f)."""
+def _strategy_rows(strategy: str, f: _Flat, rows: np.ndarray, g: _Geom, quest_page: int, reallocate: bool,
+                   index_dim: int = 0) -> _Part:
+    """Traffic of `strategy` on the trace rows `rows` (indices into f). A per-layer component (DSA's indexer cache)
+    is counted on the rows of KV head 0, so that a layer's heads sum to it."""
     S = f.seq_len[rows]
     if len(rows) == f.n:  # every row (rows is then arange(n)): no gather
         pos, poff, comp, coff = f.pos, f.pos_off, f.comp, f.comp_off
@@ -36,8 +38,11 @@ def _strategy_rows(strategy: str, f: _Flat, rows: np.ndarray, g: _Geom, quest_pa
         ci, coff = _gather_segments(f.comp_off, rows)
         comp = f.comp[ci]
     params = {"k": f.k_formula[rows], "r": f.r_formula[rows], "page_size": np.full(len(rows), quest_page),
-              "local_window": np.zeros(len(rows)), "sinks": np.zeros(len(rows))}
+              "local_window": np.zeros(len(rows)), "sinks": np.zeros(len(rows)),
+              "index_dim": np.full(len(rows), index_dim)}
     comps = traffic_components(strategy, S, g.d, params)
+    head0 = f.kv_head[rows] == 0
+    comps = [(n, kind, np.where(head0, e, 0) if kind in PER_LAYER_KINDS else e) for n, kind, e in comps]
     if strategy == "sparq" and not reallocate:  # the run dropped Step 3: no v_bar traffic
         comps = [c for c in comps if not c[0].startswith("v_mean")]
     elements = {name: np.broadcast_to(e, S.shape) for name, _, e in comps}
@@ -65,6 +70,11 @@ def _strategy_rows(strategy: str, f: _Flat, rows: np.ndarray, g: _Geom, quest_pa
             s = _vector(g, S)
         elif name == "page_minmax":
             s = 2 * _vector(g, _cdiv(S, quest_page) * g.d)
+        elif name == "index_keys_read":   # DSA's indexer cache [S, d_I] of the layer, one contiguous block
+            s = np.where(head0, _vector(g, S * index_dim), 0)
+        elif name == "index_key_write":
+            lo, hi = label_write_span(g, S, index_dim)
+            s = np.where(head0, hi - lo, 0)
         else:  # pragma: no cover - a component the registry added without a replay model
             raise AssertionError(f"replay has no memory model for component {name!r} of {strategy}")
         sec[name] = np.broadcast_to(np.asarray(s, dtype=np.int64), S.shape)
@@ -96,6 +106,7 @@ def _traffic(st: _Setup, g: _Geom, f: _Flat | None = None):
     else:
         classes = [(st.strategy, idx)]
     classes = [(s, rows) for s, rows in classes if len(rows)]
-    parts = [(s, rows, _strategy_rows(s, f, rows, g, st.quest_page, st.reallocate)) for s, rows in classes]
+    parts = [(s, rows, _strategy_rows(s, f, rows, g, st.quest_page, st.reallocate, st.index_dim))
+             for s, rows in classes]
     dense = _dense_rows(f, idx, g)
     return parts, dense

@@ -230,22 +230,24 @@ _TERMS = tuple(name for name, _ in _KIND_SUMS) + ("time_s", "ideal_time_s")
 _TIME, _IDEAL, _BY_BOUND = _TERMS.index("time_s"), _TERMS.index("ideal_time_s"), slice(len(_TERMS), len(_TERMS) + 3)
 
 
-def _run_sums(t: StackedTimes, starts: list[int], devices: int) -> tuple[list[np.ndarray], np.ndarray]:
+def _run_sums(t: StackedTimes, starts: list[int], devices: int) -> tuple[list[np.ndarray] | np.ndarray, np.ndarray]:
     """`_aggregate` of consecutive runs of operators timed together (`roofline.time_ops`), each run starting at one
     of `starts`: a (rows x runs) array per quantity, _TERMS (bytes by kind and FLOPs of all devices, the times of one)
     then the time bound by memory, compute and link (_BY_BOUND); and the launch overhead (runs,). All runs are summed at
     once (np.add.reduceat over rows laid out operator-last, so each row's sum is the same whatever the number of rows:
     a sweep evaluated in chunks equals the whole to the last bit); a small sweep's quantities all in one reduceat, the
-    same sums."""
+    same sums, returned as that one (quantities x rows x runs) array (a list of arrays otherwise)."""
     f, L = t.fields, t.layers[:, None]
     busy = t.time_s - t.overhead_s[:, None]
     terms = [sum(f[x] for x in fs) if len(fs) > 1 else f[fs[0]] for _, fs in _KIND_SUMS] + [t.time_s, t.ideal_s] + \
         [np.where(t.bound == b, busy, 0.0) for b in range(3)]
-    if len(terms) * t.time_s.size <= _STACK_SUMS:   # (terms x ops x rows) -> (terms x rows x runs)
-        sums = list(np.add.reduceat(np.ascontiguousarray((np.stack(terms) * L).transpose(0, 2, 1)), starts, axis=2))
-    else:   # (ops x rows) -> (rows x runs), one quantity at a time
-        sums = [np.add.reduceat(np.ascontiguousarray((a * L).T), starts, axis=1) for a in terms]
     nk = len(_KIND_SUMS)
+    if len(terms) * t.time_s.size <= _STACK_SUMS:   # (terms x ops x rows) -> (terms x rows x runs), one array
+        sums = np.add.reduceat(np.ascontiguousarray((np.stack(terms) * L).transpose(0, 2, 1)), starts, axis=2)
+        sums[:nk] *= devices   # all devices' bytes and FLOPs (x devices, as below)
+        return sums, np.add.reduceat(t.overhead_s * t.layers, starts)
+    # (ops x rows) -> (rows x runs), one quantity at a time
+    sums = [np.add.reduceat(np.ascontiguousarray((a * L).T), starts, axis=1) for a in terms]
     return [devices * v for v in sums[:nk]] + sums[nk:], np.add.reduceat(t.overhead_s * t.layers, starts)
 
 
@@ -296,6 +298,18 @@ def _distinct(a):
     if np.ndim(a) == 0:
         return a, slice(None)
     return np.unique(a, return_inverse=True)
+
+
+# the float columns evaluate_case fills from one array: the step's totals (agg), then what is derived from them
+_AGG_COLUMNS = ("weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes", "metadata_bytes", "flops",
+                "time_s", "ideal_time_s", "attention_time_s", "attention_ideal_time_s", "overhead_time_s",
+                "prefill_time_s", "prefill_ideal_time_s", "memory_required_bytes")
+_FLOAT_COLUMNS = _AGG_COLUMNS + ("attention_bytes", "total_bytes", "attention_fraction", "arithmetic_intensity",
+                                 "tokens_per_s", "speedup_vs_dense", "attention_speedup_vs_dense",
+                                 "ideal_speedup_vs_dense", "attention_ideal_speedup_vs_dense")
+_SPEEDUPS = slice(_FLOAT_COLUMNS.index("speedup_vs_dense"), len(_FLOAT_COLUMNS))   # dense's over each one's ...
+_SPEEDUP_OF = [_FLOAT_COLUMNS.index(c) for c in ("time_s", "attention_time_s", "ideal_time_s",
+                                                  "attention_ideal_time_s")]   # ... of these, in that order
 
 
 def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page_size,
@@ -406,7 +420,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         tiers_all[first:] = op_tiers
         t_b = time_ops(on_b + pf_block + stacked, hw, placement(tiers_all), prec, tp.devices, 1)
         all_sums, all_oh = _run_sums(t_b, [0, len(common), len(on_b)] + [first + x for x in starts], tp.devices)
-        b_sums, pf_sums, sums = ([v[:, r] for v in all_sums] for r in (slice(0, 2), slice(2, 3), slice(3, None)))
+        b_sums, pf_sums, sums = all_sums[:, :, 0:2], all_sums[:, :, 2:3], all_sums[:, :, 3:]   # quantity x 1 x runs
         b_oh, s_oh = all_oh[:2], all_oh[3:]
     else:
         sums, s_oh = _run_sums(time_ops(stacked, hw, placement(op_tiers), prec, tp.devices, n), starts, tp.devices)
@@ -421,7 +435,10 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     pf_ideal = pf_sums[_IDEAL][:, 0][invT] + b_head[_IDEAL][invB]
 
     # the step: the operators of B at each point, and the decode's attention (runs 0, 2, ...; the prefill's 1, 3, ...)
-    total = [_col(c[invB]) + v[:, 0::2] for c, v in zip(b_common, sums)]
+    if one:   # every quantity at once: b_sums[:, :, :1] is b_common as a column
+        total = list(b_sums[:, :, :1] + sums[:, :, 0::2])
+    else:
+        total = [_col(c[invB]) + v[:, 0::2] for c, v in zip(b_common, sums)]
     agg = dict(zip(_TERMS, total))
     agg["overhead_time_s"] = float(b_oh[0]) + s_oh[0::2]
     agg["by_bound"] = total[_BY_BOUND] + [agg["overhead_time_s"]]
@@ -501,31 +518,32 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         vals = [np.full(n, v) if np.ndim(v) == 0 else v for v in values]
         return np.ascontiguousarray(np.array(vals, dtype=dtype).T).reshape(N)
 
-    def dense(key):
-        return agg[key][:, :1]
+    def same(value, dtype):   # one value for every strategy
+        return np.full(N, value, dtype=dtype) if np.ndim(value) == 0 else grid([value] * ns, dtype)
 
-    col = {c: sel(agg[c]) for c in ("weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_bytes",
-                               "metadata_bytes", "flops", "time_s", "ideal_time_s", "attention_time_s",
-                               "attention_ideal_time_s", "overhead_time_s", "prefill_time_s", "prefill_ideal_time_s",
-                               "memory_required_bytes")}
-    attn_bytes = col["kv_read_bytes"] + col["kv_write_bytes"] + col["metadata_bytes"]
-    dense_attn = dense("kv_read_bytes") + dense("kv_write_bytes") + dense("metadata_bytes")
-    total = col["weight_bytes"] + col["activation_bytes"] + attn_bytes
-    out: dict = {"batch": grid([Bt] * ns, np.int64), "seq_len": grid([S] * ns, np.int64),
-                 "attended_len": grid([Sa] * ns, np.int64), "compression": grid([C] * ns, np.float64)}
+    # the float columns, every strategy of `order` (dense first), in one array of a quantity per row: the sums and
+    # ratios computed a group of columns at a time, the strategies asked for picked once, each column one of its rows
+    q = np.empty((len(_FLOAT_COLUMNS), n, no))
+    for i, c in enumerate(_AGG_COLUMNS):
+        q[i] = agg[c]
+    v = dict(zip(_FLOAT_COLUMNS, q))
+    np.add(v["kv_read_bytes"], v["kv_write_bytes"], out=v["attention_bytes"])
+    v["attention_bytes"] += v["metadata_bytes"]
+    np.add(v["weight_bytes"], v["activation_bytes"], out=v["total_bytes"])
+    v["total_bytes"] += v["attention_bytes"]
+    np.divide(v["attention_bytes"], v["attention_bytes"][:, :1], out=v["attention_fraction"])   # over dense's
+    np.divide(v["flops"], v["total_bytes"], out=v["arithmetic_intensity"])
+    np.divide(grid_B[:, None], v["time_s"], out=v["tokens_per_s"])
+    times = q[_SPEEDUP_OF]
+    np.divide(times[:, :, :1], times, out=q[_SPEEDUPS])   # dense's time over each strategy's
+    if pick is not None:
+        q = q.take(pick, axis=2)
+    out: dict = {"batch": same(Bt, np.int64), "seq_len": same(S, np.int64), "attended_len": same(Sa, np.int64),
+                 "compression": same(C, np.float64)}
     for c in ("r", "k", "local_window", "page_size"):
         out[c] = grid([found[st][0][c] for st in strategies], np.int64)
-    for c, v in col.items():
-        out[c] = flat(v)
-    out["attention_bytes"] = flat(attn_bytes)
-    out["attention_fraction"] = flat(attn_bytes / dense_attn)
-    out["total_bytes"] = flat(total)
-    out["arithmetic_intensity"] = flat(col["flops"] / total)
-    out["tokens_per_s"] = flat(grid_B[:, None] / col["time_s"])
-    out["speedup_vs_dense"] = flat(dense("time_s") / col["time_s"])
-    out["attention_speedup_vs_dense"] = flat(dense("attention_time_s") / col["attention_time_s"])
-    out["ideal_speedup_vs_dense"] = flat(dense("ideal_time_s") / col["ideal_time_s"])
-    out["attention_ideal_speedup_vs_dense"] = flat(dense("attention_ideal_time_s") / col["attention_ideal_time_s"])
+    for c, x in zip(_FLOAT_COLUMNS, q):
+        out[c] = x.reshape(N)
     fixed = {"hardware": hw.name, "model": m.name, "dtype": prec.dtype, "kv_dtype": prec.kv_dtype,
              "act_dtype": prec.act_dtype,
              "k_layout": case.k_layout, "weights_location": names[wi]}
@@ -539,7 +557,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     out["strategy"] = Labels(np.tile(codes, n) if n > 1 else codes, tuple(strategies))
     out["devices"] = np.full(N, case.devices, dtype=np.int64)
     out["pipeline"] = np.full(N, P, dtype=np.int64)
-    out["microbatches"] = grid([M] * ns, np.int64)
+    out["microbatches"] = same(M, np.int64)
     out["memory_capacity_bytes"] = np.full(N, float(caps[:-1].sum()))
     out["weights_on_device"] = np.full(N, float(wod))
     out["kv_on_device"] = np.full(N, float(kod))
@@ -794,10 +812,58 @@ def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strateg
     cols = predict_columns(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
                            local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode,
                            act_dtype, weights_on_device, kv_on_device, pipeline, microbatches)
-    small = len(cols["time_s"]) <= 10_000
-    df = pd.DataFrame({c: (v.decode().astype(str) if small else pd.Categorical.from_codes(v.codes, v.categories))
-                       if isinstance(v, Labels) else v for c, v in cols.items()})
-    return df
+    return _frame(pd, cols)
+
+
+_BLOCKS: list = []          # [create_dataframe_from_blocks, using_string_dtype] once looked up; [] where missing
+_COLUMN_INDEX: dict = {}    # (column names, string dtype) -> their Index, copied for each frame
+
+
+def _frame(pd, cols: dict):
+    """The DataFrame of `predict`: string columns as pandas' str dtype (categoricals beyond 10,000 rows), the rest as
+    they are. What `pd.DataFrame({name: column})` makes (same columns, dtypes, values and blocks), built from one 2-D
+    block per numpy dtype, so a single configuration does not pay the constructor's checks and inference 49 times
+    (issue 16: <= 1 ms a call). pandas 3's public block constructor (pandas.api.internals) with the string dtype its
+    inference gives (StringDtype(na_value=nan), built as pandas' own constructor builds it); on a pandas without
+    them, or with that inference turned off, the plain constructor."""
+    n = len(cols["time_s"])
+    small = n <= 10_000
+    if not _BLOCKS:
+        try:
+            from pandas._config import using_string_dtype
+            from pandas.api.internals import create_dataframe_from_blocks
+            _BLOCKS[:] = [create_dataframe_from_blocks, using_string_dtype]
+        except ImportError:
+            _BLOCKS.append(None)
+    if _BLOCKS[0] is None or not _BLOCKS[1]():
+        return pd.DataFrame({c: (v.decode().astype(str) if small else pd.Categorical.from_codes(v.codes, v.categories))
+                             if isinstance(v, Labels) else v for c, v in cols.items()})
+    text = pd.StringDtype(na_value=np.nan)
+    kind = text.construct_array_type()
+    if text.storage == "pyarrow":   # what _from_sequence does with strings, less its check that they are
+        import pyarrow as pa
+
+        def make_text(values):
+            return kind(pa.array(values, type=pa.large_string(), from_pandas=True), dtype=text)
+    else:
+        def make_text(values):
+            return kind._from_sequence(values, dtype=text)
+    blocks, same = [], {}
+    for j, v in enumerate(cols.values()):
+        if isinstance(v, Labels):
+            blocks.append((make_text(v.decode()) if small else pd.Categorical.from_codes(v.codes, v.categories),
+                           np.array([j])))
+        else:
+            arrays, where = same.setdefault(v.dtype, ([], []))
+            arrays.append(v)
+            where.append(j)
+    blocks += [(np.array(arrays, dtype=dtype).reshape(len(where), n), np.array(where))
+               for dtype, (arrays, where) in same.items()]
+    key = (tuple(cols), text)
+    columns = _COLUMN_INDEX.get(key)
+    if columns is None:
+        columns = _COLUMN_INDEX.setdefault(key, pd.Index(list(cols)))
+    return _BLOCKS[0](blocks, pd.RangeIndex(n), columns.copy())
 
 
 LEDGER_COLUMNS = [

@@ -13,6 +13,7 @@ collective (`allreduce_time`; NCCL's own tuning model, src/graph/tuning.cc, weig
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from dataclasses import dataclass
@@ -165,8 +166,8 @@ def _field_rows(ops: list[Op], rows: int) -> np.ndarray:
     conversion fills the whole array."""
     k, nf = len(ops), len(_BYTE_FIELDS)
     if rows == 1:
-        try:
-            a = np.array([_op_fields(op) for op in ops], dtype=np.float64)   # ops x fields
+        try:   # one flat list: numpy converts it faster than a list of tuples
+            a = np.array(list(itertools.chain.from_iterable(map(_op_fields, ops))), dtype=np.float64)  # ops x fields
         except ValueError:   # numbers mixed with arrays of one row: each on its own, below
             a = None
         if a is not None and a.size == k * nf:
@@ -187,7 +188,7 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
     k = len(ops)
     f = dict(zip(_BYTE_FIELDS, _field_rows(ops, rows)))
     layers = np.array([op.layers for op in ops], dtype=np.float64)
-    unit = np.array([op.unit for op in ops])
+    units = [op.unit for op in ops]
     kv_bytes = f["kv_read"] + f["kv_write"] + f["meta_read"] + f["meta_write"]
     act_bytes = f["act_read"] + f["act_write"]
     kv_tier = np.asarray(pl.kv)
@@ -200,12 +201,12 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
         b = w + kv_bytes * pl.kv_share(kv_tier, t) + act_bytes * (pl.act == t)
         mem_real = np.maximum(mem_real, (b + w * (1 / prec.w_eff - 1)) / pl.achieved_Bps[t])
         mem_ideal = np.maximum(mem_ideal, b / pl.peak_Bps[t])
-    matrix = (unit == "matrix")[:, None]
+    matrix = np.array([u == "matrix" for u in units])[:, None]
     peak = np.where(matrix, matrix_peak(hw, prec.compute or prec.dtype) if matrix.any() else 1.0, vector_peak(hw))
     eff = np.where(matrix, hw.matrix.efficiency, hw.vector.efficiency)
     comp_ideal = f["flops"] / peak
     comp_real = comp_ideal / eff
-    link = (unit == "link")[:, None] & (devices > 1)
+    link = np.array([u == "link" for u in units])[:, None] & (devices > 1)
     if link.any():
         link_ideal = np.where(link, 2 * (devices - 1) / devices * f["comm"] / hw.device_link.bandwidth_Bps, 0.0)
         link_real = np.where(link, allreduce_time(f["comm"], devices, hw.device_link), 0.0)

@@ -207,7 +207,17 @@ def _any(x) -> bool:
 
 def _round_pos(x) -> np.ndarray:
     """Round half up to an integer >= 1."""
-    return np.maximum(1, np.floor(_num(x) + 0.5)).astype(np.int64)
+    f = np.floor(_num(x) + 0.5)
+    if type(f) is np.float64 and 1.0 <= f < 2.0 ** 63:   # a number (one configuration): its int64 without two ufuncs
+        return np.int64(f)
+    return np.maximum(1, f).astype(np.int64)
+
+
+def _minimum(a, b):
+    """np.minimum; of two int64 numbers (a single configuration) the smaller one, without a ufunc call."""
+    if type(a) is np.int64 and type(b) is np.int64:
+        return a if a <= b else b
+    return np.minimum(a, b)
 
 
 def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=None, local_window=None,
@@ -261,14 +271,14 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
         bad = np.argmax(np.broadcast_to(kk > S, S.shape))
         raise UserError(f"k = {int(np.broadcast_to(kk, S.shape).flat[bad])} exceeds the context length seq_len = "
                         f"{int(S.flat[bad])} ({s.name}); accepted: 1 <= k <= seq_len")
-    kk = np.minimum(kk, S)  # a recipe's rounding (one page at least) may pass a short context
+    kk = _minimum(kk, S)  # a recipe's rounding (one page at least) may pass a short context
     out["k"] = kk
     if s.name == "dsa":
         out["index_dim"] = (given(index_dim, "index_dim") if index_dim is not None
                             else np.minimum(DSA_INDEX_DIM, dh))
 
     if s.name in COMPONENT_STRATEGIES:
-        rr = given(r, "r") if r is not None else np.minimum(_round_pos(dh / C / (2 if g and g.shared else 1)), dh)
+        rr = given(r, "r") if r is not None else _minimum(_round_pos(dh / C / (2 if g and g.shared else 1)), dh)
         if _any(rr > dh):
             raise UserError(f"r = {int(np.max(rr))} exceeds head_dim = {int(np.min(dh))}; accepted: 1 <= r <= head_dim")
         out["r"] = rr

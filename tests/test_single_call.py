@@ -4,6 +4,8 @@ keeps nothing from one call to the next that could go stale.
 - One grid point runs the ledger on numpy scalars and times every operator in one stack: its row is, to the last bit,
   the row of the same point inside a sweep (every column, every strategy), for pipeline and tensor parallelism,
   offload, several memory tiers, sliding windows, latent attention, a mixture of experts and whole generations.
+- The DataFrame of `predict`, built from one block per dtype, is pandas' constructor's frame of the same columns
+  (columns, dtypes, values; strings as the options of pandas make them).
 - What is kept between calls is keyed on what it depends on: parsed axis values (by their text, so -0.0 is not 0.0
   and True is not 1), model specs (a spec's hash uses a few fields: specs equal in those but different elsewhere
   give their own results). A user's profile file is read again on every call, so an edit shows at once; a list
@@ -17,7 +19,10 @@ import itertools
 import math
 import re
 
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 
 import sparq_sim
@@ -66,6 +71,33 @@ def test_one_configuration_is_its_row_of_a_sweep_to_the_last_bit(kw):
             want = v.take(np.arange(ns)) if isinstance(v, P.Labels) else v
             got = sweep[c].take(rows) if isinstance(sweep[c], P.Labels) else sweep[c][rows]
             assert _same(want, got), (kw, batch, seq, c)
+
+
+def _constructor_frame(cols):
+    """What `predict` returned before it built its frame from blocks: pandas' constructor on the columns."""
+    small = len(cols["time_s"]) <= 10_000
+    return pd.DataFrame({c: (v.decode().astype(str) if small else pd.Categorical.from_codes(v.codes, v.categories))
+                         if isinstance(v, P.Labels) else v for c, v in cols.items()})
+
+
+@pytest.mark.parametrize("options", [{}, {"mode.string_storage": "python"}, {"future.infer_string": False}],
+                         ids=["default", "python-strings", "object-strings"])
+def test_the_frame_is_the_constructors_frame_of_the_columns(options):
+    """`predict` builds its DataFrame from one block per dtype (issue 16): the same frame as pandas' constructor on
+    the same columns, whatever the pandas options that decide the strings' dtype: columns, dtypes, values, index."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # a context past the model's; pandas' deprecation of an option
+        with pd.option_context(*[x for kv in options.items() for x in kv]) if options else warnings.catch_warnings():
+            for kw in (dict(seq_len=4096), dict(hardware="h200", model="deepseek-v3", seq_len=[1024, 4096], gen_len=3,
+                                                strategies="sparq,quest"),
+                       dict(hardware="a100,h100", seq_len="1024:131072:+256", batch="1,2,4")):   # > 10,000 rows
+                cols = P.predict_columns(**kw)
+                got, want = P._frame(pd, cols), _constructor_frame(cols)
+                pd.testing.assert_frame_equal(got, want, check_exact=True)
+                assert list(got.dtypes) == list(want.dtypes) and got.columns.dtype == want.columns.dtype
+                assert len(got._mgr.blocks) == len(want._mgr.blocks)
+                if len(got) <= 10_000:
+                    assert got.equals(sparq_sim.predict(**kw))
 
 
 def test_parsed_axes_are_kept_by_their_text():

@@ -509,10 +509,13 @@ def causal_pairs(S, window=None):
 
 
 def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans: dict, p: Precision,
-                          k_layout: str) -> list[Op]:
+                          k_layout: str, made: dict | None = None) -> list[Op]:
     """The prefill's attention and the store of what the strategy keeps (the operators of `prefill_ops` that depend
     on the strategy), per group of layers. MLA prefills unabsorbed (compute bound): the latent rows are expanded to
-    per-head keys and values, as DeepSeek's and vLLM's prefill paths do."""
+    per-head keys and values, as DeepSeek's and vLLM's prefill paths do.
+
+    The attention operator of a group is dense whatever the strategy; with `made` (a dict, the same B and S for
+    every call), each group's is made once and shared by the strategies' lists (operators are only read)."""
     B = _f64(B)
     S = _f64(S)
     T = B * S
@@ -527,19 +530,24 @@ def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans
         tag += "dense_layers." if dense else ""
         strat = "dense" if dense else strategy
         pw = dense_w if dense else params_w
-        pairs = causal_pairs(S, w)
-        flops = 2 * B * hq * pairs * (dq + dv) + SOFTMAX_FLOPS * B * hq * pairs
-        weight = 0.0
-        if m.is_mla:   # expand every row: k_nope and v per head
-            flops = flops + 2 * T * m.kv_lora_rank * hq * (m.qk_nope_head_dim + m.v_head_dim)
-            weight = m.kv_lora_rank * hq * (m.qk_nope_head_dim + m.v_head_dim) * p.w
+        attention = None if made is None else made.get((w, n, tag))
+        if attention is None:
+            pairs = causal_pairs(S, w)
+            flops = 2 * B * hq * pairs * (dq + dv) + SOFTMAX_FLOPS * B * hq * pairs
+            weight = 0.0
+            if m.is_mla:   # expand every row: k_nope and v per head
+                flops = flops + 2 * T * m.kv_lora_rank * hq * (m.qk_nope_head_dim + m.v_head_dim)
+                weight = m.kv_lora_rank * hq * (m.qk_nope_head_dim + m.v_head_dim) * p.w
+            attention = Op("prefill", tag + "attention", "attention", "matrix", n, 1, flops=flops, weight=weight,
+                           act_read=T * (hq * dq + hkv * geo.row) * p.a, act_write=T * hq * dv * p.a,
+                           kv_read=B * hkv * S * geo.row * p.kv)
+            if made is not None:
+                made[(w, n, tag)] = attention
         kept = cache_tokens(strat, S_w, pw)
         extra = extra_cache_elements(strat, S_w, geo, pw, k_layout)
         index = index_cache_elements(strat, S_w, pw)   # DSA's indexer keys, per layer
         ops += [
-            Op("prefill", tag + "attention", "attention", "matrix", n, 1, flops=flops, weight=weight,
-               act_read=T * (hq * dq + hkv * geo.row) * p.a, act_write=T * hq * dv * p.a,
-               kv_read=B * hkv * S * geo.row * p.kv),
+            attention,
             Op("prefill", tag + "kv_store", "attention", "vector", n, 1, flops=_z(B),
                kv_write=B * hkv * kept * geo.row * p.kv, meta_write=B * hkv * extra * p.kv + B * index * p.kv),
         ]

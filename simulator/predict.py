@@ -386,7 +386,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     order = ["dense"] + [s for s in strategies if s != "dense"]
     no = len(order)
     ki = _location_index(case.kv_location, names, hw)   # the same for every strategy (None: auto)
-    found = {}
+    found, pf_made = {}, {}
     stacked, owner, starts = [], [], []
     kv_dev = np.empty((n, no))
     for j, strat in enumerate(order):
@@ -400,7 +400,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         # every stage caches its layers for all the sequences (the fullest stage: frac of them)
         kv_dev[:, j] = cache_bytes_per_device(m, tp, strat, Btf, spans, prec, case.k_layout) * frac   # 1.0: one stage
         attn_ops = attention_ops(m, tp, strat, Bf, spans, prec)
-        pf_attn = prefill_attention_ops(m, tp, strat, Bf, Sf, spans, prec, case.k_layout)
+        pf_attn = prefill_attention_ops(m, tp, strat, Bf, Sf, spans, prec, case.k_layout, pf_made)
         starts += [len(stacked), len(stacked) + len(attn_ops)]   # its decode attention, then its prefill's
         stacked += attn_ops + pf_attn
         owner += [j] * (len(attn_ops) + len(pf_attn))

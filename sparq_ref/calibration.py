@@ -11,7 +11,8 @@ Both methods calibrate once per model on sample text, then decode with what they
 
 - DeepSeek Sparse Attention (DeepSeek-V3.2-Exp technical report, section 2.1): a lightning indexer per layer,
   I_t,s = sum_j w_t,j ReLU(q^I_t,j . k^I_s), trained, as DeepSeek's dense warm-up stage does, by distilling the
-  layer's dense attention (summed over heads and L1-normalised) with a KL loss, the model frozen (`train_indexer`).
+  layer's dense attention (summed over heads and L1-normalised) with a KL loss, the model frozen (`train_indexer`;
+  here 2 x 1024 tokens, 128 query positions of each, 60 Adam steps per layer: about a minute on two CPU cores).
   DeepSeek projects the indexer's queries from the query latent and its keys and weights from the hidden state;
   here all three are linear maps of the layer's post-rotary queries (all heads) and keys (all KV heads), which the
   attention function sees and which carry the positions (through the rotary embedding). The indexer keys are cached
@@ -34,11 +35,14 @@ import torch
 CALIBRATION_SEQUENCES = 4
 CALIBRATION_TOKENS = 512
 NEEDS_CALIBRATION = ("loki", "double-sparsity", "dsa")
-# DSA's indexer distillation: tokens per training sequence (of the calibration's sequences), Adam steps per layer and
-# its learning rate, and the seed of the initial weights
-INDEXER_TOKENS = 256
+# DSA's indexer distillation: sequences of calibration text and their length (the contexts it must serve: a
+# shorter training context does not carry over to 1024 tokens), training queries per sequence, Adam steps per layer
+# and its learning rate (3e-3 lets some layers collapse), and the seed of the initial weights and of the queries
+INDEXER_SEQUENCES = 2
+INDEXER_TOKENS = 1024
+INDEXER_QUERIES = 128
 INDEXER_STEPS = 60
-INDEXER_LR = 3e-3
+INDEXER_LR = 1e-3
 INDEXER_SEED = 0
 FP8_MAX = 448.0      # the largest float8 e4m3 value
 
@@ -236,21 +240,29 @@ def calibration_batch(lm, text=None, *, sequences: int = CALIBRATION_SEQUENCES, 
     return torch.tensor([ids[i * tokens:(i + 1) * tokens] for i in range(n)]), f"{source}; {n} x {tokens} tokens"
 
 
-def _distill_layer(q, k, scaling, heads: int, dim: int, steps: int, lr: float, gen: torch.Generator):
+def _distill_layer(q, k, scaling, heads: int, dim: int, steps: int, lr: float, gen: torch.Generator,
+                   queries: int | None = None):
     """One layer's indexer from its prefill queries q [n, H, T, d] and keys k [n, Hkv, T, d]: full-batch Adam on
-    KL(p || softmax(I)) averaged over the queries, p the dense attention averaged over heads (causal).
-    -> (indexer, KL of the initial and of the trained indexer), in nats per query."""
+    KL(p || softmax(I)) averaged over the training queries, p the dense attention averaged over heads (causal, over
+    all T keys). The training queries: `queries` positions drawn once (by `gen`) from the last three quarters of the
+    sequence, else every position. The parameters of the lowest loss seen are kept (a step that overshoots cannot
+    leave the indexer worse than its start). -> (indexer, KL of the initial and of the kept indexer), nats per query."""
     n, H, T, d = q.shape
     Hkv = k.shape[1]
     g = H // Hkv
+    if queries is None or queries >= T:
+        pos = torch.arange(T)
+    else:
+        lo = T // 4
+        pos = torch.sort(torch.randperm(T - lo, generator=gen)[:queries] + lo).values
     scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    causal = torch.arange(T).view(1, T) <= pos.view(-1, 1)                                  # [Tq, T]
     with torch.no_grad():
-        logits = torch.matmul(q.view(n, Hkv, g, T, d) * scale, k.unsqueeze(2).transpose(-1, -2))
-        p = torch.softmax(logits.masked_fill(~causal, float("-inf")), -1).mean((1, 2))      # [n, T, T]
+        logits = torch.matmul(q[:, :, pos].reshape(n, Hkv, g, len(pos), d) * scale, k.unsqueeze(2).transpose(-1, -2))
+        p = torch.softmax(logits.masked_fill(~causal, float("-inf")), -1).mean((1, 2))      # [n, Tq, T]
         logp = torch.log(p.clamp_min(1e-30))
     ix = Indexer(H * d, Hkv * d, heads, dim, gen, head_dim=d)
-    qt = q.permute(0, 2, 1, 3)                                                              # [n, T, H, d]
+    qt = q[:, :, pos].permute(0, 2, 1, 3)                                                   # [n, Tq, H, d]
     opt = torch.optim.Adam(ix.parameters(), lr=lr)
 
     def kl():
@@ -258,21 +270,28 @@ def _distill_layer(q, k, scaling, heads: int, dim: int, steps: int, lr: float, g
         s = Indexer.scores(qi, w, ix.keys(k)).masked_fill(~causal, float("-inf"))
         return (p * (logp - torch.log_softmax(s, -1)).masked_fill(~causal, 0.0)).sum(-1).mean()
 
-    with torch.no_grad():
-        first = float(kl())
-    for _ in range(steps):
+    first, best, kept = None, math.inf, None
+    for i in range(steps + 1):
         loss = kl()
+        value = float(loss.detach())
+        first = value if first is None else first
+        if value < best:
+            best, kept = value, [t.detach().clone() for t in ix.parameters()]
+        if i == steps:
+            break
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        last = float(kl())
+        for t, v in zip(ix.parameters(), kept):
+            t.copy_(v)
     ix.requires_grad_(False)
-    return ix, first, last
+    return ix, first, best
 
 
 def train_indexer_on(model, input_ids, source: str = "", *, heads: int | None = None, dim: int | None = None,
-                     steps: int = INDEXER_STEPS, lr: float = INDEXER_LR) -> tuple[dict[int, Indexer], dict]:
+                     steps: int = INDEXER_STEPS, lr: float = INDEXER_LR, queries: int | None = INDEXER_QUERIES
+                     ) -> tuple[dict[int, Indexer], dict]:
     """DSA's lightning indexers of a transformers model: a dense prefill of each row of input_ids [n, T] keeps every
     layer's queries and keys, then each layer's indexer is distilled from its dense attention (`_distill_layer`).
     H_I and d_I default to the simulator's rule (`ModelSpec.indexer`: DeepSeek-V3.2's 64 x 128, at most half the
@@ -286,7 +305,7 @@ def train_indexer_on(model, input_ids, source: str = "", *, heads: int | None = 
     with torch.no_grad(), Session(StrategyConfig("dense"), key_stats=col):
         for row in input_ids:
             model(input_ids=row.view(1, -1).to(model.device), use_cache=False)
-    _, H, _, d = col.q[min(col.q)][0].shape
+    _, H, T, d = col.q[min(col.q)][0].shape
     heads = heads or min(reg.DSA_INDEX_HEADS, max(1, H // 2))
     dim = dim or min(reg.DSA_INDEX_DIM, d)
     gen = torch.Generator().manual_seed(INDEXER_SEED)
@@ -297,12 +316,13 @@ def train_indexer_on(model, input_ids, source: str = "", *, heads: int | None = 
         for layer in sorted(col.q):
             q, k = torch.cat(col.q[layer]), torch.cat(col.k[layer])
             with torch.enable_grad():
-                out[layer], b, a = _distill_layer(q, k, col.scaling[layer], heads, dim, steps, lr, gen)
+                out[layer], b, a = _distill_layer(q, k, col.scaling[layer], heads, dim, steps, lr, gen, queries)
             before.append(b)
             after.append(a)
     finally:
         torch.set_num_threads(threads)
     info = {"index_heads": heads, "index_dim": dim, "tokens": int(input_ids.numel()), "steps": steps,
+            "queries_per_sequence": T if not queries or queries >= T else min(queries, T - T // 4),
             "kl_start_nats": round(sum(before) / len(before), 4), "kl_end_nats": round(sum(after) / len(after), 4),
             "kl_end_by_layer": [round(x, 4) for x in after], "indexer_keys": "fp8 e4m3, one scale per token",
             "training": source or f"{input_ids.shape[0]} x {input_ids.shape[1]} tokens"}
@@ -310,9 +330,9 @@ def train_indexer_on(model, input_ids, source: str = "", *, heads: int | None = 
 
 
 def train_indexer(lm, text=None) -> tuple[dict[int, Indexer], dict]:
-    """DSA's indexers of a loaded model (`sparq_ref.model.LoadedModel`), trained on `CALIBRATION_SEQUENCES` x
+    """DSA's indexers of a loaded model (`sparq_ref.model.LoadedModel`), trained on `INDEXER_SEQUENCES` x
     `INDEXER_TOKENS` tokens of the calibration text."""
-    batch, source = calibration_batch(lm, text, tokens=INDEXER_TOKENS)
+    batch, source = calibration_batch(lm, text, sequences=INDEXER_SEQUENCES, tokens=INDEXER_TOKENS)
     return train_indexer_on(lm.model, batch, source)
 
 

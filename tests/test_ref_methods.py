@@ -176,6 +176,10 @@ def test_indexer_distillation_lowers_the_kl_and_is_deterministic():
     s_ = torch.log_softmax(C.Indexer.scores(qi, w, ix.keys(k)).masked_fill(~causal, float("-inf")), -1)
     kl = (p * (torch.log(p.clamp_min(1e-30)) - s_).masked_fill(~causal, 0)).sum(-1).mean()
     assert float(kl) == pytest.approx(after, rel=1e-5)
+    # on a sample of the queries (drawn once from the last three quarters of the positions): as deterministic
+    a, b = (C._distill_layer(q, k, None, 2, 8, 40, 3e-3, torch.Generator().manual_seed(0), queries=10)
+            for _ in range(2))
+    assert a[2] == b[2] and a[2] < a[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------

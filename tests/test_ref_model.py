@@ -38,7 +38,14 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def lm():
-    return load_model()
+    lm = load_model()
+    from sparq_sim.sparq_ref import calibration
+
+    with pytest.MonkeyPatch.context() as mp:   # DSA's indexer on 1 x 256 tokens (cached on lm): structure, not quality
+        mp.setattr(calibration, "INDEXER_SEQUENCES", 1)
+        mp.setattr(calibration, "INDEXER_TOKENS", 256)
+        for_model(lm, "dsa")
+    return lm
 
 
 @pytest.fixture(scope="module")

@@ -598,11 +598,16 @@ def recorded(tmp_path_factory):
         bundled_gguf()
     except Exception as e:  # noqa: BLE001 - no reference stack or no bundled model here
         pytest.skip(f"the reference model is not available: {e}")
+    from sparq_sim.sparq_ref import calibration
+
     folder = tmp_path_factory.mktemp("traces")
     out = {}
     for s in STRATEGY_NAMES:
         path = folder / f"{s}.parquet"
-        record(strategy=s, compression=8, steps=3, length=128, output=str(path), progress=False, quiet=True)
+        with pytest.MonkeyPatch.context() as mp:   # DSA's indexer on 1 x 256 tokens: these traces check bytes only
+            mp.setattr(calibration, "INDEXER_SEQUENCES", 1)
+            mp.setattr(calibration, "INDEXER_TOKENS", 256)
+            record(strategy=s, compression=8, steps=3, length=128, output=str(path), progress=False, quiet=True)
         out[s] = path
     return out
 

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "predict": "simulator.predict",
     "predict_columns": "simulator.predict",
-    "ledger": "simulator.predict",
+    "ledger": "simulator.ledger_table",
     "load_hardware": "hardware_profiles",
     "list_profiles": "hardware_profiles",
     "load_model_spec": "simulator.models",

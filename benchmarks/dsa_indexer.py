@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             qi, w = ix.queries(q.permute(1, 0, 2)[tq])
             keys = C.fp8_roundtrip(ix.keys(k.unsqueeze(0)))[0]
-            s = torch.einsum("tj,tjs->ts", w, torch.relu(torch.einsum("tjd,sd->tjs", qi, keys)))
+            s = C.Indexer.scores(qi.unsqueeze(0), w.unsqueeze(0), keys.unsqueeze(0))[0]
         s = s.masked_fill(~seen, float("-inf"))
         recent = (torch.arange(S).view(1, S) > tq.view(-1, 1) - args.k) & seen
         row = {"indexer": float(p.gather(1, s.topk(args.k, -1).indices).sum(-1).mean()),

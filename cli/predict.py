@@ -128,7 +128,7 @@ def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mod
            format: Optional[str] = FMT, output: Optional[str] = OUT):
     """Per-operator ledger of one step: bytes by kind and tier, FLOPs, time and bound of every operator."""
     from ..simulator.output import records, render_table, resolve_format, to_csv, to_json
-    from ..simulator.predict import ledger as ledger_frame
+    from ..simulator.ledger_table import ledger as ledger_frame
 
     if phase not in ("decode", "prefill", "both"):
         raise UserError(f"--phase must be decode, prefill or both, got {phase!r}")

@@ -26,6 +26,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import UserError, closest, read_json
+from .strategies import DSA_INDEX_DIM, DSA_INDEX_HEADS
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,6 @@ class ModelSpec:
         """DSA's lightning indexer on this model: (H_I heads, d_I key width). A config's index_n_heads and
         index_head_dim (DeepSeek-V3.2), else DeepSeek-V3.2's 64 x 128 scaled down: at most half the query heads,
         at most the key width (which gives 64 x 128 on DeepSeek-V3)."""
-        from .strategies import DSA_INDEX_DIM, DSA_INDEX_HEADS
-
         d_key = self.kv_lora_rank + self.qk_rope_head_dim if self.is_mla else self.head_dim
         return (self.index_heads or min(DSA_INDEX_HEADS, max(1, self.n_heads // 2)),
                 self.index_head_dim or min(DSA_INDEX_DIM, d_key))

@@ -463,6 +463,13 @@ def snapkv_attention(q, K, V, *, keep, valid=None, scaling=None):
     return y.reshape(B, H, d), Fetched("snapkv", rows, v.sum(1))
 
 
+def index_scores(index_q, index_w, index_keys) -> torch.Tensor:
+    """DSA's lightning indexer, I_s = sum_j w_j ReLU(q_j . k_s): index_q [B, ..., H_I, d_I], index_w [B, ..., H_I],
+    index_keys [B, S, d_I] -> [B, ..., S] fp32 (one query per sequence in decode, T of them in training)."""
+    dots = torch.einsum("b...jd,bsd->b...js", index_q.float(), index_keys.float())
+    return torch.einsum("b...j,b...js->b...s", index_w.float(), torch.relu(dots))
+
+
 def dsa_attention(q, K, V, *, k, index_q, index_w, index_keys, valid=None, scaling=None):
     """DeepSeek Sparse Attention (DeepSeek-V3.2-Exp, section 2.1): the lightning indexer scores every position,
     I_s = sum_j w_j ReLU(q^I_j . k^I_s) (index_q [B, H_I, d_I], index_w [B, H_I], index_keys [B, S, d_I]: the
@@ -474,9 +481,7 @@ def dsa_attention(q, K, V, *, k, index_q, index_w, index_keys, valid=None, scali
         raise ValueError(f"indexer shapes: queries {tuple(index_q.shape)}, weights {tuple(index_w.shape)}, keys "
                          f"{tuple(index_keys.shape)} for {B} sequences of {S} positions")
     v = _valid(valid, B, S, q.device)
-    scores = torch.einsum("bj,bjs->bs", index_w.float(),
-                          torch.relu(torch.einsum("bjd,bsd->bjs", index_q.float(), index_keys.float())))
-    scores = scores.masked_fill(~v, NEG_INF).view(B, 1, S)
+    scores = index_scores(index_q, index_w, index_keys).masked_fill(~v, NEG_INF).view(B, 1, S)
     idx, ok = _topk_sets(scores, _per_seq(k, B, q.device), v.view(B, 1, S))
     idx, ok = idx.expand(B, Hkv, -1), ok.expand(B, Hkv, -1)
     y, _ = _attend(q.view(B, Hkv, g, d), _gather_rows(K, idx), _gather_rows(V, idx), ok, _scale(scaling, d))

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .attention import index_scores
+
 CALIBRATION_SEQUENCES = 4
 CALIBRATION_TOKENS = 512
 NEEDS_CALIBRATION = ("loki", "double-sparsity", "dsa")
@@ -94,7 +96,7 @@ class Indexer(torch.nn.Module):
     @staticmethod
     def scores(qi: torch.Tensor, w: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
         """I_t,s = sum_j w_t,j ReLU(q_t,j . k_s): qi [B, T, H_I, d_I], w [B, T, H_I], ki [B, S, d_I] -> [B, T, S]."""
-        return torch.einsum("btj,btjs->bts", w, torch.relu(torch.einsum("btjd,bsd->btjs", qi, ki)))
+        return index_scores(qi, w, ki)
 
 
 class QKCollector:

@@ -35,7 +35,7 @@ import torch
 from ..simulator import strategies as reg
 from ..simulator.errors import UserError
 from . import attention as A
-from .calibration import NEEDS_CALIBRATION
+from .calibration import NEEDS_CALIBRATION, fp8_roundtrip
 
 ATTN_NAME = "sparq_ref"
 _ACTIVE: contextvars.ContextVar["Session | None"] = contextvars.ContextVar("sparq_ref_session", default=None)
@@ -268,8 +268,6 @@ class Session:
     def _index_keys(self, st: LayerState, ix, key):
         """DSA's indexer cache for this layer: the newest position's key appended in FP8 (every position's computed
         again whenever the cache was not followed step by step)."""
-        from .calibration import fp8_roundtrip
-
         S = key.shape[2]
         if st.index_keys is None or st.index_keys.shape[1] != S - 1:
             st.index_keys = fp8_roundtrip(ix.keys(key))

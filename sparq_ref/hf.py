@@ -458,6 +458,7 @@ class DecodeResult:
     logprobs: torch.Tensor    # [B, n] log p of each of those tokens (nats) under the run's own predictions
     counts: Counts
     steps: int
+    argmax: torch.Tensor | None = None   # [B, n] the run's most likely token at each position (= tokens unless forced)
 
 
 def decode(model, prefix: Prefix, session: Session, max_new_tokens: int, *, forced: torch.Tensor | None = None,
@@ -479,11 +480,12 @@ def decode(model, prefix: Prefix, session: Session, max_new_tokens: int, *, forc
     room = getattr(cache, "max_cache_len", None)
     if room is not None and prefix.attention_mask.shape[1] + n > room:
         raise ValueError(f"the prefix cache has room for {room - prefix.attention_mask.shape[1]} new tokens, not {n}")
-    toks, lps = [], []
+    toks, lps, best = [], [], []
     with torch.no_grad(), session:
         for i in range(n):
             lp = torch.log_softmax(logits.float(), -1)
-            t = forced[:, i].to(dev) if forced is not None else lp.argmax(-1)
+            best.append(lp.argmax(-1))
+            t = forced[:, i].to(dev) if forced is not None else best[-1]
             toks.append(t)
             lps.append(lp.gather(1, t.view(-1, 1)).squeeze(1))
             if i == n - 1 or (stop is not None and bool(stop(torch.stack(toks, 1)).all())):
@@ -495,4 +497,5 @@ def decode(model, prefix: Prefix, session: Session, max_new_tokens: int, *, forc
             if progress is not None:
                 progress(1)
     counts = session.counts or Counts(np.zeros(len(mask)), np.zeros(len(mask)))
-    return DecodeResult(torch.stack(toks, 1).cpu(), torch.stack(lps, 1).cpu(), counts, max(session.step + 1, 0))
+    return DecodeResult(torch.stack(toks, 1).cpu(), torch.stack(lps, 1).cpu(), counts, max(session.step + 1, 0),
+                        torch.stack(best, 1).cpu())

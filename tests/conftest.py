@@ -5,6 +5,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import re  # noqa: E402
 
+import pytest  # noqa: E402
+
 # what long commands write to stderr besides results and errors (common/progress.py, not on a terminal)
 PROGRESS_LINE = re.compile(r"^[\w .()-]+: \d+% \([\d,]+/[\d,]+( [\w -]+)?\), \d+:\d{2}(:\d{2})? elapsed"
                            r"(, about \d+:\d{2}(:\d{2})? left)?$|^loading model .* \.\.\.$")
@@ -16,3 +18,27 @@ def without_progress(err: str) -> list[str]:
     rest = [line for line in lines if not PROGRESS_LINE.match(line)]
     assert lines[len(lines) - len(rest):] == rest, err   # progress only before the other lines
     return rest
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A 2-layer Llama (GQA 4/2 heads) with random weights and a byte-level tokenizer, saved like any model folder."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    vocab = {c: i for i, c in enumerate(ByteLevel.alphabet())}
+    vocab["<|endoftext|>"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>",
+                                                pad_token="<|endoftext|>")
+    cfg = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=128, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

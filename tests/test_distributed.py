@@ -30,30 +30,6 @@ def test_without_ray_it_says_how_to_install_it(capsys, monkeypatch):
     assert err.count("\n") == 1 and "--ray needs Ray, which is not installed: pip install 'sparq-sim[distributed]'" in err
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 2-layer Llama (GQA 4/2 heads) with random weights and a byte-level tokenizer, saved like any model folder."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    vocab = {c: i for i, c in enumerate(ByteLevel.alphabet())}
-    vocab["<|endoftext|>"] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tk.decoder = decoders.ByteLevel()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>",
-                                                pad_token="<|endoftext|>")
-    cfg = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, intermediate_size=128, max_position_embeddings=4096)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
-
-
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPARQ_SIM_TEST")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)

@@ -47,6 +47,11 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
                                                   "streams over the host link each step, overlapped (FlexGen)."),
             kv_on_device: str = typer.Option("1", "--kv-on-device", help="Share of the KV cache kept on the device "
                                              "(0-1; list allowed); the rest as --weights-on-device."),
+            weights_on_disk: str = typer.Option("0", "--weights-on-disk", help="Share of the weights on the disk "
+                                                "behind host memory (0-1; profiles with a disk tier, e.g. t4): "
+                                                "read at the disk's rate, then over the host link (FlexGen)."),
+            kv_on_disk: str = typer.Option("0", "--kv-on-disk", help="Share of the KV cache on the disk (0-1); its "
+                                           "new rows written at the disk's write rate."),
             pipeline: str = typer.Option("1", "--pipeline", "--pp", help="Pipeline-parallel stages, each of --devices "
                                          "tensor-parallel devices (list allowed): the layers split between them."),
             microbatches: Optional[str] = typer.Option(None, "--microbatches", help="With --pipeline: micro-batches "
@@ -73,7 +78,8 @@ def predict(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mo
                weights_location=weights_location, gen_len=_given(gen_len, "--gen-len", "tokens to generate"),
                mla_decode=mla_decode, act_dtype=act, weights_on_device=weights_on_device,
                kv_on_device=kv_on_device, pipeline=pipeline,
-               microbatches=_given(microbatches, "--microbatches", "micro-batches in flight"))
+               microbatches=_given(microbatches, "--microbatches", "micro-batches in flight"),
+               weights_on_disk=weights_on_disk, kv_on_disk=kv_on_disk)
     for note in sw.warnings:
         sys.stderr.write(f"warning: {note}\n")
     if fmt in ("parquet", "csv", "json"):
@@ -125,6 +131,9 @@ def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mod
                                                  "the device (0-1); the rest streams from host memory."),
            kv_on_device: str = typer.Option("1", "--kv-on-device", help="Share of the KV cache kept on the device "
                                             "(0-1)."),
+           weights_on_disk: str = typer.Option("0", "--weights-on-disk", help="Share of the weights on the disk "
+                                               "behind host memory (0-1; profiles with a disk tier)."),
+           kv_on_disk: str = typer.Option("0", "--kv-on-disk", help="Share of the KV cache on the disk (0-1)."),
            format: Optional[str] = FMT, output: Optional[str] = OUT):
     """Per-operator ledger of one step: bytes by kind and tier, FLOPs, time and bound of every operator."""
     from ..simulator.output import records, render_table, resolve_format, to_csv, to_json
@@ -143,7 +152,8 @@ def ledger(gpu: Optional[str] = GPU, hardware_file: Optional[str] = HW_FILE, mod
                       r=r, k=k, local_window=local_window, page_size=page_size, k_layout=k_layout,
                       kv_location=kv_location, weights_location=weights_location,
                       phases=("decode", "prefill") if phase == "both" else (phase,), act_dtype=act,
-                      weights_on_device=weights_on_device, kv_on_device=kv_on_device)
+                      weights_on_device=weights_on_device, kv_on_device=kv_on_device,
+                      weights_on_disk=weights_on_disk, kv_on_disk=kv_on_disk)
     df["tiers"] = df["tier_bytes"].map(lambda d: ",".join(f"{k}={v:.0f}" for k, v in d.items()))
     cols = {c: df[c].to_numpy() for c in df.columns if c != "tier_bytes"}
     if fmt == "json":

@@ -7,6 +7,9 @@ A profile describes (schema_version 1; every block carries a `source`):
                    fraction of peak), source. Data goes to the first tier with room unless placed explicitly.
     host_link:     the link to host memory (PCIe for a GPU, NVMe for a CPU): name, bandwidth per direction,
                    efficiency, optional capacity of what sits behind it, source. Offloaded data pays this bandwidth.
+    disk:          optional: storage behind the host's memory (FlexGen's third tier): name, bandwidth (read),
+                   write_bandwidth, efficiency, capacity, source. Data placed there is read at this rate and also
+                   crosses the host link (disk -> host memory -> device).
     device_link:   the device-to-device link for tensor parallelism: name, bandwidth per direction per device,
                    efficiency, latency per step of a collective (one hop), optional base_latency (the fixed cost of
                    one collective, whatever its steps), source.
@@ -65,6 +68,26 @@ class Link:
 
 
 @dataclass(frozen=True)
+class Disk:
+    """Storage behind the host's memory: what is offloaded there is read (and the cache's new rows written) at these
+    rates, on top of crossing the host link."""
+    name: str
+    bandwidth_Bps: float        # sequential read
+    write_bandwidth_Bps: float  # sequential write
+    efficiency: float
+    capacity_bytes: float
+    source: str
+
+    @property
+    def achieved_Bps(self) -> float:
+        return self.bandwidth_Bps * self.efficiency
+
+    @property
+    def achieved_write_Bps(self) -> float:
+        return self.write_bandwidth_Bps * self.efficiency
+
+
+@dataclass(frozen=True)
 class ComputeUnit:
     peak_flops: dict[str, float]
     efficiency: float
@@ -92,6 +115,7 @@ class HardwareProfile:
     overheads_source: str
     calibration: dict = field(default_factory=dict, compare=False)  # fitted by `sparq-sim calibrate` (optional)
     units: int = 0  # SMs / CUs (0 = not stated): occupancy of kernels that parallelise over batch x heads only
+    disk: Disk | None = None   # storage behind the host (optional)
     path: str = ""
     digest: str = field(default="", compare=False)
 
@@ -120,6 +144,7 @@ class HardwareProfile:
             "description": self.description, "version": self.version, "path": self.path, "digest": self.digest,
             "memory": [t.__dict__ for t in self.memory],
             "host_link": self.host_link.__dict__, "device_link": self.device_link.__dict__,
+            **({"disk": self.disk.__dict__} if self.disk is not None else {}),
             "compute": {"matrix": self.matrix.__dict__, "vector": self.vector.__dict__},
             "cache": {"size_bytes": self.cache_bytes, "source": self.cache_source},
             "access": {"granularity_bytes": self.granularity_bytes, "source": self.granularity_source},
@@ -130,7 +155,7 @@ class HardwareProfile:
 # ---------------------------------------------------------------------------------------------------------------------
 # schema
 
-_TOP = {"schema_version", "name", "aliases", "vendor", "kind", "description", "version", "memory", "host_link",
+_TOP = {"schema_version", "name", "aliases", "vendor", "kind", "description", "version", "memory", "host_link", "disk",
         "device_link", "compute", "cache", "access", "overheads", "calibration"}
 _CAL = {"source", "topk_per_element", "gather_efficiency", "stream_efficiency", "cache_bandwidth", "kernels", "rows",
         "fitted_on", "ops", "cache_usable", "cache_falloff", "host_scale", "bandwidth_scale"}
@@ -152,6 +177,7 @@ CPU_OPS = {
 _TIER = {"name", "capacity", "bandwidth", "efficiency", "source"}
 _HOST = {"name", "bandwidth", "efficiency", "latency", "capacity", "source"}
 _DLINK = {"name", "bandwidth", "efficiency", "latency", "base_latency", "source"}
+_DISK = {"name", "bandwidth", "write_bandwidth", "efficiency", "capacity", "source"}
 _UNIT = {"peak", "efficiency", "source"}
 
 
@@ -235,7 +261,7 @@ def _granularity(c: _Checker, obj) -> float:
 def parse_profile(data, where: str) -> HardwareProfile:
     """Validate a parsed YAML document and build the profile; every error names `where` and the field."""
     c = _Checker(where)
-    c.mapping(data, "", _TOP, _TOP - {"aliases", "description", "calibration"})
+    c.mapping(data, "", _TOP, _TOP - {"aliases", "description", "calibration", "disk"})
     sv = data["schema_version"]
     if isinstance(sv, bool) or not isinstance(sv, int) or sv != SCHEMA_VERSION:
         c.fail("schema_version", f"expected {SCHEMA_VERSION}, got {sv!r}")
@@ -280,6 +306,13 @@ def parse_profile(data, where: str) -> HardwareProfile:
         c.quantity(h["capacity"], "host_link.capacity", "bytes") if "capacity" in h else float("inf"),
         c.text(h["source"], "host_link.source"),
     )
+    disk = None
+    if "disk" in data:
+        k = c.mapping(data["disk"], "disk", _DISK, _DISK)
+        disk = Disk(c.text(k["name"], "disk.name"), c.quantity(k["bandwidth"], "disk.bandwidth", "bandwidth"),
+                    c.quantity(k["write_bandwidth"], "disk.write_bandwidth", "bandwidth"),
+                    c.fraction(k["efficiency"], "disk.efficiency"), c.quantity(k["capacity"], "disk.capacity", "bytes"),
+                    c.text(k["source"], "disk.source"))
     d = c.mapping(data["device_link"], "device_link", _DLINK, _DLINK - {"base_latency"})
     dlink = Link(
         c.text(d["name"], "device_link.name"),
@@ -378,6 +411,7 @@ def parse_profile(data, where: str) -> HardwareProfile:
         version=version,
         memory=tuple(tiers),
         host_link=host,
+        disk=disk,
         device_link=dlink,
         matrix=matrix,
         vector=vector,

@@ -64,7 +64,12 @@ def header(cols: dict, auto_dtype: bool = False) -> str:
         parts.append("--dtype auto: bf16 where the device has it, else fp16")
     for col, data in (("weights_on_device", "weights"), ("kv_on_device", "KV cache")):
         share = _one(cols, col) if col in cols else None
-        if share is not None and share < 1:
+        disk_col = col.replace("device", "disk")
+        disk = _one(cols, disk_col) if disk_col in cols else None
+        if disk:
+            parts.append(f"{share:.0%} of the {data} on the device, {disk:.0%} on the disk (the rest in host memory)"
+                         if share is not None else f"{disk:.0%} of the {data} on the disk")
+        elif share is not None and share < 1:
             parts.append(f"{share:.0%} of the {data} on the device (the rest streamed from host memory)")
     c = _one(cols, "compression")
     if c is not None:
@@ -85,7 +90,8 @@ def header(cols: dict, auto_dtype: bool = False) -> str:
 def varying(cols: dict) -> list[str]:
     """The columns of the header's assumptions that differ between rows (the table shows them)."""
     return [c for c in ("hardware", "model", "batch", "seq_len", "dtype", "kv_dtype", "compression", "devices",
-                        "gen_len", "weights_on_device", "kv_on_device", "pipeline", "microbatches")
+                        "gen_len", "weights_on_device", "kv_on_device", "weights_on_disk", "kv_on_disk", "pipeline",
+                        "microbatches")
             if c in cols and _one(cols, c) is None]
 
 

@@ -52,12 +52,13 @@ def _base(df, i, hw: HardwareProfile):
            str(df["model"].iloc[i]), df["level"].iloc[i], int(df["batch"].iloc[i]), int(df["seq_len"].iloc[i]), _value(df, "gen_len", i), df["strategy"].iloc[i],
            parse_dtype(_value(df, "weights", i, dtype)), parse_dtype(_value(df, "kv_dtype", i, dtype)),
            int(_value(df, "devices", i, 1)), _value(df, "k", i), _value(df, "page_size", i),
-           float(_value(df, "weights_on_device", i, 1.0)), float(_value(df, "kv_on_device", i, 1.0)))
+           float(_value(df, "weights_on_device", i, 1.0)), float(_value(df, "kv_on_device", i, 1.0)),
+           float(_value(df, "weights_on_disk", i, 0.0)), float(_value(df, "kv_on_disk", i, 0.0)))
     if key not in _BASES:
-        (model, level, batch, seq, gen, strat, weights, kv_dtype, devices, k, page, w_on, kv_on) = key[4:]
+        (model, level, batch, seq, gen, strat, weights, kv_dtype, devices, k, page, w_on, kv_on, w_dk, kv_dk) = key[4:]
         _BASES[key] = row_base(hw, model, level, batch, seq, int(gen) if gen is not None else None, strat, weights,
                                kv_dtype, devices, int(k) if k is not None and strat != "dense" else None,
-                               int(page) if page is not None else None, w_on, kv_on)
+                               int(page) if page is not None else None, w_on, kv_on, w_dk, kv_dk)
     return _BASES[key]
 
 
@@ -216,7 +217,7 @@ def fitted_block_text(defaults: dict, source: str) -> str:
     lines.append("  stacks:")
     for name, c in sorted(defaults["stacks"].items()):
         d = {"host_per_layer": _time(c["host_per_layer_s"])}
-        d.update({f: f"{c[f]:.4g}" for f in ("w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "prefill")})
+        d.update({f: f"{c[f]:.4g}" for f in ("w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "disk", "prefill")})
         d["cpu_attention"] = f"{c['cpu_attention_Bps'] / 1e9:.4g} GB/s"
         d.update(rows=c["rows"], datasets="[" + ", ".join(c["datasets"]) + "]")
         lines.append(f"    {name}: {flow(d)}")

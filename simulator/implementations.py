@@ -115,7 +115,8 @@ def parse_fitted(block: dict, where: str) -> dict:
     'stacks': {...}, 'source': str}. Costs are SI (host_s in seconds)."""
     out = {"source": block.get("source", ""), "implementations": {}, "families": {}, "stacks": {}}
     for name, c in (block.get("stacks") or {}).items():
-        st = {k: float(v) for k, v in c.items() if k in ("w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "prefill")}
+        st = {k: float(v) for k, v in c.items() if k in ("w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "disk",
+                                                         "prefill")}
         st["host_per_layer_s"] = _quantity(c["host_per_layer"], f"fitted.stacks.{name}.host_per_layer", where)
         try:
             st["cpu_attention_Bps"] = parse_quantity(c["cpu_attention"], "bandwidth")

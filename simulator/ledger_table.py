@@ -10,7 +10,8 @@ import numpy as np
 from .errors import UserError
 from .ledger import Precision
 from .models import DEFAULT_MODEL
-from .predict import AUTO, Case, _share, auto_dtype, evaluate_case, parse_compressions, resolve_hardware, resolve_models
+from .predict import (AUTO, Case, _share, auto_dtype, evaluate_case, parse_compressions, resolve_hardware,
+                      resolve_models, sweep)
 from .ranges import parse_axis
 from .roofline import BOUNDS
 from .strategies import parse_strategies
@@ -28,10 +29,11 @@ LEDGER_COLUMNS = [
 def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
            dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
            k_layout="twice", kv_location="auto", weights_location="auto", phases=("decode", "prefill"),
-           act_dtype=None, weights_on_device=1.0, kv_on_device=1.0):
+           act_dtype=None, weights_on_device=1.0, kv_on_device=1.0, weights_on_disk=0.0, kv_on_disk=0.0):
     """The per-operator ledger: one row per (hardware, model, strategy, phase, operator) at one batch and seq_len.
 
-    Bytes and FLOPs are per step, all layers and devices together; `tier_bytes` maps tier name -> bytes; times are
+    Bytes and FLOPs are per step, all layers and devices together; `tier_bytes` maps tier name -> the bytes that pass
+    it (the host's include the disk's, which cross the host link too); times are
     per step (per device: devices run in parallel). Returns a pandas DataFrame with LEDGER_COLUMNS."""
     import pandas as pd
 
@@ -49,6 +51,12 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
     act = parse_dtype(act_dtype, "activation dtype") if act_dtype is not None else None
     wod, kod = (_share(v, flag) for v, flag in ((weights_on_device, "--weights-on-device"),
                                                  (kv_on_device, "--kv-on-device")))
+    # the disk's shares: checked as predict checks them (a profile with a disk tier, shares adding up to at most 1)
+    checked = sweep(hardware=hws, model=models[:1], strategies=strats[:1], weights_on_device=wod, kv_on_device=kod,
+                    weights_on_disk=weights_on_disk, kv_on_disk=kv_on_disk).cases
+    if len({(c.weights_on_disk, c.kv_on_disk) for c in checked}) != 1:
+        raise UserError("the ledger takes one --weights-on-disk and one --kv-on-disk")
+    wdk, kdk = checked[0].weights_on_disk, checked[0].kv_on_disk
     if k_layout not in ("twice", "once"):
         raise UserError(f"--k-layout must be twice or once, got {k_layout!r}")
     B = np.asarray(batches, dtype=np.int64)
@@ -58,7 +66,8 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
     for hw, m in itertools.product(hws, models):
         log: dict = {}
         prec = Precision.of(auto_dtype(hw) if auto else dt, kvd, act)
-        case = Case(hw, m, prec, int(devices), k_layout, kv_location, weights_location, r, k, wod, kod)
+        case = Case(hw, m, prec, int(devices), k_layout, kv_location, weights_location, r, k, wod, kod,
+                    weights_on_disk=wdk, kv_on_disk=kdk)
         evaluate_case(case, strats, B, S, C, local_window, page_size, keep_ops=log)
         for strat in strats:
             pl, entries = log[strat]
@@ -70,7 +79,7 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
                 kvb = op.kv_read + op.kv_write + op.meta_read + op.meta_write
                 tiers = {}
                 for i, name in enumerate(pl.tiers):
-                    b = (op.weight * (pl.weights == i) + kvb * (np.asarray(pl.kv) == i)
+                    b = (op.weight * pl.weight_share(i) + kvb * pl.kv_share(np.asarray(pl.kv), i)
                          + (op.act_read + op.act_write) * (pl.act == i))
                     if val(b) > 0:
                         tiers[name] = val(b) * nd

@@ -61,7 +61,7 @@ def _to_numbers(col):
 LEVELS = ("kernel", "step", "e2e")
 # columns of whole-model rows (level step / e2e) and of the shipped datasets; all optional
 OPTIONAL = ["level", "model", "weights", "kv_dtype", "gen_len", "page_size", "devices", "weights_on_device",
-            "kv_on_device", "reported", "source", "skip"]
+            "kv_on_device", "weights_on_disk", "kv_on_disk", "reported", "source", "skip"]
 
 
 def load_measurements(path):
@@ -172,7 +172,8 @@ def _check_rows(df, p, line0: int):
     if bad.any():
         fail(first(bad), f"unknown level {df['level'].iloc[first(bad)]!r}; accepted: {', '.join(LEVELS)}")
     optional_numbers = [c for c in ("r", "k", "time_stderr_s", "gen_len", "page_size", "devices",
-                                    "weights_on_device", "kv_on_device") if c in df.columns]
+                                    "weights_on_device", "kv_on_device", "weights_on_disk", "kv_on_disk")
+                        if c in df.columns]
     for c in INT_COLUMNS + ["time_s"] + optional_numbers:
         v = _to_numbers(df[c])
         bad = v.isna() & df[c].notna() if c in optional_numbers else v.isna()
@@ -187,12 +188,20 @@ def _check_rows(df, p, line0: int):
                              f", got {df[c].iloc[first(bad)]!r}")
         if c in INT_COLUMNS:
             df[c] = df[c].astype(np.int64)
-    for c in ("weights_on_device", "kv_on_device"):
+    for c in ("weights_on_device", "kv_on_device", "weights_on_disk", "kv_on_disk"):
         if c in df.columns:
             bad = df[c].notna() & ~((df[c] >= 0) & (df[c] <= 1))
             if bad.any():
                 fail(first(bad), f"column {c} must be a fraction from 0 to 1 (or blank), got "
                                  f"{df[c].iloc[first(bad)]!r}")
+    for what in ("weights", "kv"):   # on the device, on the disk, and the rest in host memory
+        if f"{what}_on_disk" in df.columns:
+            on = df[f"{what}_on_device"].fillna(1.0) if f"{what}_on_device" in df.columns else 1.0
+            bad = on + df[f"{what}_on_disk"].fillna(0.0) > 1 + 1e-9
+            if bad.any():
+                i = first(bad)
+                fail(i, f"{what}_on_device and {what}_on_disk add up to more than 1 (the rest is in host memory), "
+                        f"got {df[f'{what}_on_disk'].iloc[i]!r} on the disk")
     bad = ~np.isfinite(df["time_s"]) | (df["time_s"] <= 0) | (df["time_s"] > MAX_TIME_S)
     if bad.any():
         fail(first(bad), f"time_s must be positive, finite and at most {MAX_TIME_S:g} s, got "

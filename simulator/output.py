@@ -392,6 +392,7 @@ PREDICT_TABLE = [
     ("C", "compression", lambda v: f"{v:g}"), ("devices", "devices", str), ("pp", "pipeline", str),
     ("mb", "microbatches", str),
     ("w on dev", "weights_on_device", lambda v: f"{v:.0%}"), ("kv on dev", "kv_on_device", lambda v: f"{v:.0%}"),
+    ("w on disk", "weights_on_disk", lambda v: f"{v:.0%}"), ("kv on disk", "kv_on_disk", lambda v: f"{v:.0%}"),
     ("B", "batch", str),
     ("S", "seq_len", str), ("strategy", "strategy", str), ("r", "r", lambda v: str(v) if v else "-"),
     ("k", "k", lambda v: str(v) if v else "-"),
@@ -411,7 +412,8 @@ PREDICT_GENERATION_TABLE = PREDICT_TABLE[:[c for _, c, _ in PREDICT_TABLE].index
     ("fits at end", "fits_at_end", lambda v: "yes" if v else "NO"),
 ]
 PREDICT_HEADER_COLUMNS = ("hardware", "model", "dtype", "kv_dtype", "compression", "devices", "batch", "seq_len",
-                          "gen_len", "weights_on_device", "kv_on_device", "pipeline", "microbatches")
+                          "gen_len", "weights_on_device", "kv_on_device", "weights_on_disk", "kv_on_disk", "pipeline",
+                          "microbatches")
 
 
 def render_table(cols: dict[str, np.ndarray], spec=PREDICT_TABLE, title: str | None = None,

@@ -28,6 +28,8 @@ Columns (one row per hardware, model, devices, dtype, kv_dtype, batch, seq_len, 
     weights_location, kv_location                 memory tier (or 'host') holding weights and the KV cache
     weights_on_device, kv_on_device               shares kept there; the rest on the host, streamed over the host
                                                   link concurrently with the device's reads (FlexGen's percentages)
+    weights_on_disk, kv_on_disk                   shares of those on the disk behind the host (profiles with a disk
+                                                  tier): read at the disk's rate and across the host link
     memory_required_bytes, memory_capacity_bytes  per device: weights + KV (+ strategy extras) + workspace vs tiers
     fits, max_batch                               whether it fits, and the largest batch that would
 
@@ -57,7 +59,8 @@ from .ledger import (FP32, Op, Parallel, Precision, _f64, attention_ops, block_o
                      head_ops, kv_geometry, prefill_attention_ops, span, weight_bytes_per_device, windows)
 from .models import DEFAULT_MODEL, ModelSpec, load_model_spec
 from .ranges import parse_axis, parse_names
-from .roofline import BOUNDS, Placement, StackedTimes, matrix_peak, tier_table, time_op, time_ops
+from .roofline import (BOUNDS, DISK, HOST, Placement, StackedTimes, matrix_peak, tier_table, time_op, time_ops,
+                       write_rates)
 from .strategies import parse_strategies, resolve_params
 from .units import parse_dtype
 
@@ -70,7 +73,8 @@ COLUMNS = [
     "speedup_vs_dense", "attention_speedup_vs_dense", "ideal_speedup_vs_dense", "attention_ideal_speedup_vs_dense",
     "bound",
     "prefill_time_s", "prefill_ideal_time_s",
-    "weights_location", "kv_location", "weights_on_device", "kv_on_device", "memory_required_bytes",
+    "weights_location", "kv_location", "weights_on_device", "kv_on_device", "weights_on_disk", "kv_on_disk",
+    "memory_required_bytes",
     "memory_capacity_bytes", "fits", "max_batch",
 ]
 STRING_COLUMNS = {"hardware", "model", "dtype", "kv_dtype", "act_dtype", "k_layout", "strategy", "bound",
@@ -128,6 +132,8 @@ class Case:
     kv_on_device: float = 1.0
     pipeline: int = 1                # pipeline stages, each of `devices` tensor-parallel devices
     microbatches: int | None = None  # micro-batches in flight through the pipeline (default: one per stage)
+    weights_on_disk: float = 0.0     # shares on the disk behind the host (FlexGen's third tier)
+    kv_on_disk: float = 0.0
 
 
 def _unique(items, key, what: str = "", origin=None):
@@ -341,14 +347,18 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     geo = kv_geometry(m)
     index_dim = m.indexer()[1]   # DSA's indexer key width on this model
     names, peak, achieved, caps = tier_table(hw)
-    n_dev_tiers = len(names) - 1
+    write, write_peak = write_rates(hw, achieved, peak)
+    n_dev_tiers = names.index(HOST)
+    disk = names.index(DISK) if DISK in names else None
+    places = names[:n_dev_tiers + 1]   # where --weights-location / --kv-location may put data (not the disk)
 
     # placement of weights (one tier) and activations (the fastest tier)
     w_dev = weight_bytes_per_device(m, tp, prec, P)
-    host = len(names) - 1
+    host = n_dev_tiers
     wod, kod = case.weights_on_device, case.kv_on_device
+    wdk, kdk = case.weights_on_disk, case.kv_on_disk
     w_on = w_dev * wod   # the weights resident in their device tier; the rest is on the host
-    wi = _location_index(case.weights_location, names, hw)
+    wi = _location_index(case.weights_location, places, hw)
     if wi is None:
         fit = [i for i in range(n_dev_tiers) if w_on <= caps[i]]
         wi = fit[0] if fit else n_dev_tiers - 1
@@ -358,7 +368,8 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     workspace = _workspace_bytes(m, tp, B, Sa, prec)
 
     def placement(kv_index):
-        return Placement(names, peak, achieved, wi, kv_index, act_i, 1.0 - wod, 1.0 - kod)
+        return Placement(names, peak, achieved, wi, kv_index, act_i, 1.0 - wod - wdk, 1.0 - kod - kdk, wdk, kdk,
+                         write, write_peak)
 
     base = placement(0)
     uB, invB = _distinct(B)
@@ -385,7 +396,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     spans_f = {w: _f64(x) for w, x in spans_S.items()}
     order = ["dense"] + [s for s in strategies if s != "dense"]
     no = len(order)
-    ki = _location_index(case.kv_location, names, hw)   # the same for every strategy (None: auto)
+    ki = _location_index(case.kv_location, places, hw)   # the same for every strategy (None: auto)
     found, pf_made = {}, {}
     stacked, owner, starts = [], [], []
     kv_dev = np.empty((n, no))
@@ -460,13 +471,15 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     fits = np.ones((n, no), dtype=bool)
     for i in range(len(names)):
         used = (w_on if wi == i else 0.0) + (ws if act_i == i else 0.0) + np.where(ki_b == i, kv_on, 0.0)
-        if i == host:
-            used = used + (w_dev - w_on) + (kv_dev - kv_on)
+        if i == host:   # what is not on the device nor on the disk
+            used = used + (w_dev - w_on - w_dev * wdk) + (kv_dev - kv_on - kv_dev * kdk)
+        elif i == disk:
+            used = w_dev * wdk + kv_dev * kdk
         fits &= used <= caps[i]
     agg["memory_required_bytes"] = w_dev + kv_dev + ws
     # largest batch: per-sequence resident bytes against the room left in the KV tier(s); the host holds the
     # weights' and the cache's offloaded shares (all of a cache placed there)
-    w_host = w_dev - w_on
+    w_host = w_dev - w_on - w_dev * wdk
 
     def resident(i):   # weight bytes on tier i
         return (w_on if wi == i and i != host else 0.0) + (w_host if i == host else 0.0)
@@ -483,9 +496,12 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
                 best = np.maximum(best, np.minimum(room / per_kv, (caps[act_i] - resident(act_i)) / ws_seq))
             else:
                 best = np.maximum(best, room / (per_kv + ws_seq))
-        if kod < 1 and host not in tiers:   # the cache's offloaded share must fit the host too
-            best = np.minimum(best, (caps[host] - resident(host)) / (kv_dev * (1 - kod) / Bc))
-    if (wi != host and w_on > caps[wi]) or w_host > caps[host]:   # the weights alone do not fit: no batch
+        if kod + kdk < 1 and host not in tiers:   # the cache's offloaded share must fit the host too
+            best = np.minimum(best, (caps[host] - resident(host)) / (kv_dev * (1 - kod - kdk) / Bc))
+        if kdk > 0:   # and its share on the disk the disk
+            best = np.minimum(best, (caps[disk] - w_dev * wdk) / (kv_dev * kdk / Bc))
+    if (wi != host and w_on > caps[wi]) or w_host > caps[host] or (disk is not None and w_dev * wdk > caps[disk]):
+        # the weights alone do not fit: no batch
         best = np.zeros((n, no))
     max_batch = np.floor(np.minimum(np.where(np.isfinite(best), np.maximum(best, 0), 2**62), 2**62)).astype(np.int64)
     if keep_ops is not None:
@@ -558,9 +574,11 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     out["devices"] = np.full(N, case.devices, dtype=np.int64)
     out["pipeline"] = np.full(N, P, dtype=np.int64)
     out["microbatches"] = same(M, np.int64)
-    out["memory_capacity_bytes"] = np.full(N, float(caps[:-1].sum()))
+    out["memory_capacity_bytes"] = np.full(N, float(caps[:n_dev_tiers].sum()))
     out["weights_on_device"] = np.full(N, float(wod))
     out["kv_on_device"] = np.full(N, float(kod))
+    out["weights_on_disk"] = np.full(N, float(wdk))
+    out["kv_on_disk"] = np.full(N, float(kdk))
     return {c: out[c] for c in COLUMNS}
 
 
@@ -685,11 +703,11 @@ def concat_columns(parts: list[dict]) -> dict:
                 else np.concatenate([p[c] for p in parts])) for c in parts[0]}
 
 
-def _shares(value, flag: str) -> list[float]:
-    """--weights-on-device / --kv-on-device: shares kept on the device, each from 0 to 1."""
+def _shares(value, flag: str, where: str = "on the device") -> list[float]:
+    """--weights-on-device / --kv-on-device (and --...-on-disk): shares kept there, each from 0 to 1."""
     vals = parse_axis(value, flag, integer=False, minimum=0)
     if any(v > 1 for v in vals):
-        raise UserError(f"{flag} is the share kept on the device, between 0 and 1; got {max(vals):g}")
+        raise UserError(f"{flag} is the share kept {where}, between 0 and 1; got {max(vals):g}")
     return [float(v) for v in vals]
 
 
@@ -703,7 +721,8 @@ def _share(value, flag: str) -> float:
 def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
           dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
           k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None,
-          act_dtype=None, weights_on_device=1.0, kv_on_device=1.0, pipeline=1, microbatches=None) -> Sweep:
+          act_dtype=None, weights_on_device=1.0, kv_on_device=1.0, pipeline=1, microbatches=None,
+          weights_on_disk=0.0, kv_on_disk=0.0) -> Sweep:
     """Parse and check the arguments of `predict_columns` (same meaning) into a `Sweep`, evaluating nothing."""
     hws = resolve_hardware(hardware)
     models = resolve_models(model)
@@ -725,7 +744,19 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
     dtypes = [d if str(d).strip().lower() == AUTO else parse_dtype(d) for d in dtype_names]
     kv_dtypes = [None] if kv_dtype is None else [parse_dtype(d, "kv dtype") for d in parse_names(kv_dtype, "--kv-dtype")]
     act = None if act_dtype is None else parse_dtype(act_dtype, "activation dtype")
-    shares = [_shares(weights_on_device, "--weights-on-device"), _shares(kv_on_device, "--kv-on-device")]
+    shares = [_shares(weights_on_device, "--weights-on-device"), _shares(kv_on_device, "--kv-on-device"),
+              _shares(weights_on_disk, "--weights-on-disk", "on the disk"),
+              _shares(kv_on_disk, "--kv-on-disk", "on the disk")]
+    if max(shares[2]) > 0 or max(shares[3]) > 0:
+        for hw in hws:
+            if hw.disk is None:
+                raise UserError(f"hardware {hw.name} has no disk tier: --weights-on-disk and --kv-on-disk need a "
+                                "profile with a `disk:` section (a copy of it with --hardware-file; t4 has one)")
+    for on, disk, what in ((shares[0], shares[2], "weights"), (shares[1], shares[3], "kv")):
+        if max(on) + max(disk) > 1 + 1e-12:
+            raise UserError(f"--{what}-on-device {max(on):g} and --{what}-on-disk {max(disk):g} add up to more than "
+                            f"the whole; accepted: shares whose sum is at most 1, the rest in host memory (e.g. "
+                            f"--{what}-on-device {max(0.0, 1 - max(disk)):g} --{what}-on-disk {max(disk):g})")
     devs = parse_axis(devices, "--devices", minimum=1)
     pps = parse_axis(pipeline, "--pipeline", minimum=1)
     mbs = [None] if microbatches is None else parse_axis(microbatches, "--microbatches", minimum=1)
@@ -754,11 +785,11 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
                 what = "the latent row's width" if m.is_mla else "head_dim"
                 raise UserError(f"--r {rr} exceeds {what} {dk} of {m.name}; accepted: 1 <= r <= {dk}")
     cases = []
-    for hw, m, dt, kvd, dv, pp, mb, rr, kk, wod, kod in itertools.product(hws, models, dtypes, kv_dtypes, devs, pps,
-                                                                          mbs, rs, ks, *shares):
+    for hw, m, dt, kvd, dv, pp, mb, rr, kk, wod, kod, wdk, kdk in itertools.product(
+            hws, models, dtypes, kv_dtypes, devs, pps, mbs, rs, ks, *shares):
         prec = Precision.of(auto_dtype(hw) if dt == AUTO else dt, kvd, act)
         case = Case(hw, m, prec, int(dv), k_layout, kv_location, weights_location, rr, kk, float(wod), float(kod),
-                    int(pp), None if mb is None else int(mb))
+                    int(pp), None if mb is None else int(mb), float(wdk), float(kdk))
         if case not in cases:   # auto,bf16 on a bf16 device: one case
             cases.append(case)
     if gen_len is not None:
@@ -777,7 +808,8 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
                     dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
                     k_layout="twice", kv_location="auto", weights_location="auto",
                     gen_len=None, mla_decode=None, act_dtype=None, weights_on_device=1.0,
-                    kv_on_device=1.0, pipeline=1, microbatches=None) -> dict[str, np.ndarray]:
+                    kv_on_device=1.0, pipeline=1, microbatches=None, weights_on_disk=0.0,
+                    kv_on_disk=0.0) -> dict[str, np.ndarray]:
     """The prediction as ordered columns: numpy arrays, and `Labels` (codes + categories) for the string columns
     (see the module docstring; `decoded()` turns those into strings). Arguments take one value or a list; strings
     take comma lists and, for numbers, ranges such as '1024:131072:x2'. For sweeps too large to hold, use
@@ -786,12 +818,13 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
     `mla_decode`: absorbed (default) or unabsorbed decode of multi-head latent attention (ledger.py). `dtype` is the
     weights' format (with a scale group: 'int4-g32'), `kv_dtype` the cache's, `act_dtype` the activations' and the
     matrix arithmetic's (default: as the weights' usual kernels run; ledger.Precision). `weights_on_device` and
-    `kv_on_device`: the shares kept on the device, the rest on the host (roofline.Placement). `pipeline`: stages
+    `kv_on_device`: the shares kept on the device, the rest on the host (roofline.Placement), `weights_on_disk` and
+    `kv_on_disk` the shares of the rest on the disk behind the host (profiles with a disk tier). `pipeline`: stages
     of `devices` tensor-parallel devices each, with `microbatches` in flight (default one per stage;
     `pipeline_step`)."""
     sw = sweep(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
                local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode, act_dtype,
-               weights_on_device, kv_on_device, pipeline, microbatches)
+               weights_on_device, kv_on_device, pipeline, microbatches, weights_on_disk, kv_on_disk)
     if sw.warnings:
         import warnings
 
@@ -803,7 +836,8 @@ def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1,
 def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
             dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
             k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None,
-            act_dtype=None, weights_on_device=1.0, kv_on_device=1.0, pipeline=1, microbatches=None):
+            act_dtype=None, weights_on_device=1.0, kv_on_device=1.0, pipeline=1, microbatches=None,
+            weights_on_disk=0.0, kv_on_disk=0.0):
     """Predict one decode step (and with `gen_len`, a whole generation) for every combination of the arguments;
     returns a pandas DataFrame (columns in the module docstring). Example:
     `predict(hardware="a100", seq_len=[1024, 4096], strategies=["dense", "sparq"], gen_len=256)`."""
@@ -811,7 +845,8 @@ def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strateg
 
     cols = predict_columns(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
                            local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode,
-                           act_dtype, weights_on_device, kv_on_device, pipeline, microbatches)
+                           act_dtype, weights_on_device, kv_on_device, pipeline, microbatches, weights_on_disk,
+                           kv_on_disk)
     return _frame(pd, cols)
 
 

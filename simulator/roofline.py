@@ -27,16 +27,21 @@ from .units import COMPUTE_DTYPE
 
 BOUNDS = ("memory", "compute", "link", "overhead")
 HOST = "host"
+DISK = "disk"
 
 
 @dataclass
 class Placement:
-    """Where each kind of data lives: an index into `tiers` (device tiers in profile order, then the host link).
+    """Where each kind of data lives: an index into `tiers` (device tiers in profile order, then the host link, then
+    the disk when the profile has one).
 
     Indices may be arrays over the sweep rows (the KV cache of a small batch fits SRAM, of a large one not).
-    `weights_host` and `kv_host` are the shares kept on the host instead (FlexGen's percentages): those bytes stream
-    over the host link while the rest streams from the device tier, the two concurrently (each operator takes the
-    slower), as FlexGen overlaps the transfer of the next weights and cache with the current computation."""
+    `weights_host` and `kv_host` are the shares kept in host memory instead (FlexGen's percentages), `weights_disk`
+    and `kv_disk` the shares on the disk behind it: those bytes stream over the host link (the disk's cross it too,
+    disk -> host memory -> device) and the disk's also at the disk's rates, while the rest streams from the device
+    tier, all concurrently (each operator takes the slowest), as FlexGen overlaps the transfer of the next weights
+    and cache with the current computation. `write_Bps`: each tier's achieved rate for writes (the disk's is its
+    own; None: as for reads)."""
     tiers: tuple[str, ...]
     peak_Bps: np.ndarray
     achieved_Bps: np.ndarray
@@ -45,24 +50,68 @@ class Placement:
     act: int
     weights_host: float = 0.0
     kv_host: float = 0.0
+    weights_disk: float = 0.0
+    kv_disk: float = 0.0
+    write_Bps: np.ndarray | None = None
+    write_peak_Bps: np.ndarray | None = None
+
+    @property
+    def host_i(self) -> int:
+        return self.tiers.index(HOST)
+
+    @property
+    def disk_i(self) -> int:
+        return self.tiers.index(DISK) if DISK in self.tiers else -1
 
     def weight_share(self, t: int):
-        """The share of the weights on tier t."""
-        host = t == len(self.tiers) - 1
-        return (self.weights == t) * (1.0 - self.weights_host) + (self.weights_host if host else 0.0)
+        """The share of the weights whose bytes pass tier t."""
+        return self._share(self.weights, t, self.weights_host, self.weights_disk)
 
     def kv_share(self, kv_tier, t: int):
-        host = t == len(self.tiers) - 1
-        return (kv_tier == t) * (1.0 - self.kv_host) + (self.kv_host if host else 0.0)
+        return self._share(kv_tier, t, self.kv_host, self.kv_disk)
+
+    def _share(self, where, t: int, host: float, disk: float):
+        if t == self.disk_i:
+            return disk
+        return (where == t) * (1.0 - host - disk) + ((host + disk) if t == self.host_i else 0.0)
 
 
 def tier_table(hw: HardwareProfile):
+    """(names, peak, achieved, capacities) of the device tiers, the host and (when the profile has one) the disk."""
     names = tuple(t.name for t in hw.memory) + (HOST,)
-    peak = np.array([t.bandwidth_Bps for t in hw.memory] + [hw.host_link.bandwidth_Bps])
+    peak = [t.bandwidth_Bps for t in hw.memory] + [hw.host_link.bandwidth_Bps]
     # a few-shot calibration of the device (calibration.bandwidth_scale) scales what its memory tiers achieve
-    achieved = np.array([t.achieved_Bps * hw.bandwidth_scale for t in hw.memory] + [hw.host_link.achieved_Bps])
-    caps = np.array([t.capacity_bytes for t in hw.memory] + [hw.host_link.capacity_bytes])
-    return names, peak, achieved, caps
+    achieved = [t.achieved_Bps * hw.bandwidth_scale for t in hw.memory] + [hw.host_link.achieved_Bps]
+    caps = [t.capacity_bytes for t in hw.memory] + [hw.host_link.capacity_bytes]
+    if hw.disk is not None:
+        names += (DISK,)
+        peak.append(hw.disk.bandwidth_Bps)
+        achieved.append(hw.disk.achieved_Bps)
+        caps.append(hw.disk.capacity_bytes)
+    return names, np.array(peak), np.array(achieved), np.array(caps)
+
+
+def write_rates(hw: HardwareProfile, achieved: np.ndarray, peak: np.ndarray):
+    """Each tier's (achieved, peak) rate for writes: the disk's own write bandwidth; every other tier's as for reads."""
+    if hw.disk is None:
+        return None, None
+    w, p = achieved.copy(), peak.copy()
+    w[-1], p[-1] = hw.disk.achieved_write_Bps, hw.disk.write_bandwidth_Bps
+    return w, p
+
+
+def _tier_memory(pl: Placement, t: int, w, kv_bytes, kv_rd, kv_wr, act_bytes, kv_tier, w_eff: float):
+    """(realistic, ideal) seconds of tier t for an operator's bytes: weights w, cache reads kv_rd and writes kv_wr,
+    activations. Weight-only quantised weights stream below the achieved rate (units.WEIGHT_STREAM_EFFICIENCY) on the
+    device; the disk reads at its read rate and writes at its write rate."""
+    ws = w * pl.weight_share(t)
+    share = pl.kv_share(kv_tier, t)
+    if t == pl.disk_i:
+        rd, wr = ws + kv_rd * share, kv_wr * share
+        return (rd / pl.achieved_Bps[t] + wr / pl.write_Bps[t],
+                rd / pl.peak_Bps[t] + wr / pl.write_peak_Bps[t])
+    b = ws + kv_bytes * share + act_bytes * (pl.act == t)
+    return (b + ws * (1 / w_eff - 1)) / pl.achieved_Bps[t], b / pl.peak_Bps[t]
 
 
 def matrix_peak(hw: HardwareProfile, dtype: str) -> float:
@@ -109,15 +158,14 @@ class OpTimes:
 
 def time_op(op: Op, hw: HardwareProfile, pl: Placement, prec: Precision, devices: int) -> OpTimes:
     kv_bytes = op.kv_read + op.kv_write + op.meta_read + op.meta_write
+    kv_rd, kv_wr = op.kv_read + op.meta_read, op.kv_write + op.meta_write
     act_bytes = op.act_read + op.act_write
     mem_real = 0.0
     mem_ideal = 0.0
     for t in range(len(pl.tiers)):
-        w = op.weight * pl.weight_share(t)
-        b = w + kv_bytes * pl.kv_share(pl.kv, t) + act_bytes * (pl.act == t)
-        # weight-only quantised weights stream below the achieved rate (units.WEIGHT_STREAM_EFFICIENCY)
-        mem_real = np.maximum(mem_real, (b + w * (1 / prec.w_eff - 1)) / pl.achieved_Bps[t])
-        mem_ideal = np.maximum(mem_ideal, b / pl.peak_Bps[t])
+        real, ideal = _tier_memory(pl, t, op.weight, kv_bytes, kv_rd, kv_wr, act_bytes, pl.kv, prec.w_eff)
+        mem_real = np.maximum(mem_real, real)
+        mem_ideal = np.maximum(mem_ideal, ideal)
     if op.unit == "matrix":
         peak, eff = matrix_peak(hw, prec.compute or prec.dtype), hw.matrix.efficiency
     else:
@@ -190,6 +238,7 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
     layers = np.array([op.layers for op in ops], dtype=np.float64)
     units = [op.unit for op in ops]
     kv_bytes = f["kv_read"] + f["kv_write"] + f["meta_read"] + f["meta_write"]
+    kv_rd, kv_wr = (f["kv_read"] + f["meta_read"], f["kv_write"] + f["meta_write"]) if pl.disk_i >= 0 else (0, 0)
     act_bytes = f["act_read"] + f["act_write"]
     kv_tier = np.asarray(pl.kv)
     if kv_tier.shape != (k, rows):
@@ -197,10 +246,9 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
     mem_real = np.zeros((k, rows))
     mem_ideal = np.zeros((k, rows))
     for t in range(len(pl.tiers)):
-        w = f["weight"] * pl.weight_share(t)
-        b = w + kv_bytes * pl.kv_share(kv_tier, t) + act_bytes * (pl.act == t)
-        mem_real = np.maximum(mem_real, (b + w * (1 / prec.w_eff - 1)) / pl.achieved_Bps[t])
-        mem_ideal = np.maximum(mem_ideal, b / pl.peak_Bps[t])
+        real, ideal = _tier_memory(pl, t, f["weight"], kv_bytes, kv_rd, kv_wr, act_bytes, kv_tier, prec.w_eff)
+        mem_real = np.maximum(mem_real, real)
+        mem_ideal = np.maximum(mem_ideal, ideal)
     matrix = np.array([u == "matrix" for u in units])[:, None]
     peak = np.where(matrix, matrix_peak(hw, prec.compute or prec.dtype) if matrix.any() else 1.0, vector_peak(hw))
     eff = np.where(matrix, hw.matrix.efficiency, hw.vector.efficiency)

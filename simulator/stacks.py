@@ -46,12 +46,14 @@ from .errors import UserError, closest
 from .implementations import _load, fitted_defaults, overlap
 from .units import WEIGHT_STREAM_EFFICIENCY, base_dtype, dtype_bytes
 
-STACK_COSTS = ("host_per_layer_s", "w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "cpu_attention_Bps", "prefill")
+STACK_COSTS = ("host_per_layer_s", "w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "disk", "cpu_attention_Bps",
+               "prefill")
 # the range a fitted cost may take: an efficiency between 1/50 of the achieved bandwidth (dequantising eager code) and
 # the datasheet peak
 # (an achieved bandwidth is at least ~0.77 of peak in every profile); host attention from 1 to 200 GB/s
 BOUNDS = {"w16": (0.02, 1.3), "w8": (0.02, 1.3), "w4": (0.02, 1.3), "kv16": (0.02, 1.3), "kv8": (0.02, 1.3),
-          "kv4": (0.02, 1.3), "link": (0.1, 1.3), "prefill": (0.1, 1.3), "cpu_attention_Bps": (1e9, 200e9)}
+          "kv4": (0.02, 1.3), "link": (0.1, 1.3), "disk": (0.1, 1.3), "prefill": (0.1, 1.3),
+          "cpu_attention_Bps": (1e9, 200e9)}
 CPU_ATTENTION_PRIOR_BPS = 20e9   # assumption: the host's elementwise torch code streams ~20 GB/s of DRAM
 # Weight-only quantised matmuls do not stream at the 16-bit rate; `predict`'s roofline already reads int8 and int4
 # weights at units.WEIGHT_STREAM_EFFICIENCY (gpt-fast's A100 figures: 0.77 and 0.62), so a stack's w8 and w4 are
@@ -109,7 +111,7 @@ def prior_stack_costs(stack: Stack, families: dict | None = None) -> dict[str, f
         per_op = _load()["families_prior"].get(stack.family, 10e-6) if stack.family else 0.0
     quant = QUANT_PRIORS if stack.dequant_bytes_per_element == 0 else dict.fromkeys(QUANT_PRIORS, 1.0)
     return {"host_per_layer_s": stack.host_ops_per_layer * per_op, "w16": 1.0, "kv16": 1.0, **quant,
-            "link": 1.0, "cpu_attention_Bps": CPU_ATTENTION_PRIOR_BPS, "prefill": 1.0}
+            "link": 1.0, "disk": 1.0, "cpu_attention_Bps": CPU_ATTENTION_PRIOR_BPS, "prefill": 1.0}
 
 
 def stack_costs(stack: Stack, defaults: dict | None = None) -> dict[str, float]:
@@ -137,20 +139,29 @@ class RowBase:
     kv_key: str
     w_elem_bytes: float      # bytes per element of the weights' and the cache's formats, scales included
     kv_elem_bytes: float
-    w_host: float            # offloaded share of the weights
-    kv_host: float           # offloaded share of the KV cache
+    w_host: float            # offloaded share of the weights (host memory and disk)
+    kv_host: float           # offloaded share of the KV cache (host memory and disk)
     gen_len: int             # tokens generated (1: the prefill's token only)
     host_scale: float = 1.0  # the host speed a few-shot calibration measured (calibration.host_scale)
+    w_disk: float = 0.0      # the shares of those on the disk behind the host
+    kv_disk: float = 0.0
+    KV_write: np.ndarray | float = 0.0   # the cache bytes each decode step writes (its new rows)
+    prefill_KV: float = 0.0  # the cache bytes the prefill writes (the prompt's rows)
+    disk_bw: float = 0.0     # the disk's achieved read and write rates (B/s; 0: no disk)
+    disk_write_bw: float = 0.0
 
 
 def row_base(hw: HardwareProfile, model, level: str, batch: int, seq_len: int, gen_len: int | None, strategy: str,
              weights: str, kv_dtype: str, devices: int = 1, k=None, page_size=None, weights_on_device: float = 1.0,
-             kv_on_device: float = 1.0) -> RowBase:
+             kv_on_device: float = 1.0, weights_on_disk: float = 0.0, kv_on_disk: float = 0.0) -> RowBase:
     from .predict import sweep
 
     def predict_columns(**kw):   # a measured row's contexts as they were run: no warning about the model's maximum
         return sweep(**kw).columns()
 
+    if (weights_on_disk or kv_on_disk) and hw.disk is None:
+        raise UserError(f"hardware {hw.name} has no disk tier: weights_on_disk and kv_on_disk need a profile with a "
+                        "`disk:` section")
     n = int(gen_len) if gen_len and gen_len > 1 else 1
     contexts = seq_len + np.arange(1, n) if n > 1 else np.array([seq_len])
     cols = predict_columns(hardware=hw, model=model, seq_len=contexts.tolist(), batch=int(batch),
@@ -171,7 +182,11 @@ def row_base(hw: HardwareProfile, model, level: str, batch: int, seq_len: int, g
                    w_elem_bytes=dtype_bytes(weights), kv_elem_bytes=dtype_bytes(kv_dtype),
                    w_host=1.0 - float(weights_on_device),
                    kv_host=1.0 - float(kv_on_device), gen_len=n,
-                   host_scale=(hw.calibration or {}).get("host_scale", 1.0))
+                   host_scale=(hw.calibration or {}).get("host_scale", 1.0),
+                   w_disk=float(weights_on_disk), kv_disk=float(kv_on_disk), KV_write=cols["kv_write_bytes"] * per_dev,
+                   prefill_KV=float(first["kv_write_bytes"][0]) * per_dev * int(seq_len),
+                   disk_bw=hw.disk.achieved_Bps if hw.disk else 0.0,
+                   disk_write_bw=hw.disk.achieved_write_Bps if hw.disk else 0.0)
 
 
 def scaled_base(b: RowBase, host_factor: float, bandwidth_factor: float) -> RowBase:
@@ -219,17 +234,31 @@ def step_times(stack: Stack, c: dict, b: RowBase) -> np.ndarray:
             cpu = b.KV * b.kv_host / b.kv_elem_bytes * per / c["cpu_attention_Bps"]
         else:
             link = link + b.KV * b.kv_host / link_bw
-    step = np.maximum(np.maximum(device, link), cpu) if stack.offload_overlap else device + link + cpu
+    # the disk behind the host: its shares of the weights and of the cache's reads at its read rate, the cache's new
+    # rows at its write rate (they also crossed the host link above, or reach the host's attention)
+    disk = disk_time(b, c, b.W * b.w_disk + (b.KV - b.KV_write) * b.kv_disk, b.KV_write * b.kv_disk)
+    step = (np.maximum(np.maximum(np.maximum(device, link), cpu), disk) if stack.offload_overlap
+            else device + link + cpu + disk)
     host = b.layers * c["host_per_layer_s"] * b.host_scale
     return overlap(host, step) if stack.host_overlap else host + step
 
 
+def disk_time(b: RowBase, c: dict, read_bytes, write_bytes):
+    """Seconds the disk takes to read and to write those bytes (at the stack's share of its rates)."""
+    if b.w_disk == 0 and b.kv_disk == 0:
+        return 0.0
+    return read_bytes / (b.disk_bw * c["disk"]) + write_bytes / (b.disk_write_bw * c["disk"])
+
+
 def prefill_time(stack: Stack, c: dict, b: RowBase) -> float:
+    """The prompt's prefill: its compute, the offloaded weights over the host link, and the prompt's cache rows
+    written to the disk when the cache lives there."""
     if stack.roofline_only:
         return b.prefill
     compute = b.prefill / c["prefill"]
     link = b.prefill_W * b.w_host / (b.link_bw * c["link"])
-    t = max(compute, link) if stack.offload_overlap else compute + link
+    disk = float(disk_time(b, c, b.prefill_W * b.w_disk, b.prefill_KV * b.kv_disk))
+    t = max(compute, link, disk) if stack.offload_overlap else compute + link + disk
     return t + b.layers * c["host_per_layer_s"] * b.host_scale
 
 

@@ -269,5 +269,6 @@ def test_every_judged_whole_model_row_fits_where_its_placement_puts_it():
                 hardware=r["hardware"], model=r["model"], seq_len=int(r["seq_len"]) + 1, batch=int(r["batch"]),
                 strategies=r["strategy"], k=int(k) if k is not None and r["strategy"] != "dense" else None,
                 dtype=get("weights", r["dtype"]), kv_dtype=get("kv_dtype", None), devices=int(get("devices", 1)),
-                weights_on_device=float(get("weights_on_device", 1.0)), kv_on_device=float(get("kv_on_device", 1.0)))
+                weights_on_device=float(get("weights_on_device", 1.0)), kv_on_device=float(get("kv_on_device", 1.0)),
+                weights_on_disk=float(get("weights_on_disk", 0.0)), kv_on_disk=float(get("kv_on_disk", 0.0)))
             assert p["fits"][0], (name, i, r["kernel"], r["model"], int(r["batch"]), int(r["seq_len"]))

@@ -490,7 +490,8 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         tiers = range(n_dev_tiers) if case.kv_location == "auto" else [int(np.ravel(ki)[0])]
         best = np.zeros((n, no))
         for i in tiers:
-            per_kv = kv_dev / Bc if i == host else kv_dev * kod / Bc
+            # a cache placed at the host keeps all but the disk's share in host memory
+            per_kv = kv_dev * (1 - kdk) / Bc if i == host else kv_dev * kod / Bc
             room = caps[i] - resident(i)
             if act_i != i:  # workspace sits in another tier: it must fit there too
                 best = np.maximum(best, np.minimum(room / per_kv, (caps[act_i] - resident(act_i)) / ws_seq))

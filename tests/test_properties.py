@@ -417,6 +417,10 @@ def wide_configs(draw):
     if draw(st.booleans()):   # FlexGen-style split placement: shares of the weights and the cache on the device
         cfg["weights_on_device"] = draw(st.sampled_from([0.0, 0.3, 1.0]))
         cfg["kv_on_device"] = draw(st.sampled_from([0.0, 0.5, 1.0]))
+        if load_hardware(hw).disk is not None:   # and on the disk behind host memory (the rest in host memory)
+            cfg["weights_on_disk"] = draw(st.sampled_from([0.0, (1 - cfg["weights_on_device"]) / 2,
+                                                           1 - cfg["weights_on_device"]]))
+            cfg["kv_on_disk"] = draw(st.sampled_from([0.0, 1 - cfg["kv_on_device"]]))
     if draw(st.booleans()):
         P = draw(st.sampled_from([8, 16, 32]))
         cfg["page_size"] = P

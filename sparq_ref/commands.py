@@ -419,7 +419,8 @@ def record(model: str | None = None, task: str = "repetition", strategy: str = "
            local_window: int | None = None, page_size: int | None = None, sinks: int | None = None,
            samples: int = 1, length: int = 1024, text: str | None = None, seed: int = 0, depth: float | None = None,
            device: str | None = None, dtype: str | None = None, reallocate: bool = True, batch_size: int = 8,
-           resume: bool = False, restart: bool = False, progress: bool = True, quiet: bool = False) -> int:
+           resume: bool = False, restart: bool = False, progress: bool = True, quiet: bool = False,
+           threads: int | None = None, ray: bool = False, ray_address: str | None = None) -> int:
     """Run one task with one strategy and write its attention trace (see `sparq_sim.traces`) to `output`, atomically.
 
     `samples` sequences, `steps` decode steps each (no early stop, so every sequence has the same number of rows);
@@ -431,16 +432,27 @@ def record(model: str | None = None, task: str = "repetition", strategy: str = "
     `resume=True` continues from it, checking that the configuration is the same, and writes the trace an
     uninterrupted run writes; `restart=True` discards it. With neither, an existing partial file is refused. The
     partial file is removed once the trace is in place.
+
+    `ray` (or `ray_address`): the batches run as Ray tasks (sparq_ref.distributed.record_cell), each batch's rows kept
+    in OUTPUT.cells/ for the same command to go on from after Ctrl-C; the trace is the single process's.
+    `threads`: torch threads per process (default: torch's choice; one per Ray task).
     """
     out = Path(output)
     part = Path(str(out) + ".partial")  # traces.partial.partial_path(out), without importing pyarrow yet
     writer: list = []  # the TraceWriter, once open: `committed` says whether the trace is in place
+
+    cells: dict = {}
+    use_ray = bool(ray or ray_address)
 
     def on_interrupt() -> str:
         if writer and writer[0].committed:
             part.unlink(missing_ok=True)  # the trace is whole: the partial file has served
             return f"{output} was written completely ({writer[0].rows} rows)"
         msg = "no trace written" + (f" ({output} left as it was)" if out.exists() else "")
+        run = cells.get("run")
+        if run is not None and run.done:
+            msg += (f"; {len(run.done)} of {len(run.specs)} batches kept in {run.folder.name}: the same command goes "
+                    f"on from them")
         if part.exists():
             from ..traces.partial import partial_info
             try:
@@ -460,9 +472,19 @@ def record(model: str | None = None, task: str = "repetition", strategy: str = "
         _positive(steps, "steps")
         _check_run(samples, length, depth, text)
         _positive(batch_size, "batch-size")
+        if threads is not None:
+            _positive(threads, "threads")
         if resume and restart:
             raise UserError("--resume continues an interrupted recording and --restart discards it: give one of them")
+        if use_ray and (resume or restart):
+            raise UserError("--resume and --restart are for OUTPUT.partial of one process; with --ray the same "
+                            "command goes on from the batches kept in OUTPUT.cells/")
         _check_output(out)
+        if use_ray:
+            from .distributed import check_reachable, need_ray
+            need_ray()
+            if ray_address:
+                check_reachable(ray_address)
 
         from ..traces.partial import config_hash, partial_info, read_partial
         from .hf import StrategyConfig
@@ -472,6 +494,14 @@ def record(model: str | None = None, task: str = "repetition", strategy: str = "
         config = _record_config(model, task_name, cfg, steps=steps, samples=samples, batch_size=batch_size,
                                 length=length, text=text, seed=seed, depth=depth, device=device, dtype=dtype)
         digest = config_hash(config)
+        if use_ray:
+            return _record_on_ray(model, task_name, cfg, steps, out, config, writer, cells, samples=samples,
+                                  batch_size=batch_size, length=length, text=text, seed=seed, depth=depth,
+                                  device=device, dtype=dtype, threads=threads, address=ray_address,
+                                  progress=progress, quiet=quiet)
+        if threads is not None:
+            from .measure import set_threads
+            set_threads(threads)
         done = None
         if part.exists():
             if restart:
@@ -535,12 +565,10 @@ def _first_difference(now: dict, then: dict) -> str:
 
 def _record(model, task_name, cfg, steps, out, part, config, digest, done, opened, *, samples, batch_size, length,
             text, seed, depth, device, dtype, progress, quiet) -> int:
-    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from ..traces import SCHEMA, TraceWriter
-    from ..traces.format import rows_table
     from ..traces.partial import config_hash, write_partial
     from . import tasks as T
     from .model import load_model, say_loading
@@ -567,22 +595,9 @@ def _record(model, task_name, cfg, steps, out, part, config, digest, done, opene
             raise UserError(f"--resume: the samples made now differ from those of {str(part)!r} (another text?); "
                             f"--restart discards it")
         info.update({k: before[k] for k in ("samples_done", "scores", "strategy_elements", "dense_elements", "steps")})
-    meta = {
-        "model": {"name": lm.name, "source": lm.source, **lm.spec()},
-        "strategy": cfg.strategy,
-        "params": cfg.describe(),
-        "dtypes": {"kv": lm.dtype, "compute": lm.dtype, "softmax": "fp32"},
-        "task": {"name": task_name, "samples": samples, "length": length, "seed": seed, "depth": depth,
-                 "text": text or "python standard library docstrings"},
-        "batch_size": samples,
-        "decode_batch_size": batch_size,
-        "device": lm.device,
-    }
     from .calibration import for_model
     cal = for_model(lm, cfg.strategy, text)
-    if cal is not None:  # the channels (or the principal components' share) chosen offline: data of the run
-        r = int(cfg.resolve([max(length, 64)], lm.head_dim)["r"][0])
-        meta["calibration"] = cal.describe(cfg.strategy, r)
+    meta = _record_meta(lm, cfg, task_name, samples, length, seed, depth, text, batch_size, cal)
     n_kv = lm.config.num_key_value_heads
     batches = range(0, samples, batch_size)
     with TraceWriter(out, meta) as writer, _progress(steps * len(batches), f"record {cfg.strategy}", progress) as bar:
@@ -598,14 +613,8 @@ def _record(model, task_name, cfg, steps, out, part, config, digest, done, opene
                 rows = kept.filter(pc.and_(pc.greater_equal(kept["batch"], b0), pc.less(kept["batch"], b0 + size)))
                 bar(steps)
             else:
-                chunks = []
-
-                def sink(cols, b0=b0):
-                    chunks.append(rows_table({**cols, "batch": np.asarray(cols["batch"]) + b0}))
-
-                scores, strat, dense, n_steps = _record_batch(lm, task_name, smp[b0:b0 + size], cfg, n_new, sink,
-                                                              step, cal)
-                rows = pa.concat_tables(chunks) if chunks else kept.slice(0, 0)
+                rows, scores, strat, dense, n_steps = _record_rows(lm, task_name, smp, b0, size, cfg, n_new, step,
+                                                                   cal)
                 info["scores"] += scores
                 info["strategy_elements"] += strat
                 info["dense_elements"] += dense
@@ -615,26 +624,164 @@ def _record(model, task_name, cfg, steps, out, part, config, digest, done, opene
                     kept = pa.concat_tables([kept, rows])
                     write_partial(part, kept, info)
                     checkpoint("batch")
-            chunk = size * n_kv  # as the decode steps hand them over: one (step, layer) at a time
-            for off in range(0, rows.num_rows, chunk):
-                writer.write(rows.slice(off, chunk))
-        scores = info["scores"]
-        score = float(sum(scores) / len(scores))
-        strat, dense = np.asarray(info["strategy_elements"]), np.asarray(info["dense_elements"])
-        ratio = float(strat.sum() / dense.sum()) if dense.sum() else float("nan")
-        n_steps = info["steps"]
-        name, higher = T.TASK_INFO[task_name]
-        writer.metadata["task"].update(score=score, score_name=name, higher_is_better=higher)
-        writer.metadata["steps"] = n_steps
-        writer.metadata["transfer_ratio"] = ratio
+            _write_rows(writer, rows, size, n_kv)
+        score, ratio, n_steps = _finish_metadata(writer, task_name, info)
     with deferred():
         part.unlink(missing_ok=True)
     checkpoint("written")
-    if not quiet:
-        from ..simulator.output import write_stdout
-        write_stdout(f"wrote {out}: {writer.rows} rows ({n_steps} steps x {lm.config.num_hidden_layers} layers x "
-              f"{n_kv} KV heads x {samples} sequence(s)); {task_name} "
-              f"{T.TASK_INFO[task_name][0]} {score:.4g}; transfer ratio {ratio:.3f}\n")
+    _say_written(quiet, out, writer, n_steps, lm.config.num_hidden_layers, n_kv, samples, task_name, score, ratio)
+    return 0
+
+
+def _finish_metadata(writer, task_name, info) -> tuple[float, float, int]:
+    """The task's score, the transfer ratio and the steps into the trace's metadata -> (score, ratio, steps)."""
+    import numpy as np
+
+    from . import tasks as T
+
+    scores = info["scores"]
+    score = float(sum(scores) / len(scores))
+    strat, dense = np.asarray(info["strategy_elements"]), np.asarray(info["dense_elements"])
+    ratio = float(strat.sum() / dense.sum()) if dense.sum() else float("nan")
+    name, higher = T.TASK_INFO[task_name]
+    writer.metadata["task"].update(score=score, score_name=name, higher_is_better=higher)
+    writer.metadata["steps"] = info["steps"]
+    writer.metadata["transfer_ratio"] = ratio
+    return score, ratio, info["steps"]
+
+
+def _say_written(quiet, out, writer, n_steps, n_layers, n_kv, samples, task_name, score, ratio) -> None:
+    if quiet:
+        return
+    from ..simulator.output import write_stdout
+    from . import tasks as T
+    write_stdout(f"wrote {out}: {writer.rows} rows ({n_steps} steps x {n_layers} layers x {n_kv} KV heads x "
+                 f"{samples} sequence(s)); {task_name} {T.TASK_INFO[task_name][0]} {score:.4g}; transfer ratio "
+                 f"{ratio:.3f}\n")
+
+
+def _record_meta(lm, cfg, task_name, samples, length, seed, depth, text, batch_size, cal) -> dict:
+    """The trace's metadata: the model, the strategy and its parameters, the task, the offline calibration."""
+    meta = {
+        "model": {"name": lm.name, "source": lm.source, **lm.spec()},
+        "strategy": cfg.strategy,
+        "params": cfg.describe(),
+        "dtypes": {"kv": lm.dtype, "compute": lm.dtype, "softmax": "fp32"},
+        "task": {"name": task_name, "samples": samples, "length": length, "seed": seed, "depth": depth,
+                 "text": text or "python standard library docstrings"},
+        "batch_size": samples,
+        "decode_batch_size": batch_size,
+        "device": lm.device,
+    }
+    if cal is not None:  # the channels (or the principal components' share) chosen offline: data of the run
+        r = int(cfg.resolve([max(length, 64)], lm.head_dim)["r"][0])
+        meta["calibration"] = cal.describe(cfg.strategy, r)
+    return meta
+
+
+def _record_rows(lm, task_name, smp, b0, size, cfg, n_new, step, cal):
+    """Samples b0 .. b0 + size decoded with tracing -> (their trace rows, scores, elements touched, dense's, steps)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from ..traces import SCHEMA
+    from ..traces.format import rows_table
+
+    chunks = []
+
+    def sink(cols):
+        chunks.append(rows_table({**cols, "batch": np.asarray(cols["batch"]) + b0}))
+
+    scores, strat, dense, n_steps = _record_batch(lm, task_name, smp[b0:b0 + size], cfg, n_new, sink, step, cal)
+    rows = pa.concat_tables(chunks) if chunks else pa.Table.from_batches([], schema=SCHEMA)
+    return rows, scores, strat, dense, n_steps
+
+
+def _write_rows(writer, rows, size: int, n_kv: int) -> None:
+    """A batch's rows as the decode steps hand them over: one (step, layer) of size x n_kv rows at a time."""
+    chunk = size * n_kv
+    for off in range(0, rows.num_rows, chunk):
+        writer.write(rows.slice(off, chunk))
+
+
+def record_batch_cell(spec: dict) -> dict:
+    """One batch of a recording, as a Ray worker runs it (distributed.record_cell): the model loaded (once per
+    worker), the task's samples made as one process makes them, the batch decoded with tracing."""
+    import pyarrow as pa
+
+    from . import tasks as T
+    from .calibration import for_model
+    from .hf import StrategyConfig
+    from .model import load_model
+
+    if spec.get("threads"):
+        from .measure import set_threads
+        set_threads(spec["threads"])
+    lm = load_model(spec["model"], device=spec["device"], dtype=spec["dtype"])
+    _check_length(lm, spec["length"], spec["steps"])
+    cfg = StrategyConfig(**spec["strategy_config"])
+    cfg.resolve([max(spec["length"], 64)], lm.head_dim)
+    smp = T.make_samples(spec["task"], lm.tokenizer, spec["samples"], length=spec["length"], seed=spec["seed"],
+                         text=spec["text"], depth=spec["depth"])
+    n_new = _new_tokens(lm.tokenizer, spec["task"], smp, spec["steps"])
+    cal = for_model(lm, cfg.strategy, spec["text"])
+    b0 = spec["b0"]
+    size = min(spec["batch_size"], spec["samples"] - b0)
+    rows, scores, strat, dense, n_steps = _record_rows(lm, spec["task"], smp, b0, size, cfg, n_new, None, cal)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as w:
+        w.write_table(rows)
+    return {"rows": sink.getvalue().to_pybytes(), "scores": scores, "strategy_elements": strat,
+            "dense_elements": dense, "steps": n_steps, "size": size,
+            "meta": _record_meta(lm, cfg, spec["task"], spec["samples"], spec["length"], spec["seed"], spec["depth"],
+                                 spec["text"], spec["batch_size"], cal),
+            "n_kv": int(lm.config.num_key_value_heads), "n_layers": int(lm.config.num_hidden_layers)}
+
+
+def _record_on_ray(model, task_name, cfg, steps, out, config, opened, cells, *, samples, batch_size, length, text,
+                   seed, depth, device, dtype, threads, address, progress, quiet) -> int:
+    """`record --ray`: the batches as Ray tasks (distributed.record_cell), kept in OUTPUT.cells/; the trace written
+    here from them, in the samples' order and in one process's row chunks."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from ..traces import TraceWriter
+    from .distributed import CellRun, record_cell
+
+    model_arg = model if model is None else str(Path(model).expanduser().resolve()) if Path(model).exists() else model
+    text_arg = None if text is None else str(Path(text).resolve())
+    specs = [{"model": model_arg, "device": device, "dtype": dtype, "task": task_name, "samples": samples,
+              "length": length, "seed": seed, "text": text_arg, "depth": depth, "b0": b0, "batch_size": batch_size,
+              "steps": steps, "strategy_config": dataclasses.asdict(cfg), "threads": threads,
+              "packages": config.get("packages")}
+             for b0 in range(0, samples, batch_size)]
+    run = CellRun(specs, Path(str(out) + ".cells"), fn=record_cell)
+    cells["run"] = run
+    with _progress(len(specs), f"record {cfg.strategy} on ray", progress, unit="batches") as advance:
+        def step(n=1):
+            advance(n)
+            if n:
+                checkpoint("cell")
+
+        run.run(address or None, gpus=bool(device and str(device).startswith("cuda")), advance=step)
+    first = run.done[0]
+    info = {"scores": [], "strategy_elements": [], "dense_elements": [], "steps": 0}
+    with TraceWriter(out, first["meta"]) as writer:
+        opened.append(writer)
+        for i in range(len(specs)):
+            d = run.done[i]
+            rows = pa.ipc.open_stream(d["rows"]).read_all()
+            _write_rows(writer, rows, d["size"], first["n_kv"])
+            info["scores"] += d["scores"]
+            info["strategy_elements"] += d["strategy_elements"]
+            info["dense_elements"] += d["dense_elements"]
+            info["steps"] = max(info["steps"], d["steps"])
+        score, ratio, n_steps = _finish_metadata(writer, task_name, info)
+    with deferred():
+        run.clear()   # the trace holds them now
+    checkpoint("written")
+    _say_written(quiet, out, writer, n_steps, first["n_layers"], first["n_kv"], samples, task_name, score, ratio)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`evaluate --ray`: the cells of an evaluation fanned out as Ray tasks, one per CPU slot (or GPU).
+"""`evaluate --ray` and `record --ray`: the cells of an evaluation or a recording fanned out as Ray tasks, one per
+CPU slot (or GPU).
 
 A cell is one (task, batch of samples): what `run.run_task` computes for one batch, one dense prefill shared by
 every strategy configuration, as in one process. A worker loads the model once (`model.load_model` keeps it for the
@@ -14,6 +15,11 @@ one-CPU task one thread) the scores are the same bit for bit. Cells are as many 
   it computes), so a rerun of the same command after Ctrl-C or a failure does only the cells still missing; the
   folder goes when the output is written.
 - Ctrl-C cancels the cells in flight and keeps the finished ones.
+
+`record --ray`: a cell is one batch of samples decoded with tracing (`record_cell`); its rows travel back as an
+Arrow IPC stream and are kept as one trace file per cell in OUTPUT.cells/ (KEY.arrow) beside its JSON entry, the
+folder's manifest; the driver writes the trace from them in the samples' order, in the row chunks one process writes,
+so the trace is the single process's (bit for bit with the same torch threads).
 
 Ray is optional (`pip install 'sparq-sim[distributed]'`): without it, `--ray` is one line saying how to get it.
 `--ray-address` joins a running cluster (its workers need this package, the model and any --text file at the same
@@ -80,6 +86,20 @@ def evaluate_cell(spec: dict) -> dict:
                          "generated": r.generated} for r in res]}
 
 
+def record_cell(spec: dict) -> dict:
+    """Record one batch of samples (in a Ray worker, or anywhere): its trace rows (Arrow IPC bytes), scores and
+    elements touched, and what the trace's metadata needs from the loaded model."""
+    from .commands import record_batch_cell
+
+    crash = os.environ.get(TEST_CRASH_ENV)
+    if crash:
+        marker = Path(crash) / cell_key(spec)
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)
+    return record_batch_cell(spec)
+
+
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """A cluster address must answer before Ray is asked to join it: Ray itself retries for minutes, printing its
     own logs. HOST:PORT or ray://HOST:PORT is tried with one TCP connection; 'auto' (the cluster of this machine's
@@ -103,8 +123,9 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 class CellRun:
     """The cells of one evaluation on Ray, with their results kept in `folder` (None: not kept)."""
 
-    def __init__(self, specs: list[dict], folder: Path | None):
+    def __init__(self, specs: list[dict], folder: Path | None, fn=None):
         self.specs = specs
+        self.fn = fn or evaluate_cell    # what a cell runs: evaluate_cell or record_cell
         self.keys = [cell_key(s) for s in specs]
         self.folder = folder
         self.done: dict[int, dict] = {}
@@ -113,17 +134,28 @@ class CellRun:
                 f = folder / f"{key}.json"
                 if f.is_file():
                     try:
-                        self.done[i] = json.loads(f.read_text())
-                    except (OSError, ValueError):   # a cell file cut short: computed again
+                        d = json.loads(f.read_text())
+                        if "rows_file" in d:   # a recorded cell: its trace rows beside it
+                            d["rows"] = (folder / d.pop("rows_file")).read_bytes()
+                        self.done[i] = d
+                    except (OSError, ValueError):   # a cell file cut short or missing: computed again
                         pass
 
     def keep(self, i: int, result: dict) -> None:
         self.done[i] = result
         if self.folder is None:
             return
-        from ..simulator.output import write_atomic
+        from ..simulator.output import open_atomic, write_atomic
         self.folder.mkdir(exist_ok=True)
-        write_atomic(str(self.folder / f"{self.keys[i]}.json"), json.dumps(result))
+        entry = result
+        if isinstance(result.get("rows"), (bytes, bytearray)):   # the rows first, then the entry that names them
+            name = f"{self.keys[i]}.arrow"
+            with open_atomic(str(self.folder / name)) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(result["rows"])
+            entry = {k: v for k, v in result.items() if k != "rows"}
+            entry["rows_file"] = name
+        write_atomic(str(self.folder / f"{self.keys[i]}.json"), json.dumps(entry))
 
     def run(self, address: str | None, gpus: bool, advance) -> None:
         """Every cell not done yet, as Ray tasks; `advance(1)` as each finishes. Ctrl-C cancels the rest."""
@@ -155,7 +187,7 @@ class CellRun:
                             f"{' '.join(str(e).split())[:300]}") from None
         if gpus and ray.cluster_resources().get("GPU", 0) < 1:   # the cells would wait for a GPU forever
             raise UserError(f"--device cuda: the Ray cluster{f' at {address}' if address else ''} has no GPU")
-        task = ray.remote(evaluate_cell).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=MAX_RETRIES)
+        task = ray.remote(self.fn).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=MAX_RETRIES)
         pending = {task.remote(self.specs[i]): i for i in todo}
         try:
             while pending:

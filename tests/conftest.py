@@ -20,6 +20,26 @@ def without_progress(err: str) -> list[str]:
     return rest
 
 
+def assert_same_trace(path_a, path_b, rows: int):
+    """Two trace files hold the same rows, in the same row groups, and the same metadata but for when they were made;
+    returns the first's trace."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from sparq_sim.traces import read_trace
+
+    a, b = read_trace(path_a), read_trace(path_b)
+    assert a.table.num_rows == rows and a.table.equals(b.table)
+    ma, mb = dict(a.metadata), dict(b.metadata)
+    ma.pop("created"), mb.pop("created")
+    assert json.dumps(ma, sort_keys=True) == json.dumps(mb, sort_keys=True)
+    fa, fb = pq.ParquetFile(path_a).metadata, pq.ParquetFile(path_b).metadata
+    assert [fa.row_group(i).num_rows for i in range(fa.num_row_groups)] == \
+        [fb.row_group(i).num_rows for i in range(fb.num_row_groups)]
+    return a
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """A 2-layer Llama (GQA 4/2 heads) with random weights and a byte-level tokenizer, saved like any model folder."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import without_progress
+from conftest import assert_same_trace, without_progress
 
 _EXE = Path(sys.executable).with_name("sparq-sim")
 CLI = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "sparq_sim.cli"]
@@ -102,3 +102,44 @@ def test_an_address_without_a_cluster_is_one_line_at_once(capsys, address, match
     assert main(["evaluate", "--ray-address", address, "--samples", "1", "-q"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and match in err
+
+
+RECORD = ["record", "--task", "passkey", "--strategy", "sparq", "--compression", "4", "--samples", "4",
+          "--batch-size", "1", "--steps", "3", "--length", "128", "--threads", "1", "-o", "t.parquet"]
+
+
+@pytest.mark.slow
+def test_record_on_ray_writes_the_single_process_trace_and_goes_on_after_ctrl_c(tiny, tmp_path):
+    """Four batches of one sample as Ray tasks: Ctrl-C after the second keeps the finished batches' rows in
+    t.parquet.cells/ (a trace file and an entry per batch); the same command then records only the rest, and the
+    trace equals one process's, rows, row groups and metadata."""
+    pytest.importorskip("ray")
+    one, many = tmp_path / "one", tmp_path / "many"
+    one.mkdir()
+    many.mkdir()
+    p = _run(RECORD + ["--model", tiny, "-q"], one)
+    assert p.returncode == 0, p.stderr
+    args = RECORD + ["--model", tiny, "--ray"]
+    p = _run(args, many, SPARQ_SIM_TEST_INTERRUPT="cell:2")
+    assert p.returncode == 130, p.stderr
+    line = without_progress(p.stderr)
+    assert len(line) == 1 and line[0].startswith("interrupted: no trace written; ") and \
+        "batches kept in t.parquet.cells: the same command goes on from them" in line[0], p.stderr
+    kept = sorted(x.suffix for x in (many / "t.parquet.cells").iterdir())
+    assert 2 <= kept.count(".arrow") == kept.count(".json") < 4
+    p = _run(args, many)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("wrote t.parquet: 48 rows (3 steps x 2 layers x 2 KV heads x 4 sequence(s))")
+    lines = p.stderr.splitlines()      # the kept batches count as done at once: they are not recorded again
+    assert lines[0].startswith("record sparq on ray: 0% (0/4 batches)") and \
+        f"({kept.count('.arrow')}/4 batches)" in lines[1], p.stderr
+    assert sorted(x.name for x in many.iterdir()) == ["t.parquet"]      # the cells went with the trace
+    assert_same_trace(one / "t.parquet", many / "t.parquet", 48)
+
+
+def test_record_ray_refuses_the_partial_files_options(capsys):
+    from sparq_sim.cli import main
+
+    assert main(["record", "--ray", "--resume", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "with --ray the same command goes on from the batches kept in OUTPUT.cells/" in err

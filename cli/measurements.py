@@ -304,13 +304,18 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu, cuda (cuda:
                                             "(dense, through transformers) instead of the kernels."),
             model: Optional[str] = typer.Option(None, "--model", "-m", help="With --model-step: " + _REF_MODEL),
             output: str = typer.Option(..., "--output", "-o", help="The CSV to write (atomically, when done)."),
+            ray: bool = typer.Option(False, "--ray", help="Time each kernel as a Ray task on a local Ray cluster "
+                                     "started here: one GPU per task with --device cuda, else --threads CPUs per "
+                                     "task (default: all); finished kernels kept in OUTPUT.cells/."),
+            ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join the Ray cluster at ADDR "
+                                                      "(implies --ray): each task times the node it runs on."),
             quiet: bool = QUIET):
     """Time the decode-attention kernels of every strategy on this machine; write a CSV in the measurement schema.
 
     Ctrl-C leaves no CSV (or the whole one)."""
     from ..simulator.interrupt import interruptible
 
-    done = {"points": 0, "of": None, "written": False, "bar": None}
+    done = {"points": 0, "of": None, "written": False, "bar": None, "run": None}
 
     def on_interrupt() -> str:
         if done["written"]:
@@ -319,22 +324,28 @@ def measure(device: str = typer.Option("cpu", "--device", help="cpu, cuda (cuda:
             done["bar"].close()   # clear the progress line
         left = f" ({output} left as it was)" if os.path.exists(output) else ""
         measured = f"; {done['points']} of {done['of']} points were measured" if done["of"] else ""
+        run = done["run"]
+        if run is not None and run.done:
+            measured = (f"; {len(run.done)} of {len(run.specs)} kernels kept in {run.folder.name}: the same command "
+                        f"goes on from them")
         return f"no file written{left}{measured}"
 
+    ray_address = _given(ray_address, "--ray-address", "a Ray cluster address (host:port)")
     with interruptible(on_interrupt):
         _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k, repeats, warmup, threads,
-                 model_step, model, output, done, quiet)
+                 model_step, model, output, done, quiet, bool(ray or ray_address), ray_address)
 
 
 def _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k, repeats, warmup, threads,
-             model_step, model, output, done, quiet):
+             model_step, model, output, done, quiet, ray=False, ray_address=None):
     from ..simulator.interrupt import checkpoint, deferred
     from ..simulator.measured import SCHEMA
     from ..simulator.output import to_csv, write_atomic
     from ..simulator.ranges import parse_axis, parse_names
 
     from ..sparq_ref.model import check_device
-    check_device(device)
+    if not ray_address:   # a cluster's workers have their own devices
+        check_device(device)
     from ..sparq_ref.kernels import KERNELS
     kern = parse_names(kernels, "--kernels")
     bad = [x for x in kern if x not in KERNELS]
@@ -351,8 +362,18 @@ def _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k
         raise UserError("--repeats must be at least 1 and --warmup at least 0")
     from ..simulator.output import output_target
     output_target(output)   # a name that cannot be written is said before minutes of measuring, not after
+    if ray and model_step:
+        raise UserError("--model-step runs in one process; --ray fans out the kernels")
+    if ray:
+        from ..sparq_ref.distributed import check_reachable, need_ray
+        need_ray()
+        if ray_address:
+            check_reachable(ray_address)
     from ..sparq_ref.measure import measure_kernels, set_threads
-    set_threads(threads)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    if not ray:
+        set_threads(threads)
 
     from ..common.progress import Progress
 
@@ -374,6 +395,12 @@ def _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k
         say_loading(model, None, quiet)
         rows = measure_model_step(model, parse_axis(batch, "--batch", minimum=1), parse_axis(seq, "--seq", minimum=1),
                                   device=device, dtype=dts[0], repeats=repeats, warmup=warmup, progress=progress)
+    elif ray:
+        rows = _measure_on_ray(kern, dict(
+            batches=parse_axis(batch, "--batch", minimum=1), seqs=parse_axis(seq, "--seq", minimum=1), heads=hs,
+            kv_heads=kvs, head_dims=parse_axis(head_dim, "--head-dim", minimum=1), dtypes=dts,
+            rs=parse_axis(r, "--r", minimum=1), ks=parse_axis(k, "--k", minimum=1), device=device, repeats=repeats,
+            warmup=warmup), threads, output, ray_address, done, quiet)
     else:
         rows = measure_kernels(kern, parse_axis(batch, "--batch", minimum=1), parse_axis(seq, "--seq", minimum=1),
                                hs, kvs, parse_axis(head_dim, "--head-dim", minimum=1), dts,
@@ -389,5 +416,36 @@ def _measure(device, kernels, batch, seq, heads, kv_heads, head_dim, dtype, r, k
     with deferred():  # the whole file, and knowing it: a Ctrl-C waits for the write
         write_atomic(output, text)
         done["written"] = True
+    if done["run"] is not None:
+        done["run"].clear()   # the CSV holds them now
     checkpoint("written")
     sys.stderr.write(f"wrote {output}: {len(rows)} rows\n")
+
+
+def _measure_on_ray(kernels, grid: dict, threads, output, address, done, quiet) -> list[dict]:
+    """`measure --ray`: each kernel's points as a Ray task (sparq_ref.distributed.measure_cell) holding a GPU, or
+    `threads` CPUs (default: all of this machine's, so that no two measurements share cores); the rows in the
+    kernels' order, as one process writes them."""
+    from pathlib import Path
+
+    from ..common.progress import Progress
+    from ..simulator.interrupt import checkpoint
+    from ..sparq_ref.distributed import CellRun, measure_cell
+
+    gpus = str(grid["device"]).startswith("cuda")
+    cpus = 1 if gpus else (threads or os.cpu_count() or 1)
+    specs = [dict(grid, kernel=kn, device="cuda" if gpus else grid["device"], threads=None if gpus else cpus)
+             for kn in kernels]
+    run = CellRun(specs, Path(str(output) + ".cells"), fn=measure_cell)
+    done["run"] = run
+    with Progress(len(specs), "measure on ray", quiet=quiet, unit="kernels") as bar:
+        def step(n=1):
+            bar.advance(n)
+            if n:
+                checkpoint("cell")
+
+        run.run(address or None, gpus=gpus, advance=step, cpus=cpus)
+    rows = [row for i in range(len(specs)) for row in run.done[i]["rows"]]
+    if not rows:
+        raise UserError("the grid has no valid point (r must be <= head_dim, k <= seq)")
+    return rows

@@ -1,5 +1,5 @@
-"""`evaluate --ray` and `record --ray`: the cells of an evaluation or a recording fanned out as Ray tasks, one per
-CPU slot (or GPU).
+"""`evaluate --ray`, `record --ray` and `measure --ray`: the cells of an evaluation, a recording or a measurement
+fanned out as Ray tasks, one per CPU slot (or GPU).
 
 A cell is one (task, batch of samples): what `run.run_task` computes for one batch, one dense prefill shared by
 every strategy configuration, as in one process. A worker loads the model once (`model.load_model` keeps it for the
@@ -20,6 +20,11 @@ one-CPU task one thread) the scores are the same bit for bit. Cells are as many 
 Arrow IPC stream and are kept as one trace file per cell in OUTPUT.cells/ (KEY.arrow) beside its JSON entry, the
 folder's manifest; the driver writes the trace from them in the samples' order, in the row chunks one process writes,
 so the trace is the single process's (bit for bit with the same torch threads).
+
+`measure --ray`: a cell is one kernel's points (`measure_cell`), timed where the task runs. On GPUs each task holds a
+GPU of its own (`num_gpus=1`); on CPUs each holds `--threads` CPUs (default: all of the driver's), so that
+measurements never share the cores they time (with --threads below the node's CPUs they run side by side and share
+its memory bandwidth: the rows say their threads).
 
 Ray is optional (`pip install 'sparq-sim[distributed]'`): without it, `--ray` is one line saying how to get it.
 `--ray-address` joins a running cluster (its workers need this package, the model and any --text file at the same
@@ -100,6 +105,17 @@ def record_cell(spec: dict) -> dict:
     return record_batch_cell(spec)
 
 
+def measure_cell(spec: dict) -> dict:
+    """Time one kernel's points (in a Ray worker, or anywhere): rows in the measurement schema."""
+    from .measure import measure_kernels, set_threads
+
+    set_threads(spec["threads"])
+    rows = measure_kernels([spec["kernel"]], spec["batches"], spec["seqs"], spec["heads"], spec["kv_heads"],
+                           spec["head_dims"], spec["dtypes"], spec["rs"], spec["ks"], device=spec["device"],
+                           repeats=spec["repeats"], warmup=spec["warmup"])
+    return {"rows": rows}
+
+
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """A cluster address must answer before Ray is asked to join it: Ray itself retries for minutes, printing its
     own logs. HOST:PORT or ray://HOST:PORT is tried with one TCP connection; 'auto' (the cluster of this machine's
@@ -157,7 +173,7 @@ class CellRun:
             entry["rows_file"] = name
         write_atomic(str(self.folder / f"{self.keys[i]}.json"), json.dumps(entry))
 
-    def run(self, address: str | None, gpus: bool, advance) -> None:
+    def run(self, address: str | None, gpus: bool, advance, cpus: int = 1) -> None:
         """Every cell not done yet, as Ray tasks; `advance(1)` as each finishes. Ctrl-C cancels the rest."""
         import contextlib
         import io
@@ -172,11 +188,11 @@ class CellRun:
         # exception here), and the driver leaves the cluster before the results are printed
         with contextlib.redirect_stdout(io.StringIO()):
             try:
-                self._run(ray, todo, address, gpus, advance)
+                self._run(ray, todo, address, gpus, advance, cpus)
             finally:
                 ray.shutdown()
 
-    def _run(self, ray, todo, address, gpus, advance) -> None:
+    def _run(self, ray, todo, address, gpus, advance, cpus=1) -> None:
         import logging
 
         try:
@@ -187,7 +203,11 @@ class CellRun:
                             f"{' '.join(str(e).split())[:300]}") from None
         if gpus and ray.cluster_resources().get("GPU", 0) < 1:   # the cells would wait for a GPU forever
             raise UserError(f"--device cuda: the Ray cluster{f' at {address}' if address else ''} has no GPU")
-        task = ray.remote(self.fn).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=MAX_RETRIES)
+        if not gpus and ray.cluster_resources().get("CPU", 0) < cpus:
+            raise UserError(f"the Ray cluster{f' at {address}' if address else ''} has fewer than the {cpus} CPUs "
+                            f"each task holds (--threads)")
+        task = ray.remote(self.fn).options(num_cpus=1 if gpus else cpus, num_gpus=1 if gpus else 0,
+                                           max_retries=MAX_RETRIES)
         pending = {task.remote(self.specs[i]): i for i in todo}
         try:
             while pending:

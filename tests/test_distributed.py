@@ -143,3 +143,40 @@ def test_record_ray_refuses_the_partial_files_options(capsys):
     assert main(["record", "--ray", "--resume", "-q"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "with --ray the same command goes on from the batches kept in OUTPUT.cells/" in err
+
+
+MEASURE = ["measure", "--kernels", "attn-torch,sparq-attn-torch,h2o-attn-torch", "--batch", "1", "--seq", "256,512",
+           "--heads", "2", "--head-dim", "32", "--r", "8", "--k", "32", "--repeats", "2", "--warmup", "0", "--threads",
+           "1", "-q", "-o", "m.csv"]
+
+
+@pytest.mark.slow
+def test_measure_on_ray_times_the_single_process_points(tmp_path):
+    """Each kernel's points as a Ray task holding --threads CPUs: the same rows as one process (every column but the
+    timings), in the same order; the kept kernels go with the CSV."""
+    pytest.importorskip("ray")
+    import csv
+
+    one, many = tmp_path / "one", tmp_path / "many"
+    one.mkdir()
+    many.mkdir()
+    p = _run(MEASURE, one)
+    assert p.returncode == 0, p.stderr
+    p = _run(MEASURE + ["--ray"], many)
+    assert p.returncode == 0, p.stderr
+    assert sorted(x.name for x in many.iterdir()) == ["m.csv"]
+    a = list(csv.DictReader(open(one / "m.csv")))
+    b = list(csv.DictReader(open(many / "m.csv")))
+    timing = ("time_s", "time_stderr_s", "repeats")
+    assert len(a) == len(b) == 6
+    assert [{c: v for c, v in r.items() if c not in timing} for r in a] == \
+        [{c: v for c, v in r.items() if c not in timing} for r in b]
+    assert all(float(r["time_s"]) > 0 and r["threads"] == "1" for r in b)
+
+
+def test_measure_ray_refuses_model_steps(tmp_path, capsys):
+    from sparq_sim.cli import main
+
+    assert main(["measure", "--ray", "--model-step", "-o", str(tmp_path / "m.csv"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model-step runs in one process; --ray fans out the kernels" in err

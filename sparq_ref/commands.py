@@ -257,7 +257,9 @@ def _evaluate_lm_eval(model, tasks, lm_eval, include, fewshot, strategies, compr
         raise UserError(f"--lm-eval-include {include!r} does not exist (accepted: a folder or file of lm-eval task "
                         "YAML)")
     harness.need_lm_eval()
-    # before the model loads: an unknown task costs seconds, not a minute
+    # before the model loads: an unknown task costs seconds, not a minute (indexing lm-eval's own tasks takes ~8 s)
+    from ..common.progress import status
+    status("indexing lm-eval's tasks ...", not progress)
     manager = harness.task_manager(names, str(Path(include).resolve()) if include else None)
 
     written = []

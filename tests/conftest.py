@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 
 # what long commands write to stderr besides results and errors (common/progress.py, not on a terminal)
 PROGRESS_LINE = re.compile(r"^[\w .()-]+: \d+% \([\d,]+/[\d,]+( [\w -]+)?\), \d+:\d{2}(:\d{2})? elapsed"
-                           r"(, about \d+:\d{2}(:\d{2})? left)?$|^loading model .* \.\.\.$")
+                           r"(, about \d+:\d{2}(:\d{2})? left)?$|^loading model .* \.\.\.$|^indexing lm-eval's tasks \.\.\.$")
 
 
 def without_progress(err: str) -> list[str]:

@@ -72,3 +72,35 @@ def test_measure_and_evaluate_on_mps(tmp_path, capsys):
                  "--seq", "1024", "--repeats", "3", "-o", str(out), "-q"]) == 0
     assert main(["evaluate", "--tasks", "passkey", "--samples", "1", "--length", "128", "--compression", "8",
                  "--strategies", "dense,sparq", "--device", "mps", "-f", "json", "-q"]) == 0
+
+
+@CUDA
+def test_lm_eval_tasks_on_cuda_score_as_on_the_cpu(tiny, tmp_path, capsys):
+    """`evaluate --lm-eval` on the GPU (fp32, the tiny Llama, a local multiple-choice task): the same accuracy and
+    transfer ratios as on the CPU."""
+    pytest.importorskip("lm_eval")
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"q": f"Item {i}: the sky is", "choices": [" green", " blue"], "answer": i % 2})
+                            + "\n" for i in range(4)))
+    (tmp_path / "mc.yaml").write_text(f"""task: local_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{q}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+""")
+    runs = {}
+    for device in ("cpu", "cuda"):
+        assert main(["evaluate", "--model", str(tiny), "--lm-eval", "local_mc", "--lm-eval-include", str(tmp_path),
+                     "--strategies", "dense,sparq", "--compression", "4", "--samples", "4", "--length", "128",
+                     "--device", device, "--dtype", "fp32", "-f", "json", "-q"]) == 0
+        runs[device] = {r["strategy"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    for s, row in runs["cpu"].items():
+        assert runs["cuda"][s]["score"] == row["score"]
+        assert runs["cuda"][s]["transfer_ratio"] == pytest.approx(row["transfer_ratio"], rel=1e-6)

@@ -57,7 +57,8 @@ def _check_length(lm, length: int, new_tokens: int) -> None:
     """Context plus new tokens must fit the model's positions (the prompt adds a few tokens around the text)."""
     limit = getattr(lm.config, "max_position_embeddings", None)
     if isinstance(limit, int) and length + new_tokens + 64 > limit:
-        raise UserError(f"--length {length} plus {new_tokens} new tokens does not fit {lm.name}'s {limit} positions; "
+        plus = f" plus {new_tokens} new tokens" if new_tokens else ""
+        raise UserError(f"--length {length}{plus} does not fit {lm.name}'s {limit} positions; "
                         f"accepted: --length <= {limit - new_tokens - 64}")
 
 
@@ -281,6 +282,7 @@ def _evaluate_lm_eval(model, tasks, lm_eval, include, fewshot, strategies, compr
             set_threads(threads)
         checkpoint("load")
         lm = load_model(model, device=device, dtype=dtype)
+        _check_length(lm, length, 0)   # lm-eval's max_length: what the model's positions allow
         configs = _configs(strategy_names, ratios, reallocate)
         with _progress(len(names) * len(configs), "evaluate (lm-eval)", progress, unit="task runs") as advance:
             def step(n=1):

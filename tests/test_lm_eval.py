@@ -171,6 +171,13 @@ def test_a_sampling_task_is_refused_in_one_line(tiny, tmp_path, capsys):
     assert err.count("\n") == 1 and "this lm-eval task samples (do_sample / temperature > 0)" in err, err
 
 
+def test_a_context_beyond_the_models_positions_is_one_line(tiny, task_dir, capsys):
+    assert main(["evaluate", "--model", str(tiny), "--lm-eval", "local_mc", "--lm-eval-include", str(task_dir),
+                 "--length", "100000", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--length 100000 does not fit tiny-llama" in err and "4096 positions" in err, err
+
+
 def test_without_lm_eval_it_says_how_to_install_it(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)    # `import lm_eval` fails as when it is not installed
     assert main(["evaluate", "--lm-eval", "hellaswag", "--samples", "1", "-q"]) == 2

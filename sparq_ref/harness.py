@@ -231,7 +231,8 @@ def task_manager(tasks: list[str], include_path: str | None = None):
         from ..simulator.errors import closest
 
         hint = closest(unknown[0], sorted(manager.all_tasks))
-        where = f"lm-eval's or {include_path}'s" if include_path else "lm-eval's (yours: --lm-eval-include DIR)"
+        where = (f"lm-eval's or {include_path}'s (lm-eval leaves out a YAML file it cannot read)" if include_path
+                 else "lm-eval's (yours: --lm-eval-include DIR)")
         raise UserError(f"--lm-eval: {', '.join(unknown)} is not among {where} tasks{hint}")
     return manager
 
@@ -263,11 +264,33 @@ def run_tasks(lm, tasks: list[str], configs, *, limit: int | None, batch_size: i
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise UserError(f"--lm-eval {task}: its dataset could not be read ({first}); offline, a task needs "
                                 "its data in the local Hugging Face cache or in local files") from None
+            except Exception as e:   # a task's YAML lm-eval cannot run (a bad template, output type, ...): one line
+                if _raised_in_this_package(e):
+                    raise      # a fault of sparq-sim's own, with its traceback
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise UserError(f"--lm-eval {task}: lm-eval could not run the task: {type(e).__name__}: "
+                                f"{first[:300]}") from None
             el, de = model.transfer()
             rows += _rows(out, cfg, el / de if de else float("nan"))
             if progress is not None:
                 progress(1)
     return rows
+
+
+def _raised_in_this_package(e: BaseException) -> bool:
+    """Whether the exception passed through sparq-sim's own code below run_tasks (StrategyLM's methods, the
+    reference), rather than only through lm-eval and the libraries it calls on a task's configuration."""
+    import traceback
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent   # the sparq_sim package (the repository root when editable)
+    for frame in traceback.extract_tb(e.__traceback__)[1:]:   # [0]: run_tasks' own call of simple_evaluate
+        if frame.filename.startswith("<"):   # code made at run time (a task's Jinja template): not a file of ours
+            continue
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(root) and "site-packages" not in path.parts:
+            return True
+    return False
 
 
 def _rows(out: dict, cfg, transfer: float) -> list[dict]:

@@ -178,6 +178,30 @@ def test_a_context_beyond_the_models_positions_is_one_line(tiny, task_dir, capsy
     assert err.count("\n") == 1 and "--length 100000 does not fit tiny-llama" in err and "4096 positions" in err, err
 
 
+def test_a_task_lm_eval_cannot_run_is_one_line_and_a_fault_of_ours_is_not_hidden(tiny, tmp_path, capsys,
+                                                                                   monkeypatch):
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    _tasks(tmp_path, data)
+    (tmp_path / "bad.yaml").write_text((tmp_path / "mc.yaml").read_text().replace("local_mc", "bad_tmpl")
+                                       .replace('doc_to_text: "{{question}}"', 'doc_to_text: "{{question.nope()}}"'))
+    args = ["evaluate", "--model", str(tiny), "--lm-eval-include", str(tmp_path), "--strategies", "dense",
+            "--samples", "1", "--length", "128", "-q"]
+    assert main(args + ["--lm-eval", "bad_tmpl"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--lm-eval bad_tmpl: lm-eval could not run the task: UndefinedError" in err, err
+    from sparq_sim.sparq_ref.harness import strategy_lm_class
+
+    def broken(self, requests, disable_tqdm=False, override_bs=None):
+        raise RuntimeError("a fault in sparq-sim's own code")
+
+    monkeypatch.setattr(strategy_lm_class(), "_loglikelihood_tokens", broken)
+    with pytest.raises(RuntimeError, match="a fault in sparq-sim's own code"):
+        from sparq_sim.sparq_ref.commands import evaluate
+        evaluate(str(tiny), None, "dense", "1", 1, "json", None, length=128, lm_eval="local_mc",
+                 lm_eval_include=str(tmp_path), progress=False)
+
+
 def test_without_lm_eval_it_says_how_to_install_it(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)    # `import lm_eval` fails as when it is not installed
     assert main(["evaluate", "--lm-eval", "hellaswag", "--samples", "1", "-q"]) == 2

@@ -52,9 +52,8 @@ def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_RE
                                                    "list) instead of the built-in ones: each scored token from a "
                                                    "decode step of the strategy; --samples documents per task, "
                                                    "--length the context limit."),
-             lm_eval_include: Optional[str] = typer.Option(None, "--lm-eval-include", help="A folder (or file) of "
-                                                           "lm-eval task YAML files of your own (lm-eval's "
-                                                           "include_path)."),
+             lm_eval_include: Optional[str] = typer.Option(None, "--lm-eval-include", help="A folder of lm-eval "
+                                                           "task YAML files of your own (lm-eval's include_path)."),
              fewshot: Optional[int] = typer.Option(None, "--fewshot", help="With --lm-eval: few-shot examples per "
                                                    "prompt (default: the task's)."),
              quiet: bool = QUIET):

@@ -254,9 +254,9 @@ def _evaluate_lm_eval(model, tasks, lm_eval, include, fewshot, strategies, compr
                                                   batch_size, threads, output)
     if fewshot is not None:
         _positive(fewshot, "fewshot", 0)
-    if include is not None and not Path(include).exists():
-        raise UserError(f"--lm-eval-include {include!r} does not exist (accepted: a folder or file of lm-eval task "
-                        "YAML)")
+    if include is not None and not Path(include).is_dir():
+        raise UserError(f"--lm-eval-include {include!r} is not a folder (accepted: a folder of lm-eval task YAML "
+                        "files, searched recursively)")
     harness.need_lm_eval()
     # before the model loads: an unknown task costs seconds, not a minute (indexing lm-eval's own tasks takes ~8 s)
     from ..common.progress import status

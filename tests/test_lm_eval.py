@@ -152,6 +152,8 @@ def test_evaluate_lm_eval_end_to_end(tiny, task_dir, loaded, capsys):
     (["--lm-eval", "local_mc", "--ray"], "--lm-eval runs in one process"),
     (["--lm-eval", " , "], "--lm-eval is empty"),
     (["--fewshot", "2"], "--lm-eval-include and --fewshot go with --lm-eval TASKS"),
+    (["--lm-eval", "local_mc", "--lm-eval-include", "/etc/hostname"], "--lm-eval-include '/etc/hostname' is not a "
+                                                                      "folder"),
     (["--lm-eval", "local_mc", "--fewshot", "-1"], "--fewshot must be a whole number >= 0"),
 ])
 def test_bad_input_is_one_line_before_the_model_loads(task_dir, capsys, extra, match):

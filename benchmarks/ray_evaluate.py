@@ -1,6 +1,6 @@
 """`sparq-sim evaluate` on this machine's CPUs: one process at batch 1 and batch 8, and `--ray` with one worker per
 CPU (issue 13: the goal is >= 1.7x over one process on 2 CPU workers); `sparq-sim record` (SparQ, the same samples)
-in one process of one thread and with `--ray`, at batch 1.
+in one process of one thread and with `--ray`, at batch 1, and in one process at batch 8.
 
     python benchmarks/ray_evaluate.py [--quick] [--what evaluate,record]
 
@@ -98,9 +98,10 @@ def main():
 
 
 def record_runs(run, samples, length, steps, have_ray):
-    """record --ray against one process of one thread, batch 1 (a Ray cell is one batch)."""
+    """record --ray against one process of one thread, batch 1 (a Ray cell is one batch); one process at batch 8."""
     tokens = samples * steps
-    runs = {"record, one process, batch 1, one thread": run("--batch-size", "1", "--threads", "1", command="record")}
+    runs = {"record, one process, batch 1, one thread": run("--batch-size", "1", "--threads", "1", command="record"),
+            "record, one process, batch 8": run("--batch-size", "8", command="record")}
     if have_ray:
         runs["record --ray, a worker per CPU, batch 1"] = run("--batch-size", "1", "--ray", command="record")
     b = f"record sparq, SmolLM2-135M, bpc, {samples} samples x {steps} steps, {length}-token contexts, " \

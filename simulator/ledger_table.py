@@ -10,8 +10,8 @@ import numpy as np
 from .errors import UserError
 from .ledger import Precision
 from .models import DEFAULT_MODEL
-from .predict import (AUTO, Case, _share, auto_dtype, evaluate_case, parse_compressions, resolve_hardware,
-                      resolve_models, sweep)
+from .predict import (AUTO, Case, auto_dtype, evaluate_case, parse_compressions, placement_shares,
+                      resolve_hardware, resolve_models)
 from .ranges import parse_axis
 from .roofline import BOUNDS
 from .strategies import parse_strategies
@@ -49,14 +49,13 @@ def ledger(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategi
     dt = None if auto else parse_dtype(dtype)
     kvd = parse_dtype(kv_dtype, "kv dtype") if kv_dtype is not None else None
     act = parse_dtype(act_dtype, "activation dtype") if act_dtype is not None else None
-    wod, kod = (_share(v, flag) for v, flag in ((weights_on_device, "--weights-on-device"),
-                                                 (kv_on_device, "--kv-on-device")))
-    # the disk's shares: checked as predict checks them (a profile with a disk tier, shares adding up to at most 1)
-    checked = sweep(hardware=hws, model=models[:1], strategies=strats[:1], weights_on_device=wod, kv_on_device=kod,
-                    weights_on_disk=weights_on_disk, kv_on_disk=kv_on_disk).cases
-    if len({(c.weights_on_disk, c.kv_on_disk) for c in checked}) != 1:
-        raise UserError("the ledger takes one --weights-on-disk and one --kv-on-disk")
-    wdk, kdk = checked[0].weights_on_disk, checked[0].kv_on_disk
+    given = (weights_on_device, kv_on_device, weights_on_disk, kv_on_disk)
+    shares = placement_shares(hws, *given)
+    for flag, where, value, s in zip(("--weights-on-device", "--kv-on-device", "--weights-on-disk", "--kv-on-disk"),
+                                     ("device", "device", "disk", "disk"), given, shares):
+        if len(s) != 1:
+            raise UserError(f"{flag} is one share kept on the {where}, between 0 and 1; got {value!r}")
+    wod, kod, wdk, kdk = (s[0] for s in shares)
     if k_layout not in ("twice", "once"):
         raise UserError(f"--k-layout must be twice or once, got {k_layout!r}")
     B = np.asarray(batches, dtype=np.int64)

@@ -712,11 +712,24 @@ def _shares(value, flag: str, where: str = "on the device") -> list[float]:
     return [float(v) for v in vals]
 
 
-def _share(value, flag: str) -> float:
-    vals = _shares(value, flag)
-    if len(vals) != 1:
-        raise UserError(f"{flag} is one share kept on the device, between 0 and 1; got {value!r}")
-    return vals[0]
+def placement_shares(hws, weights_on_device, kv_on_device, weights_on_disk, kv_on_disk) -> list[list[float]]:
+    """The placement shares, parsed and checked: [weights on the device, KV on the device, weights on the disk, KV on
+    the disk] (lists). The disk's need a profile with a disk tier; a share on the device and on the disk add up to at
+    most 1 (the rest in host memory)."""
+    shares = [_shares(weights_on_device, "--weights-on-device"), _shares(kv_on_device, "--kv-on-device"),
+              _shares(weights_on_disk, "--weights-on-disk", "on the disk"),
+              _shares(kv_on_disk, "--kv-on-disk", "on the disk")]
+    if max(shares[2]) > 0 or max(shares[3]) > 0:
+        for hw in hws:
+            if hw.disk is None:
+                raise UserError(f"hardware {hw.name} has no disk tier: --weights-on-disk and --kv-on-disk need a "
+                                "profile with a `disk:` section (a copy of it with --hardware-file; t4 has one)")
+    for on, disk, what in ((shares[0], shares[2], "weights"), (shares[1], shares[3], "kv")):
+        if max(on) + max(disk) > 1 + 1e-12:
+            raise UserError(f"--{what}-on-device {max(on):g} and --{what}-on-disk {max(disk):g} add up to more than "
+                            f"the whole; accepted: shares whose sum is at most 1, the rest in host memory (e.g. "
+                            f"--{what}-on-device {max(0.0, 1 - max(disk)):g} --{what}-on-disk {max(disk):g})")
+    return shares
 
 
 def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
@@ -745,19 +758,7 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
     dtypes = [d if str(d).strip().lower() == AUTO else parse_dtype(d) for d in dtype_names]
     kv_dtypes = [None] if kv_dtype is None else [parse_dtype(d, "kv dtype") for d in parse_names(kv_dtype, "--kv-dtype")]
     act = None if act_dtype is None else parse_dtype(act_dtype, "activation dtype")
-    shares = [_shares(weights_on_device, "--weights-on-device"), _shares(kv_on_device, "--kv-on-device"),
-              _shares(weights_on_disk, "--weights-on-disk", "on the disk"),
-              _shares(kv_on_disk, "--kv-on-disk", "on the disk")]
-    if max(shares[2]) > 0 or max(shares[3]) > 0:
-        for hw in hws:
-            if hw.disk is None:
-                raise UserError(f"hardware {hw.name} has no disk tier: --weights-on-disk and --kv-on-disk need a "
-                                "profile with a `disk:` section (a copy of it with --hardware-file; t4 has one)")
-    for on, disk, what in ((shares[0], shares[2], "weights"), (shares[1], shares[3], "kv")):
-        if max(on) + max(disk) > 1 + 1e-12:
-            raise UserError(f"--{what}-on-device {max(on):g} and --{what}-on-disk {max(disk):g} add up to more than "
-                            f"the whole; accepted: shares whose sum is at most 1, the rest in host memory (e.g. "
-                            f"--{what}-on-device {max(0.0, 1 - max(disk)):g} --{what}-on-disk {max(disk):g})")
+    shares = placement_shares(hws, weights_on_device, kv_on_device, weights_on_disk, kv_on_disk)
     devs = parse_axis(devices, "--devices", minimum=1)
     pps = parse_axis(pipeline, "--pipeline", minimum=1)
     mbs = [None] if microbatches is None else parse_axis(microbatches, "--microbatches", minimum=1)
@@ -842,61 +843,10 @@ def predict(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strateg
     """Predict one decode step (and with `gen_len`, a whole generation) for every combination of the arguments;
     returns a pandas DataFrame (columns in the module docstring). Example:
     `predict(hardware="a100", seq_len=[1024, 4096], strategies=["dense", "sparq"], gen_len=256)`."""
-    import pandas as pd
+    from .frame import frame
 
     cols = predict_columns(hardware, model, seq_len, batch, strategies, compression, dtype, kv_dtype, devices, r, k,
                            local_window, page_size, k_layout, kv_location, weights_location, gen_len, mla_decode,
                            act_dtype, weights_on_device, kv_on_device, pipeline, microbatches, weights_on_disk,
                            kv_on_disk)
-    return _frame(pd, cols)
-
-
-_BLOCKS: list = []          # [create_dataframe_from_blocks, using_string_dtype] once looked up; [] where missing
-_COLUMN_INDEX: dict = {}    # (column names, string dtype) -> their Index, copied for each frame
-
-
-def _frame(pd, cols: dict):
-    """The DataFrame of `predict`: string columns as pandas' str dtype (categoricals beyond 10,000 rows), the rest as
-    they are. What `pd.DataFrame({name: column})` makes (same columns, dtypes, values and blocks), built from one 2-D
-    block per numpy dtype, so a single configuration does not pay the constructor's checks and inference 49 times
-    (issue 16: <= 1 ms a call). pandas 3's public block constructor (pandas.api.internals) with the string dtype its
-    inference gives (StringDtype(na_value=nan), built as pandas' own constructor builds it); on a pandas without
-    them, or with that inference turned off, the plain constructor."""
-    n = len(cols["time_s"])
-    small = n <= 10_000
-    if not _BLOCKS:
-        try:
-            from pandas._config import using_string_dtype
-            from pandas.api.internals import create_dataframe_from_blocks
-            _BLOCKS[:] = [create_dataframe_from_blocks, using_string_dtype]
-        except ImportError:
-            _BLOCKS.append(None)
-    if _BLOCKS[0] is None or not _BLOCKS[1]():
-        return pd.DataFrame({c: (v.decode().astype(str) if small else pd.Categorical.from_codes(v.codes, v.categories))
-                             if isinstance(v, Labels) else v for c, v in cols.items()})
-    text = pd.StringDtype(na_value=np.nan)
-    kind = text.construct_array_type()
-    if text.storage == "pyarrow":   # what _from_sequence does with strings, less its check that they are
-        import pyarrow as pa
-
-        def make_text(values):
-            return kind(pa.array(values, type=pa.large_string(), from_pandas=True), dtype=text)
-    else:
-        def make_text(values):
-            return kind._from_sequence(values, dtype=text)
-    blocks, same = [], {}
-    for j, v in enumerate(cols.values()):
-        if isinstance(v, Labels):
-            blocks.append((make_text(v.decode()) if small else pd.Categorical.from_codes(v.codes, v.categories),
-                           np.array([j])))
-        else:
-            arrays, where = same.setdefault(v.dtype, ([], []))
-            arrays.append(v)
-            where.append(j)
-    blocks += [(np.array(arrays, dtype=dtype).reshape(len(where), n), np.array(where))
-               for dtype, (arrays, where) in same.items()]
-    key = (tuple(cols), text)
-    columns = _COLUMN_INDEX.get(key)
-    if columns is None:
-        columns = _COLUMN_INDEX.setdefault(key, pd.Index(list(cols)))
-    return _BLOCKS[0](blocks, pd.RangeIndex(n), columns.copy())
+    return frame(cols)

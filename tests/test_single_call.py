@@ -30,6 +30,7 @@ from sparq_sim.hardware_profiles import PROFILE_DIR
 from sparq_sim.simulator import predict as P
 from sparq_sim.simulator import strategies as S_
 from sparq_sim.simulator.errors import UserError
+from sparq_sim.simulator.frame import frame
 from sparq_sim.simulator.models import load_model_spec, replace
 from sparq_sim.simulator.ranges import parse_axis
 
@@ -92,7 +93,7 @@ def test_the_frame_is_the_constructors_frame_of_the_columns(options):
                                                 strategies="sparq,quest"),
                        dict(hardware="a100,h100", seq_len="1024:131072:+256", batch="1,2,4")):   # > 10,000 rows
                 cols = P.predict_columns(**kw)
-                got, want = P._frame(pd, cols), _constructor_frame(cols)
+                got, want = frame(cols), _constructor_frame(cols)
                 pd.testing.assert_frame_equal(got, want, check_exact=True)
                 assert list(got.dtypes) == list(want.dtypes) and got.columns.dtype == want.columns.dtype
                 assert len(got._mgr.blocks) == len(want._mgr.blocks)

@@ -428,8 +428,6 @@ def _measure_on_ray(kernels, grid: dict, threads, output, address, done, quiet) 
     kernels' order, as one process writes them."""
     from pathlib import Path
 
-    from ..common.progress import Progress
-    from ..simulator.interrupt import checkpoint
     from ..sparq_ref.distributed import CellRun, measure_cell
 
     gpus = str(grid["device"]).startswith("cuda")
@@ -438,13 +436,7 @@ def _measure_on_ray(kernels, grid: dict, threads, output, address, done, quiet) 
              for kn in kernels]
     run = CellRun(specs, Path(str(output) + ".cells"), fn=measure_cell)
     done["run"] = run
-    with Progress(len(specs), "measure on ray", quiet=quiet, unit="kernels") as bar:
-        def step(n=1):
-            bar.advance(n)
-            if n:
-                checkpoint("cell")
-
-        run.run(address or None, gpus=gpus, advance=step, cpus=cpus)
+    run.run_shown(address or None, gpus, "measure on ray", "kernels", quiet, cpus)
     rows = [row for i in range(len(specs)) for row in run.done[i]["rows"]]
     if not rows:
         raise UserError("the grid has no valid point (r must be <= head_dim, k <= seq)")

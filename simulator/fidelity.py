@@ -19,7 +19,7 @@ import numpy as np
 
 from ..hardware_profiles import HardwareProfile
 from .fitting import fit_defaults, fit_stack
-from .implementations import IMPLEMENTATIONS_FILE, get_implementation, predict_kernel_times
+from .implementations import IMPLEMENTATIONS_FILE, STACK_EFFICIENCIES, get_implementation, predict_kernel_times
 from .measured import dataset_names, dataset_path, load_measurements, resolve_device
 from .stacks import get_stack, row_base, row_time, stack_costs
 from .units import parse_dtype
@@ -217,7 +217,7 @@ def fitted_block_text(defaults: dict, source: str) -> str:
     lines.append("  stacks:")
     for name, c in sorted(defaults["stacks"].items()):
         d = {"host_per_layer": _time(c["host_per_layer_s"])}
-        d.update({f: f"{c[f]:.4g}" for f in ("w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "disk", "prefill")})
+        d.update({f: f"{c[f]:.4g}" for f in STACK_EFFICIENCIES})
         d["cpu_attention"] = f"{c['cpu_attention_Bps'] / 1e9:.4g} GB/s"
         d.update(rows=c["rows"], datasets="[" + ", ".join(c["datasets"]) + "]")
         lines.append(f"    {name}: {flow(d)}")

@@ -110,13 +110,16 @@ def _load() -> dict:
             "stacks": data.get("stacks") or {}}
 
 
+# a software stack's fitted efficiencies (simulator/stacks.py), as the fitted block of implementations.yaml holds them
+STACK_EFFICIENCIES = ("w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "disk", "prefill")
+
+
 def parse_fitted(block: dict, where: str) -> dict:
     """The `fitted:` block -> {'implementations': {name: {kind: costs}}, 'families': {family: {kind: s}},
     'stacks': {...}, 'source': str}. Costs are SI (host_s in seconds)."""
     out = {"source": block.get("source", ""), "implementations": {}, "families": {}, "stacks": {}}
     for name, c in (block.get("stacks") or {}).items():
-        st = {k: float(v) for k, v in c.items() if k in ("w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "disk",
-                                                         "prefill")}
+        st = {k: float(v) for k, v in c.items() if k in STACK_EFFICIENCIES}
         st["host_per_layer_s"] = _quantity(c["host_per_layer"], f"fitted.stacks.{name}.host_per_layer", where)
         try:
             st["cpu_attention_Bps"] = parse_quantity(c["cpu_attention"], "bandwidth")

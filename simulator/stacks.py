@@ -43,11 +43,12 @@ import numpy as np
 
 from ..hardware_profiles import HardwareProfile
 from .errors import UserError, closest
-from .implementations import _load, fitted_defaults, overlap
+from .implementations import STACK_EFFICIENCIES, _load, fitted_defaults, overlap
 from .units import WEIGHT_STREAM_EFFICIENCY, base_dtype, dtype_bytes
 
-STACK_COSTS = ("host_per_layer_s", "w16", "w8", "w4", "kv16", "kv8", "kv4", "link", "disk", "cpu_attention_Bps",
-               "prefill")
+# every fitted cost of a stack, in the order the fit takes them (the host's time, the efficiencies, the host's
+# attention rate, the prefill's efficiency)
+STACK_COSTS = ("host_per_layer_s", *(e for e in STACK_EFFICIENCIES if e != "prefill"), "cpu_attention_Bps", "prefill")
 # the range a fitted cost may take: an efficiency between 1/50 of the achieved bandwidth (dequantising eager code) and
 # the datasheet peak
 # (an achieved bandwidth is at least ~0.77 of peak in every profile); host attention from 1 to 200 GB/s

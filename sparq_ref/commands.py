@@ -328,11 +328,10 @@ def _evaluate_on_ray(model, task_names, configs, samples, output, *, length, tex
     """The evaluation's cells as Ray tasks (sparq_ref.distributed); the results in the single process's order."""
     import dataclasses
 
-    from .distributed import CellRun
+    from .distributed import CellRun, worker_paths
     from .run import RunResult
 
-    model_arg = model if model is None else str(Path(model).expanduser().resolve()) if Path(model).exists() else model
-    text_arg = None if text is None else str(Path(text).resolve())
+    model_arg, text_arg = worker_paths(model, text)
     specs = []
     for t in task_names:
         for b0 in range(0, samples, batch_size):   # a cell: one batch, every configuration after one prefill
@@ -342,13 +341,8 @@ def _evaluate_on_ray(model, task_names, configs, samples, output, *, length, tex
                           "threads": threads})
     run = CellRun(specs, Path(str(output) + ".cells") if output else None)
     cells["run"] = run
-    with _progress(len(specs), "evaluate on ray", progress, unit="cells") as advance:
-        def step(n=1):
-            advance(n)
-            if n:
-                checkpoint("cell")
-
-        run.run(address or None, gpus=bool(device and str(device).startswith("cuda")), advance=step)
+    run.run_shown(address or None, bool(device and str(device).startswith("cuda")), "evaluate on ray", "cells",
+                  not progress)
     results = []
     for i, spec in enumerate(specs):
         for r in run.done[i]["results"]:
@@ -708,40 +702,6 @@ def _write_rows(writer, rows, size: int, n_kv: int) -> None:
         writer.write(rows.slice(off, chunk))
 
 
-def record_batch_cell(spec: dict) -> dict:
-    """One batch of a recording, as a Ray worker runs it (distributed.record_cell): the model loaded (once per
-    worker), the task's samples made as one process makes them, the batch decoded with tracing."""
-    import pyarrow as pa
-
-    from . import tasks as T
-    from .calibration import for_model
-    from .hf import StrategyConfig
-    from .model import load_model
-
-    if spec.get("threads"):
-        from .measure import set_threads
-        set_threads(spec["threads"])
-    lm = load_model(spec["model"], device=spec["device"], dtype=spec["dtype"])
-    _check_length(lm, spec["length"], spec["steps"])
-    cfg = StrategyConfig(**spec["strategy_config"])
-    cfg.resolve([max(spec["length"], 64)], lm.head_dim)
-    smp = T.make_samples(spec["task"], lm.tokenizer, spec["samples"], length=spec["length"], seed=spec["seed"],
-                         text=spec["text"], depth=spec["depth"])
-    n_new = _new_tokens(lm.tokenizer, spec["task"], smp, spec["steps"])
-    cal = for_model(lm, cfg.strategy, spec["text"])
-    b0 = spec["b0"]
-    size = min(spec["batch_size"], spec["samples"] - b0)
-    rows, scores, strat, dense, n_steps = _record_rows(lm, spec["task"], smp, b0, size, cfg, n_new, None, cal)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, rows.schema) as w:
-        w.write_table(rows)
-    return {"rows": sink.getvalue().to_pybytes(), "scores": scores, "strategy_elements": strat,
-            "dense_elements": dense, "steps": n_steps, "size": size,
-            "meta": _record_meta(lm, cfg, spec["task"], spec["samples"], spec["length"], spec["seed"], spec["depth"],
-                                 spec["text"], spec["batch_size"], cal),
-            "n_kv": int(lm.config.num_key_value_heads), "n_layers": int(lm.config.num_hidden_layers)}
-
-
 def _record_on_ray(model, task_name, cfg, steps, out, config, opened, cells, *, samples, batch_size, length, text,
                    seed, depth, device, dtype, threads, address, progress, quiet) -> int:
     """`record --ray`: the batches as Ray tasks (distributed.record_cell), kept in OUTPUT.cells/; the trace written
@@ -751,10 +711,9 @@ def _record_on_ray(model, task_name, cfg, steps, out, config, opened, cells, *, 
     import pyarrow as pa
 
     from ..traces import TraceWriter
-    from .distributed import CellRun, record_cell
+    from .distributed import CellRun, record_cell, worker_paths
 
-    model_arg = model if model is None else str(Path(model).expanduser().resolve()) if Path(model).exists() else model
-    text_arg = None if text is None else str(Path(text).resolve())
+    model_arg, text_arg = worker_paths(model, text)
     specs = [{"model": model_arg, "device": device, "dtype": dtype, "task": task_name, "samples": samples,
               "length": length, "seed": seed, "text": text_arg, "depth": depth, "b0": b0, "batch_size": batch_size,
               "steps": steps, "strategy_config": dataclasses.asdict(cfg), "threads": threads,
@@ -762,13 +721,8 @@ def _record_on_ray(model, task_name, cfg, steps, out, config, opened, cells, *, 
              for b0 in range(0, samples, batch_size)]
     run = CellRun(specs, Path(str(out) + ".cells"), fn=record_cell)
     cells["run"] = run
-    with _progress(len(specs), f"record {cfg.strategy} on ray", progress, unit="batches") as advance:
-        def step(n=1):
-            advance(n)
-            if n:
-                checkpoint("cell")
-
-        run.run(address or None, gpus=bool(device and str(device).startswith("cuda")), advance=step)
+    run.run_shown(address or None, bool(device and str(device).startswith("cuda")), f"record {cfg.strategy} on ray",
+                  "batches", not progress)
     first = run.done[0]
     info = {"scores": [], "strategy_elements": [], "dense_elements": [], "steps": 0}
     with TraceWriter(out, first["meta"]) as writer:

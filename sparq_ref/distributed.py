@@ -59,6 +59,25 @@ def cell_key(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def worker_paths(model: str | None, text: str | None) -> tuple[str | None, str | None]:
+    """The model (a local folder or file) and a --text file as absolute paths, as every worker must find them (a
+    model name or None stays as it is)."""
+    if model is not None and Path(model).exists():
+        model = str(Path(model).expanduser().resolve())
+    return model, None if text is None else str(Path(text).resolve())
+
+
+def _crash_once_for_tests(spec: dict) -> None:
+    """The test of retries (TEST_CRASH_ENV set to a folder): this cell's first attempt kills its worker process, as an
+    out-of-memory kill would."""
+    crash = os.environ.get(TEST_CRASH_ENV)
+    if crash:
+        marker = Path(crash) / cell_key(spec)
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)
+
+
 def evaluate_cell(spec: dict) -> dict:
     """Run one cell (in a Ray worker, or anywhere): the per-sample results of every configuration on one batch, in
     `run_task`'s order (configuration, then sample)."""
@@ -68,12 +87,7 @@ def evaluate_cell(spec: dict) -> dict:
     from .model import load_model
     from .run import run_task
 
-    crash = os.environ.get(TEST_CRASH_ENV)
-    if crash:   # the test of retries: this cell's first attempt kills its worker process, as an OOM kill would
-        marker = Path(crash) / cell_key(spec)
-        if not marker.exists():
-            marker.touch()
-            os._exit(1)
+    _crash_once_for_tests(spec)
     if spec.get("threads"):
         set_threads(spec["threads"])
     lm = load_model(spec["model"], device=spec["device"], dtype=spec["dtype"])
@@ -92,17 +106,40 @@ def evaluate_cell(spec: dict) -> dict:
 
 
 def record_cell(spec: dict) -> dict:
-    """Record one batch of samples (in a Ray worker, or anywhere): its trace rows (Arrow IPC bytes), scores and
-    elements touched, and what the trace's metadata needs from the loaded model."""
-    from .commands import record_batch_cell
+    """Record one batch of samples (in a Ray worker, or anywhere): the model loaded (once per worker), the task's
+    samples made as one process makes them, the batch decoded with tracing -> its trace rows (Arrow IPC bytes), scores
+    and elements touched, and what the trace's metadata needs from the loaded model."""
+    import pyarrow as pa
 
-    crash = os.environ.get(TEST_CRASH_ENV)
-    if crash:
-        marker = Path(crash) / cell_key(spec)
-        if not marker.exists():
-            marker.touch()
-            os._exit(1)
-    return record_batch_cell(spec)
+    from . import tasks as T
+    from .calibration import for_model
+    from .commands import _check_length, _new_tokens, _record_meta, _record_rows
+    from .hf import StrategyConfig
+    from .measure import set_threads
+    from .model import load_model
+
+    _crash_once_for_tests(spec)
+    if spec.get("threads"):
+        set_threads(spec["threads"])
+    lm = load_model(spec["model"], device=spec["device"], dtype=spec["dtype"])
+    _check_length(lm, spec["length"], spec["steps"])
+    cfg = StrategyConfig(**spec["strategy_config"])
+    cfg.resolve([max(spec["length"], 64)], lm.head_dim)
+    smp = T.make_samples(spec["task"], lm.tokenizer, spec["samples"], length=spec["length"], seed=spec["seed"],
+                         text=spec["text"], depth=spec["depth"])
+    n_new = _new_tokens(lm.tokenizer, spec["task"], smp, spec["steps"])
+    cal = for_model(lm, cfg.strategy, spec["text"])
+    b0 = spec["b0"]
+    size = min(spec["batch_size"], spec["samples"] - b0)
+    rows, scores, strat, dense, n_steps = _record_rows(lm, spec["task"], smp, b0, size, cfg, n_new, None, cal)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as w:
+        w.write_table(rows)
+    return {"rows": sink.getvalue().to_pybytes(), "scores": scores, "strategy_elements": strat,
+            "dense_elements": dense, "steps": n_steps, "size": size,
+            "meta": _record_meta(lm, cfg, spec["task"], spec["samples"], spec["length"], spec["seed"], spec["depth"],
+                                 spec["text"], spec["batch_size"], cal),
+            "n_kv": int(lm.config.num_key_value_heads), "n_layers": int(lm.config.num_hidden_layers)}
 
 
 def measure_cell(spec: dict) -> dict:
@@ -172,6 +209,20 @@ class CellRun:
             entry = {k: v for k, v in result.items() if k != "rows"}
             entry["rows_file"] = name
         write_atomic(str(self.folder / f"{self.keys[i]}.json"), json.dumps(entry))
+
+    def run_shown(self, address: str | None, gpus: bool, what: str, unit: str, quiet: bool, cpus: int = 1) -> None:
+        """`run` with the command's progress line (cells done of all, kept ones at once) and a Ctrl-C point after
+        each finished cell."""
+        from ..common.progress import Progress
+        from ..simulator.interrupt import checkpoint
+
+        with Progress(len(self.specs), what, quiet=quiet, unit=unit) as bar:
+            def step(n=1):
+                bar.advance(n)
+                if n:
+                    checkpoint("cell")
+
+            self.run(address, gpus, step, cpus)
 
     def run(self, address: str | None, gpus: bool, advance, cpus: int = 1) -> None:
         """Every cell not done yet, as Ray tasks; `advance(1)` as each finishes. Ctrl-C cancels the rest."""

@@ -47,10 +47,10 @@ def need_lm_eval() -> None:
 
 
 def _quiet_harness() -> None:
-    """lm-eval logs and draws tqdm bars on stderr; the command's own progress line stands for them."""
+    """lm-eval's loggers below errors: it warns while a model is wrapped, outside `_silenced` (which covers its runs,
+    tqdm bars included)."""
     import logging
 
-    os.environ.setdefault("TQDM_DISABLE", "1")
     for name in ("lm-eval", "lm_eval", "lm_eval.evaluator", "lm_eval.models.huggingface", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

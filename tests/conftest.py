@@ -20,6 +20,55 @@ def without_progress(err: str) -> list[str]:
     return rest
 
 
+# lm-eval tasks of our own (tests/test_lm_eval.py, tests/test_devices.py)
+LM_EVAL_DOCS = [{"question": f"Item {i}: the colour of the sky on a clear day is", "choices": [" green", " red", " blue"],
+         "answer": i % 3} for i in range(4)]
+
+
+def lm_eval_tasks(folder, sample: bool = False):
+    """Two lm-eval tasks of our own in `folder` over LM_EVAL_DOCS (JSON lines): local_mc (multiple choice, acc) and
+    local_gen (generation, exact match; sampling when `sample`). Returns the folder (lm-eval's include_path)."""
+    import json
+
+    data = folder / "docs.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in LM_EVAL_DOCS))
+    (folder / "mc.yaml").write_text(f"""task: local_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+""")
+    (folder / "gen.yaml").write_text(f"""task: local_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: {{{{question}}}}\\nA:"
+doc_to_target: "{{{{choices[answer]}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 6
+  do_sample: {"true" if sample else "false"}
+  temperature: {"0.7" if sample else "0.0"}
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+""")
+    return folder
+
+
 def assert_same_trace(path_a, path_b, rows: int):
     """Two trace files hold the same rows, in the same row groups, and the same metadata but for when they were made;
     returns the first's trace."""

@@ -8,6 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import lm_eval_tasks  # noqa: E402
 from sparq_sim.cli import main  # noqa: E402
 from sparq_sim.simulator.errors import UserError  # noqa: E402
 from sparq_sim.sparq_ref.model import check_device  # noqa: E402
@@ -79,22 +80,7 @@ def test_lm_eval_tasks_on_cuda_score_as_on_the_cpu(tiny, tmp_path, capsys):
     """`evaluate --lm-eval` on the GPU (fp32, the tiny Llama, a local multiple-choice task): the same accuracy and
     transfer ratios as on the CPU."""
     pytest.importorskip("lm_eval")
-    data = tmp_path / "docs.jsonl"
-    data.write_text("".join(json.dumps({"q": f"Item {i}: the sky is", "choices": [" green", " blue"], "answer": i % 2})
-                            + "\n" for i in range(4)))
-    (tmp_path / "mc.yaml").write_text(f"""task: local_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{q}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-metric_list:
-  - metric: acc
-""")
+    lm_eval_tasks(tmp_path)
     runs = {}
     for device in ("cpu", "cuda"):
         assert main(["evaluate", "--model", str(tiny), "--lm-eval", "local_mc", "--lm-eval-include", str(tmp_path),

@@ -15,56 +15,12 @@ import pytest
 pytest.importorskip("lm_eval")
 torch = pytest.importorskip("torch")
 
+from conftest import lm_eval_tasks  # noqa: E402
 from sparq_sim.cli import main  # noqa: E402
-
-DOCS = [{"question": f"Item {i}: the colour of the sky on a clear day is", "choices": [" green", " red", " blue"],
-         "answer": i % 3} for i in range(4)]
-
-
-def _tasks(folder, data, sample: bool = False) -> None:
-    (folder / "mc.yaml").write_text(f"""task: local_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-""")
-    (folder / "gen.yaml").write_text(f"""task: local_gen
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "Q: {{{{question}}}}\\nA:"
-doc_to_target: "{{{{choices[answer]}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: 6
-  do_sample: {"true" if sample else "false"}
-  temperature: {"0.7" if sample else "0.0"}
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-""")
-
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lm-eval-tasks")
-    data = folder / "docs.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    _tasks(folder, data)
-    return folder
+    return lm_eval_tasks(tmp_path_factory.mktemp("lm-eval-tasks"))
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +120,7 @@ def test_bad_input_is_one_line_before_the_model_loads(task_dir, capsys, extra, m
 
 
 def test_a_sampling_task_is_refused_in_one_line(tiny, tmp_path, capsys):
-    data = tmp_path / "docs.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    _tasks(tmp_path, data, sample=True)
+    lm_eval_tasks(tmp_path, sample=True)
     assert main(["evaluate", "--model", str(tiny), "--lm-eval", "local_gen", "--lm-eval-include", str(tmp_path),
                  "--strategies", "dense", "--samples", "1", "--length", "128", "-q"]) == 2
     err = capsys.readouterr().err
@@ -182,9 +136,7 @@ def test_a_context_beyond_the_models_positions_is_one_line(tiny, task_dir, capsy
 
 def test_a_task_lm_eval_cannot_run_is_one_line_and_a_fault_of_ours_is_not_hidden(tiny, tmp_path, capsys,
                                                                                    monkeypatch):
-    data = tmp_path / "docs.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    _tasks(tmp_path, data)
+    lm_eval_tasks(tmp_path)
     (tmp_path / "bad.yaml").write_text((tmp_path / "mc.yaml").read_text().replace("local_mc", "bad_tmpl")
                                        .replace('doc_to_text: "{{question}}"', 'doc_to_text: "{{question.nope()}}"'))
     args = ["evaluate", "--model", str(tiny), "--lm-eval-include", str(tmp_path), "--strategies", "dense",

@@ -34,20 +34,19 @@ def frame(cols: dict):
                              if isinstance(v, Labels) else v for c, v in cols.items()})
     text = pd.StringDtype(na_value=np.nan)
     kind = text.construct_array_type()
-    if text.storage == "pyarrow":   # what _from_sequence does with strings, less its check that they are
-        import pyarrow as pa
+    labels = [(j, v) for j, v in enumerate(cols.values()) if isinstance(v, Labels)]
+    if not small:
+        blocks = [(pd.Categorical.from_codes(v.codes, v.categories), np.array([j])) for j, v in labels]
+    elif text.storage == "pyarrow":   # what _from_sequence does with strings, less its check that they are: every
+        import pyarrow as pa          # text column's strings in one Arrow array, each column a slice of it
 
-        def make_text(values):
-            return kind(pa.array(values, type=pa.large_string(), from_pandas=True), dtype=text)
+        every = pa.array([v.categories[c] for _, v in labels for c in v.codes.tolist()], type=pa.large_string())
+        blocks = [(kind(every.slice(i * n, n), dtype=text), np.array([j])) for i, (j, _) in enumerate(labels)]
     else:
-        def make_text(values):
-            return kind._from_sequence(values, dtype=text)
-    blocks, same = [], {}
+        blocks = [(kind._from_sequence(v.decode(), dtype=text), np.array([j])) for j, v in labels]
+    same: dict = {}
     for j, v in enumerate(cols.values()):
-        if isinstance(v, Labels):
-            blocks.append((make_text(v.decode()) if small else pd.Categorical.from_codes(v.codes, v.categories),
-                           np.array([j])))
-        else:
+        if not isinstance(v, Labels):
             arrays, where = same.setdefault(v.dtype, ([], []))
             arrays.append(v)
             where.append(j)

@@ -6,15 +6,14 @@ Per operator (per device, per occurrence):
     ideal     = max(bytes on each tier / peak bandwidth,     FLOPs / peak,          collective bytes / link peak)
 Tiers are independent channels (HBM and a PCIe host link stream concurrently), so an operator waits for the slowest.
 Operators run one after another; the step time is their sum.
-A collective is an all-reduce as NCCL runs it: the faster of a ring (2 (N-1)/N of the message crosses each device's
-link, in 2 (N-1) steps) and a tree (2 ceil(log2 N) steps, twice the message), after the link's fixed cost per
-collective (`allreduce_time`; NCCL's own tuning model, src/graph/tuning.cc, weighs the two the same way).
+A collective is an all-reduce as NCCL's own tuning model (src/graph/tuning.cc) costs it within one node: the link's
+fixed cost per collective, then a ring's 2 (N-1) steps with 2 (N-1)/N of the message over each device's link
+(`allreduce_time`).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import operator
 from dataclasses import dataclass
 
@@ -132,17 +131,16 @@ def vector_peak(hw: HardwareProfile) -> float:
 
 
 def allreduce_time(message_bytes, devices: int, link) -> np.ndarray:
-    """Realistic time of an all-reduce of `message_bytes` per device over `devices` devices on `link`: the link's
-    fixed cost per collective, then the faster of a ring (2 (N-1) hops, 2 (N-1)/N of the message over each link) and
-    a tree (2 ceil(log2 N) hops, twice the message): NCCL picks the faster by the same kind of latency-bandwidth
-    model. Decode's messages (batch x d_model activations) are small, so the hops dominate and the tree wins beyond
-    four devices."""
+    """Realistic time of an all-reduce of `message_bytes` per device over `devices` devices joined by `link` (one
+    node): the link's fixed cost per collective, 2 (N-1) hops, and 2 (N-1)/N of the message over each link.
+
+    NCCL's latency model (src/graph/tuning.cc) gives a ring all-reduce 2 (N-1) steps of the link's latency and a tree
+    2 ((N/nodes - 1) x intra-node latency + log2(nodes) x inter-node latency): within a node its tree is a chain (the
+    double binary tree spans nodes), with the ring's 2 (N-1) hops and twice the message, so the ring is never slower
+    there. Decode's messages (batch x d_model activations) are small: the base latency and the hops dominate."""
     N = int(devices)
     n = np.asarray(message_bytes, dtype=np.float64)
-    bw, hop = link.achieved_Bps, link.latency_s
-    ring = 2 * (N - 1) * hop + 2 * (N - 1) / N * n / bw
-    tree = 2 * math.ceil(math.log2(N)) * hop + 2 * n / bw
-    return link.base_latency_s + np.minimum(ring, tree)
+    return link.base_latency_s + 2 * (N - 1) * link.latency_s + 2 * (N - 1) / N * n / link.achieved_Bps
 
 
 @dataclass

@@ -203,21 +203,23 @@ def test_sliding_window_caps_what_attention_reads():
     assert d.attended_len == 4096 and d.kv_read_bytes == 2 * 32 * 8 * 128 * 4096 * 2
 
 
-def test_allreduce_is_the_faster_of_ring_and_tree_after_the_base_latency():
-    """NCCL-style collective on an H100's NVLink (0.6 us per hop, 6.7 us per collective): a decode step's 16 KiB
-    message over 8 GPUs takes the tree (6 hops, not the ring's 14); 2 GPUs take the ring (same hops, half the bytes)."""
+def test_allreduce_is_a_ring_of_two_n_minus_one_hops_after_the_base_latency():
+    """NCCL's latency model within one node (tuning.cc): an all-reduce over N devices takes the base latency plus
+    2 (N-1) hops, whether ring or tree (its intra-node chain), and the ring moves 2 (N-1)/N of the message per link.
+    On an H100's NVLink (0.6 us per hop, 6.7 us per collective) a decode step's 16 KiB message over 8 GPUs costs
+    6.7 + 14 x 0.6 = 15.1 us and a bit; over 2 GPUs 6.7 + 1.2 us."""
     from sparq_sim.simulator.roofline import allreduce_time
 
     link = load_hardware("h100").device_link
     bw = link.achieved_Bps
     n = 16384.0
-    ring8 = 14 * 0.6e-6 + 2 * 7 / 8 * n / bw
-    tree8 = 6 * 0.6e-6 + 2 * n / bw
-    assert tree8 < ring8
-    assert allreduce_time(n, 8, link) == pytest.approx(6.7e-6 + tree8, rel=1e-12)
+    assert allreduce_time(n, 8, link) == pytest.approx(6.7e-6 + 14 * 0.6e-6 + 2 * 7 / 8 * n / bw, rel=1e-12)
+    assert 15.1e-6 < allreduce_time(n, 8, link) < 15.3e-6
     assert allreduce_time(n, 2, link) == pytest.approx(6.7e-6 + 2 * 0.6e-6 + n / bw, rel=1e-12)
-    big = 1e9   # a large message: bandwidth bound, the ring moves less
+    big = 1e9   # a large message: bandwidth bound
     assert allreduce_time(big, 8, link) == pytest.approx(6.7e-6 + 14 * 0.6e-6 + 2 * 7 / 8 * big / bw, rel=1e-12)
+    assert allreduce_time(np.array([n, big]), 4, link) == pytest.approx(
+        [6.7e-6 + 6 * 0.6e-6 + 1.5 * x / bw for x in (n, big)], rel=1e-12)
 
 
 def test_streamingllm_is_lm_infinite_by_another_name():

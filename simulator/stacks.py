@@ -13,6 +13,9 @@ Per decode step of a stack at context S (all quantities per device):
     host   = layers x host_per_layer;  time = overlap(host, step) (asynchronous launches: the smooth maximum of
              implementations.overlap, as for kernels) or host + step
 
+A stack whose tensor parallelism leaves lm_head whole on every device (`tp_replicates_lm_head`: gpt-fast) adds to W
+the (N - 1)/N of lm_head the roofline's vocabulary split gave the other devices, in every step and in the prefill.
+
 The efficiencies are per precision (w16, w8, w4 for weights; kv16, kv8, kv4 for the cache: dequantising kernels
 stream below the roofline). A stack that dequantises with unfused elementwise code (`dequant_bytes_per_element`:
 FlexGen's group-wise 4-bit) first writes a 16-bit copy of every quantised weight and cache element, in passes that
@@ -80,6 +83,7 @@ class Stack:
     dequant_bytes_per_element: float = 0.0   # unfused dequantisation to a 16-bit copy (0: fused into the kernels)
     cpu_attention_bytes_per_element: float = 2.0            # host memory moved per cached element attended on the host
     cpu_attention_bytes_per_element_quantized: float = 2.0  # the same over a quantised cache
+    tp_replicates_lm_head: bool = False   # tensor parallelism leaves lm_head whole on every device (not vocab-split)
 
 
 def stack_names() -> list[str]:
@@ -98,7 +102,8 @@ def get_stack(name: str) -> Stack:
                  source=d["source"], dequant_bytes_per_element=float(d.get("dequant_bytes_per_element", 0.0)),
                  cpu_attention_bytes_per_element=float(d.get("cpu_attention_bytes_per_element", 2.0)),
                  cpu_attention_bytes_per_element_quantized=float(d.get("cpu_attention_bytes_per_element_quantized",
-                                                                       d.get("cpu_attention_bytes_per_element", 2.0))))
+                                                                       d.get("cpu_attention_bytes_per_element", 2.0))),
+                 tp_replicates_lm_head=bool(d.get("tp_replicates_lm_head", False)))
 
 
 def prior_stack_costs(stack: Stack, families: dict | None = None) -> dict[str, float]:
@@ -150,6 +155,8 @@ class RowBase:
     prefill_KV: float = 0.0  # the cache bytes the prefill writes (the prompt's rows)
     disk_bw: float = 0.0     # the disk's achieved read and write rates (B/s; 0: no disk)
     disk_write_bw: float = 0.0
+    lm_head_rest: float = 0.0   # lm_head bytes the other devices hold under tensor parallelism (a stack that
+                                # replicates lm_head reads them too, each step and in the prefill)
 
 
 def row_base(hw: HardwareProfile, model, level: str, batch: int, seq_len: int, gen_len: int | None, strategy: str,
@@ -187,7 +194,8 @@ def row_base(hw: HardwareProfile, model, level: str, batch: int, seq_len: int, g
                    w_disk=float(weights_on_disk), kv_disk=float(kv_on_disk), KV_write=cols["kv_write_bytes"] * per_dev,
                    prefill_KV=float(first["kv_write_bytes"][0]) * per_dev * int(seq_len),
                    disk_bw=hw.disk.achieved_Bps if hw.disk else 0.0,
-                   disk_write_bw=hw.disk.achieved_write_Bps if hw.disk else 0.0)
+                   disk_write_bw=hw.disk.achieved_write_Bps if hw.disk else 0.0,
+                   lm_head_rest=m.lm_head_params * dtype_bytes(weights) * (1.0 - per_dev))
 
 
 def scaled_base(b: RowBase, host_factor: float, bandwidth_factor: float) -> RowBase:
@@ -214,6 +222,8 @@ def step_times(stack: Stack, c: dict, b: RowBase) -> np.ndarray:
         return b.steps
     w_eff, kv_eff = c[b.weights_key], c[b.kv_key]
     W_dev, KV_dev = b.W * (1 - b.w_host), b.KV * (1 - b.kv_host)
+    if stack.tp_replicates_lm_head:   # every device reads the whole lm_head, not its share of the vocabulary
+        W_dev = W_dev + b.lm_head_rest
     # the roofline read all bytes at the achieved bandwidth (weights at w_bw): swap that for the stack's
     # efficiencies, its unfused dequantisation and the placement
     w_time = W_dev / b.w_bw / w_eff
@@ -256,7 +266,8 @@ def prefill_time(stack: Stack, c: dict, b: RowBase) -> float:
     written to the disk when the cache lives there."""
     if stack.roofline_only:
         return b.prefill
-    compute = b.prefill / c["prefill"]
+    rest = b.lm_head_rest / b.w_bw if stack.tp_replicates_lm_head else 0.0   # its last position's logits
+    compute = (b.prefill + rest) / c["prefill"]
     link = b.prefill_W * b.w_host / (b.link_bw * c["link"])
     disk = float(disk_time(b, c, b.prefill_W * b.w_disk, b.prefill_KV * b.kv_disk))
     t = max(compute, link, disk) if stack.offload_overlap else compute + link + disk

@@ -15,7 +15,7 @@ from sparq_sim.simulator.fitting import fit_device
 from sparq_sim.simulator.implementations import (IMPLEMENTATIONS_FILE, features, fitted_defaults, get_implementation,
                                                  params_for, predict_kernel_times)
 from sparq_sim.simulator.measured import dataset_names, load_measurements
-from sparq_sim.simulator.stacks import get_stack, row_base, row_time, stack_costs, step_times
+from sparq_sim.simulator.stacks import get_stack, prefill_time, row_base, row_time, stack_costs, step_times
 
 DATASETS = ["flashdecoding-a100", "flexgen-t4", "gptfast-mi250x", "h2o-a100", "h2o-t4", "quest-rtx6000ada",
             "sparq-paper-a10g", "sparq-paper-epyc"]
@@ -190,6 +190,29 @@ def test_flexgen_dequantises_4_bit_weights_and_cache_by_hand():
     c16 = dict(c, w16=1.0)
     assert step_times(stack, c16, fp16) == pytest.approx(np.maximum(fp16.steps - fp16.KV / bw, kv_el * 14 / 40e9),
                                                          rel=1e-12)
+
+
+def test_gpt_fast_reads_the_whole_lm_head_on_every_device_by_hand():
+    """gpt-fast's tensor parallelism (tp.py) splits each block's attention and feed-forward only: the output layer stays
+    whole on every device. Llama-2-70B in bf16 on 8 A100s: lm_head is 32000 x 8192 x 2 bytes, the roofline gives each
+    device 1/8 of its vocabulary, so each device reads 7/8 of it more per step, 458,752,000 bytes, at the weights'
+    rate over the stack's efficiency, and once more for the prefill's last position. One device: nothing more."""
+    import dataclasses
+
+    hw = load_hardware("a100-80gb")
+    stack = get_stack("gpt-fast")
+    assert stack.tp_replicates_lm_head and not get_stack("flexgen").tp_replicates_lm_head
+    split = dataclasses.replace(stack, tp_replicates_lm_head=False)
+    c = dict(stack_costs(stack), w16=0.8, prefill=0.9)
+    b = row_base(hw, "llama2-70b", "e2e", 1, 5, 4, "dense", "bf16", "bf16", devices=8)
+    rest = 32000 * 8192 * 2 * 7 / 8
+    assert b.lm_head_rest == rest == 458_752_000
+    assert step_times(stack, c, b) - step_times(split, c, b) == pytest.approx(
+        np.full(3, rest / hw.memory[0].achieved_Bps / 0.8), rel=1e-9)
+    assert prefill_time(stack, c, b) - prefill_time(split, c, b) == pytest.approx(
+        rest / hw.memory[0].achieved_Bps / 0.9, rel=1e-9)
+    one = row_base(hw, "llama2-70b", "e2e", 1, 5, 4, "dense", "bf16", "bf16", devices=1)
+    assert one.lm_head_rest == 0 and (step_times(stack, c, one) == step_times(split, c, one)).all()
 
 
 def test_whole_generation_sums_every_step_exactly():

@@ -18,6 +18,10 @@ THREADS = typer.Option(None, "--threads", help="torch threads per process (defau
                        "task).")
 RAY_ADDRESS = typer.Option(None, "--ray-address", help="Join the Ray cluster at ADDR (implies --ray); its workers "
                            "need the model at the same path.")
+SEED = typer.Option(0, "--seed", help="Seed of the sampled passages and pass keys.")
+DEPTH = typer.Option(None, "--depth", help="Pass-key depth 0..1 (default: spread).")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda (cuda:N) or mps (default: cuda if present, else cpu).")
+DTYPE = typer.Option(None, "--dtype", help="fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on GPU).")
 
 
 @app.command(epilog="Examples:\n\n  sparq-sim evaluate --tasks repetition,passkey --compression 1,8 --samples 8\n\n"
@@ -37,11 +41,10 @@ def evaluate(model: Optional[str] = typer.Option(None, "--model", "-m", help=_RE
              length: int = typer.Option(1024, "--length", help="Context tokens per sample."),
              text: Optional[str] = typer.Option(None, "--text", help="Your own text file instead of the stdlib's."),
              batch_size: int = typer.Option(8, "--batch-size", help="Samples decoded at a time."),
-             seed: int = typer.Option(0, "--seed", help="Seed of the sampled passages and pass keys."),
-             depth: Optional[float] = typer.Option(None, "--depth", help="Pass-key depth 0..1 (default: spread)."),
-             device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda (cuda:N) or mps (default: "
-                                                  "cuda if present, else cpu)."),
-             dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16."),
+             seed: int = SEED,
+             depth: Optional[float] = DEPTH,
+             device: Optional[str] = DEVICE,
+             dtype: Optional[str] = DTYPE,
              reallocate: bool = REALLOCATE,
              threads: Optional[int] = THREADS,
              ray: bool = typer.Option(False, "--ray", help="Run the cells (task x batch x strategy) as Ray tasks "
@@ -94,12 +97,10 @@ def record(model: Optional[str] = typer.Option(None, "--model", "-m", help=_REF)
            length: int = typer.Option(1024, "--length", help="Context tokens of the prompt."),
            text: Optional[str] = typer.Option(None, "--text", help="Your own UTF-8 text file instead of the "
                                               "standard library's docstrings."),
-           seed: int = typer.Option(0, "--seed", help="Seed of the sampled passages and pass keys."),
-           depth: Optional[float] = typer.Option(None, "--depth", help="Pass-key depth 0..1 (default: spread)."),
-           device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda (cuda:N) or mps (default: cuda "
-                                                "if present, else cpu)."),
-           dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16 (default: fp32 on CPU, "
-                                               "bf16 on GPU)."),
+           seed: int = SEED,
+           depth: Optional[float] = DEPTH,
+           device: Optional[str] = DEVICE,
+           dtype: Optional[str] = DTYPE,
            reallocate: bool = REALLOCATE,
            threads: Optional[int] = THREADS,
            ray: bool = typer.Option(False, "--ray", help="Record the batches as Ray tasks on a local Ray cluster "

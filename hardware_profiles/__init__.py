@@ -39,13 +39,8 @@ PROFILE_DIR = Path(__file__).resolve().parent
 KINDS = ("gpu", "ipu", "cpu")
 
 
-@dataclass(frozen=True)
-class MemoryTier:
-    name: str
-    capacity_bytes: float
-    bandwidth_Bps: float
-    efficiency: float
-    source: str
+class _Rated:
+    """A tier or link with a peak `bandwidth_Bps` and the `efficiency` of it that is achieved."""
 
     @property
     def achieved_Bps(self) -> float:
@@ -53,7 +48,16 @@ class MemoryTier:
 
 
 @dataclass(frozen=True)
-class Link:
+class MemoryTier(_Rated):
+    name: str
+    capacity_bytes: float
+    bandwidth_Bps: float
+    efficiency: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Link(_Rated):
     name: str
     bandwidth_Bps: float
     efficiency: float
@@ -62,13 +66,9 @@ class Link:
     source: str
     base_latency_s: float = 0.0   # device link: the fixed cost of one collective, whatever its steps
 
-    @property
-    def achieved_Bps(self) -> float:
-        return self.bandwidth_Bps * self.efficiency
-
 
 @dataclass(frozen=True)
-class Disk:
+class Disk(_Rated):
     """Storage behind the host's memory: what is offloaded there is read (and the cache's new rows written) at these
     rates, on top of crossing the host link."""
     name: str
@@ -77,10 +77,6 @@ class Disk:
     efficiency: float
     capacity_bytes: float
     source: str
-
-    @property
-    def achieved_Bps(self) -> float:
-        return self.bandwidth_Bps * self.efficiency
 
     @property
     def achieved_write_Bps(self) -> float:

@@ -24,7 +24,9 @@ cost (q + dequant + 2) / q times their own reading, q being the format's bytes p
 
     W / BW x (q + dequant + 2) / q / w_eff        in place of W / (BW x weight_stream) / w_eff
 
-so the efficiencies stay what elementwise kernels achieve (prior 1) and the structure carries the factor of ~30.
+so the efficiencies stay what elementwise kernels achieve (prior 1) and the structure carries the factor of ~30. One
+dequantising function serves the weights and the cache, so such a stack's quantised cache goes at the weights'
+efficiency of the same width (w4 for a 4-bit cache; its kv4 and kv8 play no part).
 Attention on the host (FlexGen's CPU delegation) likewise moves `cpu_attention_bytes_per_element` bytes of host memory
 per cached element it attends to (its copies and fp32 conversion; `..._quantized` for a compressed cache, dequantised
 into fp32 first), at the host's rate `cpu_attention_Bps` (fitted; kv_q is the cache's bytes per element). W and KV are
@@ -231,8 +233,8 @@ def step_times(stack: Stack, c: dict, b: RowBase) -> np.ndarray:
     dq = stack.dequant_bytes_per_element
     if dq > 0 and b.w_elem_bytes < 2:
         w_time = W_dev / b.bw * unfused_factor(b.w_elem_bytes, dq) / w_eff
-    if dq > 0 and b.kv_elem_bytes < 2:
-        kv_time = KV_dev / b.bw * unfused_factor(b.kv_elem_bytes, dq) / kv_eff
+    if dq > 0 and b.kv_elem_bytes < 2:   # the same elementwise code dequantises both: the weights' efficiency
+        kv_time = KV_dev / b.bw * unfused_factor(b.kv_elem_bytes, dq) / c["w" + b.kv_key[2:]]
     device = b.steps - b.W / b.w_bw - b.KV / b.bw + w_time + kv_time
     device = np.maximum(device, 0.0)
     link_bw = b.link_bw * c["link"]

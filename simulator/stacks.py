@@ -70,6 +70,8 @@ WEIGHT_KEY = {"fp32": "w16", "tf32": "w16", "bf16": "w16", "fp16": "w16", "fp8":
               "fp4": "w4", "nvfp4": "w4", "mxfp4": "w4"}
 KV_KEY = {"fp32": "kv16", "tf32": "kv16", "bf16": "kv16", "fp16": "kv16", "fp8": "kv8", "int8": "kv8", "int4": "kv4",
           "fp4": "kv4", "nvfp4": "kv4", "mxfp4": "kv4"}
+# a cache dequantised by the weights' own elementwise code (dequant_bytes_per_element) goes at their efficiency
+KV_AS_WEIGHTS = {"kv16": "w16", "kv8": "w8", "kv4": "w4"}
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ def step_times(stack: Stack, c: dict, b: RowBase) -> np.ndarray:
     if dq > 0 and b.w_elem_bytes < 2:
         w_time = W_dev / b.bw * unfused_factor(b.w_elem_bytes, dq) / w_eff
     if dq > 0 and b.kv_elem_bytes < 2:   # the same elementwise code dequantises both: the weights' efficiency
-        kv_time = KV_dev / b.bw * unfused_factor(b.kv_elem_bytes, dq) / c["w" + b.kv_key[2:]]
+        kv_time = KV_dev / b.bw * unfused_factor(b.kv_elem_bytes, dq) / c[KV_AS_WEIGHTS[b.kv_key]]
     device = b.steps - b.W / b.w_bw - b.KV / b.bw + w_time + kv_time
     device = np.maximum(device, 0.0)
     link_bw = b.link_bw * c["link"]

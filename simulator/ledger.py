@@ -44,7 +44,7 @@ from .errors import UserError
 from .models import ModelSpec
 from .units import (COMPUTE_DTYPE, DTYPE_BYTES, WEIGHT_ONLY_EFFICIENCY, WEIGHT_STREAM_EFFICIENCY, base_dtype,
                     dtype_bytes)
-from .strategies import (QUEST_DENSE_LAYERS, KVGeometry, _num, cache_tokens, extra_cache_elements,
+from .strategies import (QUEST_DENSE_LAYERS, KVGeometry, _ceil, _num, cache_tokens, extra_cache_elements,
                          index_cache_elements, traffic_components)
 
 FP32 = 4.0
@@ -150,13 +150,13 @@ def experts_read(m: ModelSpec, T):
 
 
 def _z(B):
-    """Zeros like B (an `_f64`) in float64; for a number, a numpy scalar."""
-    return np.zeros(B.shape, dtype=np.float64) if B.ndim else np.float64(0.0)
+    """Zeros like B (an `_f64`) in float64; for a number, 0.0."""
+    return np.zeros(B.shape, dtype=np.float64) if type(B) is np.ndarray else 0.0
 
 
 def _f64(x):
-    """x in float64: an array as an array; a number (a single configuration) as a numpy scalar, the same arithmetic
-    at a fraction of a 0-d array's cost per operation."""
+    """x in float64: an array as an array; a number (a single configuration) as a Python float, the same IEEE
+    arithmetic at a fraction of a numpy scalar's cost per operation (strategies._num)."""
     return _num(x, np.float64)
 
 
@@ -424,7 +424,7 @@ def attention_decode_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, params
                act_read=B * hq * k * (FP32 + INDEX_BYTES), kv_read=kv("v_rows"), act_write=out),
         ]
     elif strategy == "quest":
-        pages = np.ceil(S / params["page_size"])
+        pages = _ceil(S / params["page_size"])
         ops += [
             # upper bound of q.k per page from its min and max keys: sum_i max(q_i min_i, q_i max_i)
             Op("decode", name("quest_page_scores"), "attention", "vector", layers, 1, flops=4 * B * hq * pages * hd,
@@ -460,7 +460,9 @@ def windows(m: ModelSpec) -> tuple[int | None, ...]:
 
 
 def span(S, window):
-    """Positions a layer with this window attends to at context S (a numpy scalar stays one)."""
+    """Positions a layer with this window attends to at context S (a number stays one)."""
+    if type(S) is int:   # one configuration
+        return S if window is None or S <= window else window
     S = S if isinstance(S, np.generic) else np.asarray(S)
     return S if window is None else np.minimum(S, window)
 
@@ -505,6 +507,8 @@ def causal_pairs(S, window=None):
     if window is None:
         return full
     w = float(window)
+    if type(S) is float:   # a number (one configuration)
+        return full if S <= w else w * (w + 1) / 2 + (S - w) * w
     return np.where(S <= w, full, w * (w + 1) / 2 + (S - w) * w)
 
 

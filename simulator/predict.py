@@ -341,7 +341,8 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     if P > 1:
         B = -(-Bt // M)                               # sequences per micro-batch
     wins = windows(m)   # each distinct attention window of the layers (None = global)
-    spans_S = {w: span(S, w) for w in wins}
+    Sn, Cn = (int(S), float(C)) if one else (S, C)   # what the strategies' ledger reads: numbers (strategies._num)
+    spans_S = {w: span(Sn, w) for w in wins}
     top = None if None in wins else max(wins)   # the widest: what the attended_len, r and k columns report
     Sa = spans_S[top]   # positions the widest layers see
     geo = kv_geometry(m)
@@ -390,7 +391,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
 
     # every strategy's attention (decode and prefill) timed together: one placement per strategy, its KV tier.
     # From here on each quantity is a (points x strategies) matrix, strategies in `order` (dense first)
-    dense_spans = {w: resolve_params("dense", spans_S[w], geo, C) for w in wins}
+    dense_spans = {w: resolve_params("dense", spans_S[w], geo, Cn) for w in wins}
     # the ledger's arithmetic is in float64: the batch sizes and spans converted once, not in each of its calls
     Bf, Btf, Sf = _f64(B), _f64(Bt), _f64(S)
     spans_f = {w: _f64(x) for w, x in spans_S.items()}
@@ -405,7 +406,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         for w in wins:
             kw = case.k if case.k is None or w is None else np.minimum(case.k, spans_S[w])  # a window caps k
             pw = dense_spans[w] if strat == "dense" else resolve_params(
-                strat, spans_S[w], geo, C, r=case.r, k=kw, local_window=local_window, page_size=page_size,
+                strat, spans_S[w], geo, Cn, r=case.r, k=kw, local_window=local_window, page_size=page_size,
                 index_dim=index_dim)
             spans[w] = (spans_f[w], pw, dense_spans[w])
         # every stage caches its layers for all the sequences (the fullest stage: frac of them)
@@ -417,12 +418,14 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         owner += [j] * (len(attn_ops) + len(pf_attn))
         found[strat] = (spans[top][1], attn_ops, pf_attn)
     ws = _col(workspace)
-    if ki is None:  # first device tier with room for the cache next to what is already there
+    if ki is None and n_dev_tiers == 1:
+        ki = 0
+    elif ki is None:  # first device tier with room for the cache next to what is already there
         ki_arr = np.full((n, no), n_dev_tiers - 1, dtype=np.int64)
         for i in reversed(range(n_dev_tiers)):
             used = (w_on if wi == i else 0.0) + (ws if act_i == i else 0.0)
             ki_arr = np.where(used + kv_dev * kod <= caps[i], i, ki_arr)
-        ki = ki_arr if n_dev_tiers > 1 else 0
+        ki = ki_arr
     # the KV tier of each operator (ops x points), or one tier for all
     op_tiers = ki if np.ndim(ki) == 0 else ki.T[owner]
     if one:   # the operators of B, of B x S and the attention's, one row each: timed and summed together
@@ -435,9 +438,9 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         b_oh, s_oh = all_oh[:2], all_oh[3:]
     else:
         sums, s_oh = _run_sums(time_ops(stacked, hw, placement(op_tiers), prec, tp.devices, n), starts, tp.devices)
-    # each quantity over the distinct batches: the decode's operators outside attention; the prefill's final norm and
-    # lm_head
-    b_common, b_head = [v[:, 0] for v in b_sums], [v[:, 1] for v in b_sums]
+    # the prefill's final norm and lm_head over the distinct batches, its two times (b_sums[:, :, 0] are the decode's
+    # operators outside attention, added to the step below)
+    b_head = {x: b_sums[x][:, 1] for x in (_TIME, _IDEAL)}   # (b_sums[x][:, 0]: the decode's, for the step below)
     if P > 1:   # the last stage's share: the decode's and the prefill's final norm and lm_head (t_b's first ops)
         dec_head = [v[:, 0] for v in _run_sums(t_b, [len(before + after), len(common)], tp.devices)[0]]
         heads = {phase: {"time_s": _col(x[_TIME][invB]), "ideal_time_s": _col(x[_IDEAL][invB])}
@@ -449,7 +452,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     if one:   # every quantity at once: b_sums[:, :, :1] is b_common as a column
         total = list(b_sums[:, :, :1] + sums[:, :, 0::2])
     else:
-        total = [_col(c[invB]) + v[:, 0::2] for c, v in zip(b_common, sums)]
+        total = [_col(c[:, 0][invB]) + v[:, 0::2] for c, v in zip(b_sums, sums)]
     agg = dict(zip(_TERMS, total))
     agg["overhead_time_s"] = float(b_oh[0]) + s_oh[0::2]
     agg["by_bound"] = total[_BY_BOUND] + [agg["overhead_time_s"]]

@@ -69,6 +69,18 @@ class Placement:
     def kv_share(self, kv_tier, t: int):
         return self._share(kv_tier, t, self.kv_host, self.kv_disk)
 
+    def idle(self, t: int, kv_tier) -> bool:
+        """Whether no byte passes tier t: no weights, cache (kv_tier: the cache's tier, a number or an array) or
+        activations placed there, and none of the shares kept in host memory or on the disk."""
+        w = self.weights
+        if t == self.act or (w == t if type(w) is int else bool(np.any(w == t))):
+            return False
+        if t == self.disk_i:
+            return not (self.weights_disk or self.kv_disk)
+        if t == self.host_i and (self.weights_host or self.kv_host or self.weights_disk or self.kv_disk):
+            return False
+        return not (kv_tier == t).any() if type(kv_tier) is np.ndarray else kv_tier != t
+
     def _share(self, where, t: int, host: float, disk: float):
         if t == self.disk_i:
             return disk
@@ -110,7 +122,8 @@ def _tier_memory(pl: Placement, t: int, w, kv_bytes, kv_rd, kv_wr, act_bytes, kv
         return (rd / pl.achieved_Bps[t] + wr / pl.write_Bps[t],
                 rd / pl.peak_Bps[t] + wr / pl.write_peak_Bps[t])
     b = ws + kv_bytes * share + act_bytes * (pl.act == t)
-    return (b + ws * (1 / w_eff - 1)) / pl.achieved_Bps[t], b / pl.peak_Bps[t]
+    slow = b if w_eff == 1 else b + ws * (1 / w_eff - 1)   # (adding ws x 0 changes no finite byte count)
+    return slow / pl.achieved_Bps[t], b / pl.peak_Bps[t]
 
 
 def matrix_peak(hw: HardwareProfile, dtype: str) -> float:
@@ -244,6 +257,8 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
     mem_real = np.zeros((k, rows))
     mem_ideal = np.zeros((k, rows))
     for t in range(len(pl.tiers)):
+        if pl.idle(t, kv_tier):   # no byte passes it: its times are zeros, which the maxima below would not change
+            continue
         real, ideal = _tier_memory(pl, t, f["weight"], kv_bytes, kv_rd, kv_wr, act_bytes, kv_tier, prec.w_eff)
         mem_real = np.maximum(mem_real, real)
         mem_ideal = np.maximum(mem_ideal, ideal)

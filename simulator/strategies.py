@@ -43,6 +43,7 @@ columns, k = S / (2C) rows, so that it too moves 1/C of dense.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,45 +180,63 @@ def geometry(head_dim) -> KVGeometry:
 
 
 def _num(x, dtype=np.float64):
-    """x as numpy `dtype` (float64 or int64): an array as an array; a number (a single configuration) as a numpy
-    scalar, the same arithmetic at a fraction of a 0-d array's cost per operation."""
-    if type(x) is dtype:   # already one: as it is
+    """x as `dtype` (np.float64 or np.int64): an array as a numpy array; a number (a single configuration) as a
+    Python float or int. A Python float is an IEEE double, the same arithmetic as numpy's float64 to the last bit, at a
+    fraction of a numpy scalar's cost per operation (issue 16); a Python int is exact where int64 would wrap."""
+    t = type(x)
+    if dtype is np.float64:
+        if t is float:
+            return x
+        if t is int or isinstance(x, np.generic):   # numpy's cast (round to nearest), as an array's
+            return float(x)
+    elif t is int:
         return x
-    if dtype is np.float64 and isinstance(x, np.integer):   # numpy's cast, as an array's
-        return np.float64(x)
+    elif isinstance(x, np.integer):
+        return int(x)
     a = np.asarray(x, dtype=dtype)
-    return a if a.ndim else a[()]
+    return a if a.ndim else a.item()
+
+
+def _shape(x) -> tuple:
+    """The shape of an array; () for a number."""
+    return x.shape if type(x) is np.ndarray else ()
 
 
 def _shaped(x, dtype, shape):
-    """x as numpy `dtype` broadcast to `shape` (read-only); a number for shape () as a numpy scalar."""
+    """x as numpy `dtype` broadcast to `shape` (read-only); a number for shape () as a Python number."""
     a = _num(x, dtype)
-    return a if not shape and not a.ndim else np.broadcast_to(a, shape)
+    return a if not shape and type(a) is not np.ndarray else np.broadcast_to(a, shape)
 
 
 def _full(shape, value: int):
-    """An int64 array of `shape` filled with `value`; for shape () a numpy scalar."""
-    return np.full(shape, value, dtype=np.int64) if shape else np.int64(value)
+    """An int64 array of `shape` filled with `value`; for shape () the number."""
+    return np.full(shape, value, dtype=np.int64) if shape else int(value)
 
 
 def _any(x) -> bool:
-    """np.any of a comparison: an array's, or a numpy scalar's (one configuration) without a reduction."""
-    return bool(x.any() if getattr(x, "ndim", 0) else x)
+    """np.any of a comparison: an array's, or a number's (one configuration) without a reduction."""
+    return bool(x.any() if type(x) is np.ndarray else x)
 
 
-def _round_pos(x) -> np.ndarray:
-    """Round half up to an integer >= 1."""
-    f = np.floor(_num(x) + 0.5)
-    if type(f) is np.float64 and 1.0 <= f < 2.0 ** 63:   # a number (one configuration): its int64 without two ufuncs
-        return np.int64(f)
-    return np.maximum(1, f).astype(np.int64)
+def _round_pos(x):
+    """Round half up to an integer >= 1 (int64; a number as a Python int)."""
+    v = _num(x)
+    if type(v) is float and -2.0 ** 63 < v + 0.5 < 2.0 ** 63:   # a number (one configuration): no ufunc
+        f = math.floor(v + 0.5)
+        return f if f >= 1 else 1
+    return np.maximum(1, np.floor(v + 0.5)).astype(np.int64)
 
 
 def _minimum(a, b):
-    """np.minimum; of two int64 numbers (a single configuration) the smaller one, without a ufunc call."""
-    if type(a) is np.int64 and type(b) is np.int64:
+    """np.minimum; of two numbers (a single configuration) the smaller one, without a ufunc call."""
+    if type(a) is not np.ndarray and type(b) is not np.ndarray:
         return a if a <= b else b
     return np.minimum(a, b)
+
+
+def _ceil(x):
+    """np.ceil; of a number the same float, without a ufunc call."""
+    return float(math.ceil(x)) if type(x) is float and math.isfinite(x) else np.ceil(x)
 
 
 def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=None, local_window=None,
@@ -239,10 +258,11 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
     """
     s = get_strategy(strategy)
     S = _num(seq_len, np.int64)
+    shape = _shape(S)
     g = head_dim if isinstance(head_dim, KVGeometry) else None
-    dh = _shaped(g.d_k if g else head_dim, np.int64, S.shape)
-    C = _shaped(compression, np.float64, S.shape)
-    zero = _full(S.shape, 0)
+    dh = _shaped(g.d_k if g else head_dim, np.int64, shape)
+    C = _shaped(compression, np.float64, shape)
+    zero = _full(shape, 0)
     out = {"r": zero, "k": zero, "local_window": zero, "page_size": zero, "sinks": zero, "index_dim": zero}
     if s.name == "dense":
         return out
@@ -253,10 +273,10 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
             raise UserError(f"--{what.replace('_', '-')} must be a whole number, got {v!r}")
         if np.any(a < 1):
             raise UserError(f"--{what.replace('_', '-')} must be at least 1, got {int(np.min(a))}")
-        return _shaped(a, np.int64, S.shape)
+        return _shaped(a, np.int64, shape)
 
     if s.name == "quest":
-        P = given(page_size, "page_size") if page_size is not None else _full(S.shape, DEFAULT_PAGE_SIZE)
+        P = given(page_size, "page_size") if page_size is not None else _full(shape, DEFAULT_PAGE_SIZE)
         out["page_size"] = P
         if k is None:
             kk = P * _round_pos(S / C / P)
@@ -268,14 +288,14 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
     else:
         kk = given(k, "k")
     if k is not None and _any(kk > S):
-        bad = np.argmax(np.broadcast_to(kk > S, S.shape))
-        raise UserError(f"k = {int(np.broadcast_to(kk, S.shape).flat[bad])} exceeds the context length seq_len = "
-                        f"{int(S.flat[bad])} ({s.name}); accepted: 1 <= k <= seq_len")
+        bad = np.argmax(np.broadcast_to(kk > S, shape))
+        raise UserError(f"k = {int(np.broadcast_to(kk, shape).flat[bad])} exceeds the context length seq_len = "
+                        f"{int(np.ravel(S)[bad])} ({s.name}); accepted: 1 <= k <= seq_len")
     kk = _minimum(kk, S)  # a recipe's rounding (one page at least) may pass a short context
     out["k"] = kk
     if s.name == "dsa":
         out["index_dim"] = (given(index_dim, "index_dim") if index_dim is not None
-                            else np.minimum(DSA_INDEX_DIM, dh))
+                            else _minimum(DSA_INDEX_DIM, dh))
 
     if s.name in COMPONENT_STRATEGIES:
         rr = given(r, "r") if r is not None else _minimum(_round_pos(dh / C / (2 if g and g.shared else 1)), dh)
@@ -284,7 +304,7 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
         out["r"] = rr
     if "local_window" in s.params:
         if local_window is not None:
-            lw = _shaped(local_window, np.int64, S.shape)
+            lw = _shaped(local_window, np.int64, shape)
             if _any(lw < 0) or _any(lw > kk):
                 raise UserError(f"--local-window must be between 0 and k, got {int(np.max(lw))} with k = "
                                 f"{int(np.min(kk))}")
@@ -293,11 +313,11 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
         elif s.name == "h2o":
             lw = kk // 2
         elif s.name == "snapkv":
-            lw = np.minimum(SNAPKV_WINDOW, kk // 2)
+            lw = _minimum(SNAPKV_WINDOW, kk // 2)
         else:  # lm-infinite: whatever the sinks leave
             lw = None
         if s.name == "lm-infinite":
-            sk = _shaped(sinks, np.int64, S.shape) if sinks is not None else np.minimum(DEFAULT_SINKS, kk // 2)
+            sk = _shaped(sinks, np.int64, shape) if sinks is not None else _minimum(DEFAULT_SINKS, kk // 2)
             lw = kk - sk if lw is None else lw
             if _any(sk + lw > kk) or _any(sk < 0):
                 raise UserError("sinks + local window must not exceed k for lm-infinite")
@@ -316,8 +336,8 @@ def traffic_components(strategy: str, seq_len, head_dim, params: dict[str, np.nd
     s = get_strategy(strategy).name
     g = geometry(head_dim)
     S = _num(seq_len)
-    dk = np.float64(g.d_k)
-    dv = np.float64(g.d_v)
+    dk = float(g.d_k)
+    dv = float(g.d_v)
     v_sep = 0 * dv if g.shared else dv   # V read apart from K's rows
     k = _num(params["k"])
     write = ("kv_append", KV_WRITE, g.row + 0 * S)  # the new token's k and v (MLA: its row)
@@ -364,7 +384,7 @@ def traffic_components(strategy: str, seq_len, head_dim, params: dict[str, np.nd
     if s == "flexgen":
         return [("k_all", KV_READ, S * dk), ("v_rows", KV_READ, k * dv), write]   # V gathered in a second pass
     if s == "quest":
-        pages = np.ceil(S / params["page_size"])
+        pages = _ceil(S / params["page_size"])
         return [
             ("page_minmax", META_READ, 2 * pages * dk),  # per-page min and max key vectors
             ("k_rows", KV_READ, k * dk), ("v_rows", KV_READ, k * v_sep), write,
@@ -383,7 +403,7 @@ def cache_tokens(strategy: str, seq_len, params: dict[str, np.ndarray]) -> np.nd
     """Positions whose K and V stay in memory: all S, or the k-token cache of an evicting strategy."""
     s = get_strategy(strategy)
     S = _num(seq_len)
-    return S if s.keeps_full_cache else np.minimum(S, params["k"])
+    return S if s.keeps_full_cache else _num(_minimum(S, params["k"]))
 
 
 def extra_cache_elements(strategy: str, seq_len, head_dim, params: dict[str, np.ndarray], k_layout: str = "twice"):
@@ -398,11 +418,11 @@ def extra_cache_elements(strategy: str, seq_len, head_dim, params: dict[str, np.
     s = get_strategy(strategy).name
     g = geometry(head_dim)
     S = _num(seq_len)
-    dk = np.float64(g.d_k)
+    dk = float(g.d_k)
     if s == "sparq":
         return (S * dk if k_layout == "twice" else 0 * S) + g.d_v
     if s == "quest":
-        return 2 * np.ceil(S / params["page_size"]) * dk
+        return 2 * _ceil(S / params["page_size"]) * dk
     if s == "h2o":
         return S + 0 * dk
     if s == "double-sparsity":

@@ -323,14 +323,14 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     """All strategies for one categorical case over the flat numeric grid (B, S, C); rows grid-point major.
 
     Operators outside attention depend on the batch only: they are timed once per distinct batch size and gathered.
-    A single grid point (issue 16: <= 1 ms a call) goes through the same formulas on numpy scalars, every operator
+    A single grid point (issue 16: <= 1 ms a call) goes through the same formulas on Python numbers, every operator
     timed in one stack: its row is the sweep's row to the last bit (tests/test_single_call.py).
     With `keep_ops` (a dict), also fills it with strategy -> (placement, [(op, times)]) for the per-operator ledger."""
     hw, m, prec = case.hw, case.model, case.prec
     tp = Parallel.of(m, case.devices)
     n = B.shape[0]
     grid_B = B   # the batch column
-    one = n == 1 and keep_ops is None   # one configuration: the ledger runs on numpy scalars, the same IEEE
+    one = n == 1 and keep_ops is None   # one configuration: the ledger runs on Python numbers, the same IEEE
     if one:                             # arithmetic as on one-element arrays at a fraction of numpy's cost per call
         B, S, C = B[0], S[0], C[0]
     # pipeline parallelism: every operator sees one micro-batch; pipeline_step turns its times into the round's

@@ -221,7 +221,7 @@ class StackedTimes:
 
 def _field_rows(ops: list[Op], rows: int) -> np.ndarray:
     """The byte and FLOP fields of `ops` as one (fields x ops x rows) float64 array. Each field is a number or an
-    array broadcasting to `rows`; when all are numbers (a single configuration, its ledger on numpy scalars), one
+    array broadcasting to `rows`; when all are numbers (a single configuration, its ledger on Python numbers), one
     conversion fills the whole array."""
     k, nf = len(ops), len(_BYTE_FIELDS)
     if rows == 1:

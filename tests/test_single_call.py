@@ -1,7 +1,7 @@
 """A single-configuration prediction (issue 16: <= 1 ms a call) takes a faster path through the same formulas, and
 keeps nothing from one call to the next that could go stale.
 
-- One grid point runs the ledger on numpy scalars and times every operator in one stack: its row is, to the last bit,
+- One grid point runs the ledger on Python numbers and times every operator in one stack: its row is, to the last bit,
   the row of the same point inside a sweep (every column, every strategy), for pipeline and tensor parallelism,
   offload, several memory tiers, sliding windows, latent attention, a mixture of experts and whole generations.
 - The DataFrame of `predict`, built from one block per dtype, is pandas' constructor's frame of the same columns
@@ -176,8 +176,9 @@ def _bits(x):
 
 @pytest.mark.parametrize("strategy", list(S_.STRATEGY_NAMES) + ["streamingllm"])
 def test_the_strategy_formulas_on_numbers_are_their_one_element_arrays_to_the_last_bit(strategy):
-    """A single configuration resolves parameters and counts traffic on numbers (numpy scalars, not 0-d arrays): the
-    same formulas as on arrays, so every value is the one-element array's, and a bad override the same error."""
+    """A single configuration resolves parameters and counts traffic on numbers (Python floats and ints, not 0-d
+    arrays): the same formulas as on arrays, so every value is the one-element array's, and a bad override the same
+    error."""
     for geo, S, C, over in itertools.product(GEOMETRIES, [1, 7, 4096, 131072], [1, 3.3, 8], OVERRIDES):
         try:
             want = S_.resolve_params(strategy, np.array([S]), geo, C, **over)
@@ -205,3 +206,36 @@ def test_a_spec_hash_is_its_key_fields_computed_once_and_anew_for_a_changed_spec
     assert hash(m) == key(m) == hash(m)
     for other in (replace(m, name="other"), replace(m, n_layers=8), replace(m, head_dim=64, d_model=2048)):
         assert hash(other) == key(other) != hash(m)
+
+
+@pytest.mark.parametrize("kw", [dict(hardware="a100"), dict(hardware="l4", kv_location="host"),
+                                dict(hardware="a100", weights_location="host"),
+                                dict(hardware="t4", model="opt-30b", dtype="fp16", weights_on_device=0.2,
+                                     kv_on_device=0.5, weights_on_disk=0.3, kv_on_disk=0.1),
+                                dict(hardware="ipu", dtype="fp16", devices=4),
+                                dict(hardware="h100", model="llama3-8b", dtype="int4-g128", act_dtype="bf16")],
+                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_the_stacked_timing_is_each_operators_own(kw):
+    """`roofline.time_ops` times operators stacked and leaves out a memory tier no byte passes (`Placement.idle`);
+    `time_op` times one operator over every tier. Each operator's times and bound are the same to the last bit, for
+    caches on the device and the host, offloaded and disk shares, two device tiers and weight-only quantisation."""
+    from sparq_sim.simulator.roofline import time_op, time_ops
+
+    keep: dict = {}
+    sw = P.sweep(seq_len=4096, batch=3, **kw)
+    B, S, C = sw._grid(0, 1)
+    P.evaluate_case(sw.cases[0], list(sw.strategies), B, S, C, None, None, keep_ops=keep)
+    case = sw.cases[0]
+    devices = P.Parallel.of(case.model, case.devices).devices
+    idle = 0
+    for strat, (pl, timed) in keep.items():
+        ops = [op for op, _ in timed]
+        stacked = time_ops(ops, case.hw, pl, case.prec, devices, 1)
+        idle += sum(pl.idle(t, np.broadcast_to(pl.kv, (len(ops), 1))) for t in range(len(pl.tiers)))
+        for i, op in enumerate(ops):
+            one = time_op(op, case.hw, pl, case.prec, devices)
+            for got, want in ((stacked.time_s[i], one.time_s), (stacked.ideal_s[i], one.ideal_s),
+                              (stacked.bound[i], one.bound)):
+                assert _bits(np.ravel(got)[0]) == _bits(np.ravel(want)[0]), (strat, op.name)
+    if kw == dict(hardware="a100"):
+        assert idle > 0   # the host link carries nothing here: it was left out, and the times are the same

@@ -440,7 +440,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         sums, s_oh = _run_sums(time_ops(stacked, hw, placement(op_tiers), prec, tp.devices, n), starts, tp.devices)
     # the prefill's final norm and lm_head over the distinct batches, its two times (b_sums[:, :, 0] are the decode's
     # operators outside attention, added to the step below)
-    b_head = {x: b_sums[x][:, 1] for x in (_TIME, _IDEAL)}   # (b_sums[x][:, 0]: the decode's, for the step below)
+    b_head = {x: b_sums[x][:, 1] for x in (_TIME, _IDEAL)}
     if P > 1:   # the last stage's share: the decode's and the prefill's final norm and lm_head (t_b's first ops)
         dec_head = [v[:, 0] for v in _run_sums(t_b, [len(before + after), len(common)], tp.devices)[0]]
         heads = {phase: {"time_s": _col(x[_TIME][invB]), "ideal_time_s": _col(x[_IDEAL][invB])}

@@ -70,16 +70,13 @@ class Placement:
         return self._share(kv_tier, t, self.kv_host, self.kv_disk)
 
     def idle(self, t: int, kv_tier) -> bool:
-        """Whether no byte passes tier t: no weights, cache (kv_tier: the cache's tier, a number or an array) or
-        activations placed there, and none of the shares kept in host memory or on the disk."""
-        w = self.weights
-        if t == self.act or (w == t if type(w) is int else bool(np.any(w == t))):
+        """Whether no byte passes tier t: the activations are elsewhere and the weights' and the cache's shares of it
+        (`_share`) are zero. kv_tier: the cache's tier, a number or an array (per operator and row)."""
+        w = self.weight_share(t)
+        if t == self.act or (w.any() if type(w) is np.ndarray else w):
             return False
-        if t == self.disk_i:
-            return not (self.weights_disk or self.kv_disk)
-        if t == self.host_i and (self.weights_host or self.kv_host or self.weights_disk or self.kv_disk):
-            return False
-        return not (kv_tier == t).any() if type(kv_tier) is np.ndarray else kv_tier != t
+        placed = bool((kv_tier == t).any()) if type(kv_tier) is np.ndarray else kv_tier == t
+        return not self.kv_share(t if placed else None, t)   # the largest share of it any operator's cache has
 
     def _share(self, where, t: int, host: float, disk: float):
         if t == self.disk_i:

@@ -35,8 +35,9 @@ Assumptions, one line each (they are what a reviewer checks a number against):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,8 +56,9 @@ SOFTMAX_FLOPS = 5.0  # per score: max, subtract, exp, sum, scale
 NORM_FLOPS = 5.0     # per element: residual add, square, sum, scale, weight
 
 
-@dataclass(slots=True)   # slots: a single configuration builds ~90 of them a call
-class Op:
+class Op(NamedTuple):
+    """One operator of the ledger. A tuple (a single configuration builds ~95 a call): its numbers, `layers` to
+    `comm`, are one slice (NUMBERS), read in one pass when operators are timed together (roofline.time_ops)."""
     phase: str                 # decode | prefill
     name: str
     group: str                 # embedding | norm | projection | attention | mlp | lm_head | communication
@@ -75,6 +77,9 @@ class Op:
 
     def bytes_total(self):
         return sum(getattr(self, k) for k in BYTE_KINDS)
+
+
+NUMBERS = slice(Op._fields.index("layers"), len(Op._fields))   # the fields of an Op that are numbers (or arrays)
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,8 @@ def _z(B):
 def _f64(x):
     """x in float64: an array as an array; a number (a single configuration) as a Python float, the same IEEE
     arithmetic at a fraction of a numpy scalar's cost per operation (strategies._num)."""
-    return _num(x, np.float64)
+    t = type(x)
+    return x if t is float else float(x) if t is int else _num(x, np.float64)
 
 
 def _norm_op(phase, name, m, T, p: Precision, layers):
@@ -512,14 +518,29 @@ def causal_pairs(S, window=None):
     return np.where(S <= w, full, w * (w + 1) / 2 + (S - w) * w)
 
 
+def stored_groups(m: ModelSpec, strategy: str, spans: dict, k_layout: str) -> list[tuple]:
+    """What each group of layers (`layer_groups`) keeps at its span: (window, layers, dense, tokens whose K and V are
+    kept, extra elements per KV head, index elements per layer). What the prefill stores and what stays resident
+    (`prefill_attention_ops`, `cache_bytes_per_device`: worked out once for both when passed to them)."""
+    geo = kv_geometry(m)
+    out = []
+    for w, n, dense in layer_groups(m, strategy):
+        S_w, params_w, dense_w = spans[w]
+        strat, pw = ("dense", dense_w) if dense else (strategy, params_w)
+        out.append((w, n, dense, cache_tokens(strat, S_w, pw), extra_cache_elements(strat, S_w, geo, pw, k_layout),
+                    index_cache_elements(strat, S_w, pw)))   # (DSA's indexer keys, per layer)
+    return out
+
+
 def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans: dict, p: Precision,
-                          k_layout: str, made: dict | None = None) -> list[Op]:
+                          k_layout: str, made: dict | None = None, stored: list | None = None) -> list[Op]:
     """The prefill's attention and the store of what the strategy keeps (the operators of `prefill_ops` that depend
     on the strategy), per group of layers. MLA prefills unabsorbed (compute bound): the latent rows are expanded to
     per-head keys and values, as DeepSeek's and vLLM's prefill paths do.
 
     The attention operator of a group is dense whatever the strategy; with `made` (a dict, the same B and S for
-    every call), each group's is made once and shared by the strategies' lists (operators are only read)."""
+    every call), each group's is made once and shared by the strategies' lists (operators are only read). `stored`:
+    `stored_groups` of these arguments (worked out here when not given)."""
     B = _f64(B)
     S = _f64(S)
     T = B * S
@@ -528,12 +549,9 @@ def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans
     dq, dv = m.head_dim, m.value_dim
     several = len(spans) > 1
     ops = []
-    for w, n, dense in layer_groups(m, strategy):
-        S_w, params_w, dense_w = spans[w]
+    for w, n, dense, kept, extra, index in stored or stored_groups(m, strategy, spans, k_layout):
         tag = ("global." if w is None else "local.") if several else ""
         tag += "dense_layers." if dense else ""
-        strat = "dense" if dense else strategy
-        pw = dense_w if dense else params_w
         attention = None if made is None else made.get((w, n, tag))
         if attention is None:
             pairs = causal_pairs(S, w)
@@ -547,9 +565,6 @@ def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans
                            kv_read=B * hkv * S * geo.row * p.kv)
             if made is not None:
                 made[(w, n, tag)] = attention
-        kept = cache_tokens(strat, S_w, pw)
-        extra = extra_cache_elements(strat, S_w, geo, pw, k_layout)
-        index = index_cache_elements(strat, S_w, pw)   # DSA's indexer keys, per layer
         ops += [
             attention,
             Op("prefill", tag + "kv_store", "attention", "vector", n, 1, flops=_z(B),
@@ -558,18 +573,17 @@ def prefill_attention_ops(m: ModelSpec, tp: Parallel, strategy: str, B, S, spans
     return ops
 
 
-def cache_bytes_per_device(m: ModelSpec, tp: Parallel, strategy: str, B, spans: dict, p: Precision, k_layout: str):
+def cache_bytes_per_device(m: ModelSpec, tp: Parallel, strategy: str, B, spans: dict, p: Precision, k_layout: str,
+                           stored: list | None = None):
     """KV cache (and the strategy's extra storage) per device: what must stay resident at context S. A local layer
-    keeps its window (a ring buffer, as HF's hybrid cache does), a global one every position."""
+    keeps its window (a ring buffer, as HF's hybrid cache does), a global one every position. `stored`: as for
+    `prefill_attention_ops`."""
     B = _f64(B)
     geo = kv_geometry(m)
     total = index = 0.0
-    for w, n, dense in layer_groups(m, strategy):
-        S_w, params_w, dense_w = spans[w]
-        strat, pw = ("dense", dense_w) if dense else (strategy, params_w)
-        total = total + n * (cache_tokens(strat, S_w, pw) * geo.row + extra_cache_elements(strat, S_w, geo, pw,
-                                                                                            k_layout))
-        index = index + n * index_cache_elements(strat, S_w, pw)   # DSA's indexer keys: per layer, on every device
+    for _, n, _, kept, extra, index_w in stored or stored_groups(m, strategy, spans, k_layout):
+        total = total + n * (kept * geo.row + extra)
+        index = index + n * index_w   # DSA's indexer keys: per layer, on every device
     return B * tp.kv_heads * p.kv * total + B * p.kv * index
 
 
@@ -599,4 +613,4 @@ def weight_bytes_per_device(m: ModelSpec, tp: Parallel, p: Precision, stages: in
 
 
 def ops_frame_columns() -> list[str]:
-    return [f.name for f in fields(Op)]
+    return list(Op._fields)

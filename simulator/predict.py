@@ -50,14 +50,16 @@ import math
 import os
 import sys
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
 from ..hardware_profiles import HardwareProfile, load_hardware
 from .errors import UserError
 from .ledger import (FP32, Op, Parallel, Precision, _f64, attention_ops, block_ops, cache_bytes_per_device,
-                     head_ops, kv_geometry, prefill_attention_ops, span, weight_bytes_per_device, windows)
-from .models import DEFAULT_MODEL, ModelSpec, load_model_spec
+                     head_ops, kv_geometry, prefill_attention_ops, span, stored_groups, weight_bytes_per_device,
+                     windows)
+from .models import BUILTIN, DEFAULT_MODEL, ModelSpec, load_model_spec
 from .ranges import parse_axis, parse_names
 from .roofline import (BOUNDS, DISK, HOST, Placement, StackedTimes, matrix_peak, tier_table, time_op, time_ops,
                        write_rates)
@@ -135,6 +137,11 @@ class Case:
     weights_on_disk: float = 0.0     # shares on the disk behind the host (FlexGen's third tier)
     kv_on_disk: float = 0.0
 
+    @cached_property
+    def fixed(self) -> "CaseFixed":
+        """What `evaluate_case` needs of this case at every grid point, worked out once (a case is immutable)."""
+        return CaseFixed.of(self)
+
 
 def _unique(items, key, what: str = "", origin=None):
     """Items once each, by `key`; two different items under one name are an error, never one dropped in silence
@@ -196,6 +203,62 @@ def _workspace_bytes(m: ModelSpec, tp: Parallel, B, S, prec: Precision):
     n_in = 2 if m.gated_mlp else 1
     return np.asarray(B, dtype=np.float64) * (tp.vocab * FP32 + 2 * n_in * tp.d_ff * prec.a
                                               + tp.heads * np.asarray(S, dtype=np.float64) * FP32)
+
+
+@dataclass(frozen=True)
+class CaseFixed:
+    """A case's quantities that no grid point changes: per-device shapes, the memory tiers, where the weights live
+    and how much of them, and the columns that are one value for the whole case. Its errors, in this order, come
+    before any grid point's: heads the devices cannot split, an unknown weights location, a format the device lacks,
+    an unknown KV location."""
+    tp: Parallel
+    frac: float                     # the fullest pipeline stage's share of the layers
+    names: tuple[str, ...]          # memory tiers (device tiers, the host, the disk when there is one)
+    peak: np.ndarray
+    achieved: np.ndarray
+    caps: np.ndarray
+    n_dev_tiers: int                # device tiers; names[n_dev_tiers] is the host
+    disk: int | None
+    w_dev: float                    # weights per device
+    w_on: float                     # of them resident in their device tier
+    wi: int                         # the weights' tier
+    ki: int | None                  # the KV cache's tier when the case names one (None: auto)
+    base: Placement                 # the placement with the cache in the first tier (operators outside attention)
+    labels: dict                    # string columns of one value: hardware, model, dtypes, k_layout, weights_location
+    capacity: float                 # memory_capacity_bytes
+
+    @classmethod
+    def of(cls, case: "Case") -> "CaseFixed":
+        hw, m, prec = case.hw, case.model, case.prec
+        tp = Parallel.of(m, case.devices)
+        names, peak, achieved, caps = tier_table(hw)
+        write, write_peak = write_rates(hw, achieved, peak)
+        n_dev_tiers = names.index(HOST)
+        places = names[:n_dev_tiers + 1]   # where --weights-location / --kv-location may put data (not the disk)
+        w_dev = weight_bytes_per_device(m, tp, prec, case.pipeline)
+        w_on = w_dev * case.weights_on_device
+        wi = _location_index(case.weights_location, places, hw)
+        if wi is None:   # the first device tier the weights fit
+            fit = [i for i in range(n_dev_tiers) if w_on <= caps[i]]
+            wi = fit[0] if fit else n_dev_tiers - 1
+        if wi == n_dev_tiers:
+            w_on = 0.0
+        matrix_peak(hw, prec.compute or prec.dtype)   # a format the device lacks
+        ki = _location_index(case.kv_location, places, hw)
+        wod, kod, wdk, kdk = case.weights_on_device, case.kv_on_device, case.weights_on_disk, case.kv_on_disk
+        base = Placement(names, peak, achieved, wi, 0, 0, 1.0 - wod - wdk, 1.0 - kod - kdk, wdk, kdk, write,
+                         write_peak)
+        labels = {"hardware": hw.name, "model": m.name, "dtype": prec.dtype, "kv_dtype": prec.kv_dtype,
+                  "act_dtype": prec.act_dtype, "k_layout": case.k_layout, "weights_location": names[wi]}
+        return cls(tp, math.ceil(m.n_layers / case.pipeline) / m.n_layers, names, peak, achieved, caps, n_dev_tiers,
+                   names.index(DISK) if DISK in names else None, w_dev, w_on, wi, ki, base, labels,
+                   float(caps[:n_dev_tiers].sum()))
+
+    def placement(self, kv_index) -> Placement:
+        """The placement with the KV cache in tier `kv_index` (a number, or an array per operator and row)."""
+        b = self.base
+        return Placement(b.tiers, b.peak_Bps, b.achieved_Bps, b.weights, kv_index, b.act, b.weights_host, b.kv_host,
+                         b.weights_disk, b.kv_disk, b.write_Bps, b.write_peak_Bps)
 
 
 def _sum_over(ops, times, field):
@@ -313,6 +376,11 @@ _AGG_COLUMNS = ("weight_bytes", "activation_bytes", "kv_read_bytes", "kv_write_b
 _FLOAT_COLUMNS = _AGG_COLUMNS + ("attention_bytes", "total_bytes", "attention_fraction", "arithmetic_intensity",
                                  "tokens_per_s", "speedup_vs_dense", "attention_speedup_vs_dense",
                                  "ideal_speedup_vs_dense", "attention_ideal_speedup_vs_dense")
+_PARAM_COLUMNS = ("r", "k", "local_window", "page_size")   # each strategy's parameters
+_INT_COLUMNS = ("batch", "seq_len", "attended_len", "microbatches", "devices", "pipeline") + _PARAM_COLUMNS + \
+    ("max_batch",)
+_CASE_FLOAT_COLUMNS = ("compression", "memory_capacity_bytes", "weights_on_device", "kv_on_device",
+                       "weights_on_disk", "kv_on_disk")
 _SPEEDUPS = slice(_FLOAT_COLUMNS.index("speedup_vs_dense"), len(_FLOAT_COLUMNS))   # dense's over each one's ...
 _SPEEDUP_OF = [_FLOAT_COLUMNS.index(c) for c in ("time_s", "attention_time_s", "ideal_time_s",
                                                   "attention_ideal_time_s")]   # ... of these, in that order
@@ -327,7 +395,8 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     timed in one stack: its row is the sweep's row to the last bit (tests/test_single_call.py).
     With `keep_ops` (a dict), also fills it with strategy -> (placement, [(op, times)]) for the per-operator ledger."""
     hw, m, prec = case.hw, case.model, case.prec
-    tp = Parallel.of(m, case.devices)
+    fx = case.fixed
+    tp = fx.tp
     n = B.shape[0]
     grid_B = B   # the batch column
     one = n == 1 and keep_ops is None   # one configuration: the ledger runs on Python numbers, the same IEEE
@@ -335,7 +404,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         B, S, C = B[0], S[0], C[0]
     # pipeline parallelism: every operator sees one micro-batch; pipeline_step turns its times into the round's
     P = case.pipeline
-    frac = math.ceil(m.n_layers / P) / m.n_layers   # the fullest stage's share of the layers
+    frac = fx.frac   # the fullest stage's share of the layers
     Bt = B                                            # sequences decoding together
     M = np.minimum(case.microbatches or P, Bt) if P > 1 else np.ones(np.shape(Bt), dtype=np.int64)
     if P > 1:
@@ -347,32 +416,16 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     Sa = spans_S[top]   # positions the widest layers see
     geo = kv_geometry(m)
     index_dim = m.indexer()[1]   # DSA's indexer key width on this model
-    names, peak, achieved, caps = tier_table(hw)
-    write, write_peak = write_rates(hw, achieved, peak)
-    n_dev_tiers = names.index(HOST)
-    disk = names.index(DISK) if DISK in names else None
-    places = names[:n_dev_tiers + 1]   # where --weights-location / --kv-location may put data (not the disk)
-
-    # placement of weights (one tier) and activations (the fastest tier)
-    w_dev = weight_bytes_per_device(m, tp, prec, P)
+    names, caps, n_dev_tiers, disk = fx.names, fx.caps, fx.n_dev_tiers, fx.disk
+    # placement of weights (one tier: wi) and activations (the fastest tier)
+    w_dev, w_on, wi = fx.w_dev, fx.w_on, fx.wi   # w_on: the weights resident in their device tier; the rest on the host
     host = n_dev_tiers
     wod, kod = case.weights_on_device, case.kv_on_device
     wdk, kdk = case.weights_on_disk, case.kv_on_disk
-    w_on = w_dev * wod   # the weights resident in their device tier; the rest is on the host
-    wi = _location_index(case.weights_location, places, hw)
-    if wi is None:
-        fit = [i for i in range(n_dev_tiers) if w_on <= caps[i]]
-        wi = fit[0] if fit else n_dev_tiers - 1
-    if wi == host:
-        w_on = 0.0
     act_i = 0
     workspace = _workspace_bytes(m, tp, B, Sa, prec)
-
-    def placement(kv_index):
-        return Placement(names, peak, achieved, wi, kv_index, act_i, 1.0 - wod - wdk, 1.0 - kod - kdk, wdk, kdk,
-                         write, write_peak)
-
-    base = placement(0)
+    placement = fx.placement
+    base = fx.base
     uB, invB = _distinct(B)
     before, after = block_ops("decode", m, tp, uB, prec)
     common = before + after + head_ops("decode", m, tp, uB, prec)
@@ -382,9 +435,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     uT, invT = _distinct(T)   # the prefill's projections depend on B x S tokens
     pf_before, pf_after = block_ops("prefill", m, tp, uT, prec)
     pf_block = pf_before + pf_after
-    if one:   # all the operators timed at once, with the attention's below
-        matrix_peak(hw, prec.compute or prec.dtype)   # a format the device lacks: that error first, as otherwise
-    else:
+    if not one:   # (one configuration: all the operators timed at once, with the attention's below)
         t_b = time_ops(on_b, hw, base, prec, tp.devices, np.size(uB))
         b_sums, b_oh = _run_sums(t_b, [0, len(common)], tp.devices)
         pf_sums = _run_sums(time_ops(pf_block, hw, base, prec, tp.devices, np.size(uT)), [0], tp.devices)[0]
@@ -397,7 +448,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     spans_f = {w: _f64(x) for w, x in spans_S.items()}
     order = ["dense"] + [s for s in strategies if s != "dense"]
     no = len(order)
-    ki = _location_index(case.kv_location, places, hw)   # the same for every strategy (None: auto)
+    ki = fx.ki   # the same for every strategy (None: auto)
     found, pf_made = {}, {}
     stacked, owner, starts = [], [], []
     kv_dev = np.empty((n, no))
@@ -409,10 +460,11 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
                 strat, spans_S[w], geo, Cn, r=case.r, k=kw, local_window=local_window, page_size=page_size,
                 index_dim=index_dim)
             spans[w] = (spans_f[w], pw, dense_spans[w])
-        # every stage caches its layers for all the sequences (the fullest stage: frac of them)
-        kv_dev[:, j] = cache_bytes_per_device(m, tp, strat, Btf, spans, prec, case.k_layout) * frac   # 1.0: one stage
+        stored = stored_groups(m, strat, spans, case.k_layout)   # what its cache keeps, for the next two
+        # every stage caches its layers for all the sequences (the fullest stage: frac of them; 1.0: one stage)
+        kv_dev[:, j] = cache_bytes_per_device(m, tp, strat, Btf, spans, prec, case.k_layout, stored) * frac
         attn_ops = attention_ops(m, tp, strat, Bf, spans, prec)
-        pf_attn = prefill_attention_ops(m, tp, strat, Bf, Sf, spans, prec, case.k_layout, pf_made)
+        pf_attn = prefill_attention_ops(m, tp, strat, Bf, Sf, spans, prec, case.k_layout, pf_made, stored)
         starts += [len(stacked), len(stacked) + len(attn_ops)]   # its decode attention, then its prefill's
         stacked += attn_ops + pf_attn
         owner += [j] * (len(attn_ops) + len(pf_attn))
@@ -430,8 +482,10 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     op_tiers = ki if np.ndim(ki) == 0 else ki.T[owner]
     if one:   # the operators of B, of B x S and the attention's, one row each: timed and summed together
         first = len(on_b) + len(pf_block)
-        tiers_all = np.zeros((first + len(stacked), 1), dtype=np.int64)
-        tiers_all[first:] = op_tiers
+        tiers_all = 0   # every cache in the first tier, as the operators outside attention place theirs
+        if not (type(op_tiers) is int and op_tiers == 0):
+            tiers_all = np.zeros((first + len(stacked), 1), dtype=np.int64)
+            tiers_all[first:] = op_tiers
         t_b = time_ops(on_b + pf_block + stacked, hw, placement(tiers_all), prec, tp.devices, 1)
         all_sums, all_oh = _run_sums(t_b, [0, len(common), len(on_b)] + [first + x for x in starts], tp.devices)
         b_sums, pf_sums, sums = all_sums[:, :, 0:2], all_sums[:, :, 2:3], all_sums[:, :, 3:]   # quantity x 1 x runs
@@ -531,15 +585,10 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     def flat(a, dtype=np.float64):   # -> rows, point major (a new array)
         return np.array(a, dtype=dtype).reshape(N)
 
-    def grid(values, dtype):   # one value per strategy: an array of the points, or a number for all of them
-        if not any(getattr(v, "ndim", 0) for v in values):
-            a = np.array(values, dtype=dtype)
-            return a if n == 1 else np.tile(a, n)
-        vals = [np.full(n, v) if np.ndim(v) == 0 else v for v in values]
-        return np.ascontiguousarray(np.array(vals, dtype=dtype).T).reshape(N)
-
-    def same(value, dtype):   # one value for every strategy
-        return np.full(N, value, dtype=dtype) if np.ndim(value) == 0 else grid([value] * ns, dtype)
+    def each(values):   # one value per strategy asked for, each a number or an array of the points -> (points x ns)
+        if not any(type(v) is np.ndarray for v in values):
+            return values
+        return np.array([np.broadcast_to(v, (n,)) for v in values]).T
 
     # the float columns, every strategy of `order` (dense first), in one array of a quantity per row: the sums and
     # ratios computed a group of columns at a time, the strategies asked for picked once, each column one of its rows
@@ -558,31 +607,28 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
     np.divide(times[:, :, :1], times, out=q[_SPEEDUPS])   # dense's time over each strategy's
     if pick is not None:
         q = q.take(pick, axis=2)
-    out: dict = {"batch": same(Bt, np.int64), "seq_len": same(S, np.int64), "attended_len": same(Sa, np.int64),
-                 "compression": same(C, np.float64)}
-    for c in ("r", "k", "local_window", "page_size"):
-        out[c] = grid([found[st][0][c] for st in strategies], np.int64)
+    out: dict = {}
     for c, x in zip(_FLOAT_COLUMNS, q):
         out[c] = x.reshape(N)
-    fixed = {"hardware": hw.name, "model": m.name, "dtype": prec.dtype, "kv_dtype": prec.kv_dtype,
-             "act_dtype": prec.act_dtype,
-             "k_layout": case.k_layout, "weights_location": names[wi]}
-    for c, v in fixed.items():
+    # the integer columns and the float ones that are the case's, each a row of one array (points x strategies)
+    ints = np.empty((len(_INT_COLUMNS), n, ns), dtype=np.int64)
+    for i, x in enumerate((Bt, S, Sa, M, case.devices, P)):   # a value per point, or one for all
+        ints[i] = _col(x)
+    for i, c in enumerate(_PARAM_COLUMNS, start=len(_INT_COLUMNS) - len(_PARAM_COLUMNS) - 1):
+        ints[i] = each([found[st][0][c] for st in strategies])
+    ints[-1] = sel(max_batch)
+    floats = np.empty((len(_CASE_FLOAT_COLUMNS), n, ns))
+    for i, x in enumerate((C, fx.capacity, wod, kod, wdk, kdk)):
+        floats[i] = _col(x)
+    for c, x in zip(_INT_COLUMNS + _CASE_FLOAT_COLUMNS, itertools.chain(ints, floats)):
+        out[c] = x.reshape(N)
+    for c, v in fx.labels.items():
         out[c] = Labels(np.zeros(N, dtype=np.int8), (v,))
     out["bound"] = Labels(flat(sel(bound_index), np.int8), BOUNDS)
     out["kv_location"] = Labels(flat(sel(ki_b), np.int8), names)
     out["fits"] = flat(sel(fits), bool)
-    out["max_batch"] = flat(sel(max_batch), np.int64)
     codes = np.arange(ns, dtype=np.int8)
     out["strategy"] = Labels(np.tile(codes, n) if n > 1 else codes, tuple(strategies))
-    out["devices"] = np.full(N, case.devices, dtype=np.int64)
-    out["pipeline"] = np.full(N, P, dtype=np.int64)
-    out["microbatches"] = same(M, np.int64)
-    out["memory_capacity_bytes"] = np.full(N, float(caps[:n_dev_tiers].sum()))
-    out["weights_on_device"] = np.full(N, float(wod))
-    out["kv_on_device"] = np.full(N, float(kod))
-    out["weights_on_disk"] = np.full(N, float(wdk))
-    out["kv_on_disk"] = np.full(N, float(kdk))
     return {c: out[c] for c in COLUMNS}
 
 
@@ -735,12 +781,79 @@ def placement_shares(hws, weights_on_device, kv_on_device, weights_on_disk, kv_o
     return shares
 
 
+_PARSED_CASES: dict = {}   # the categorical arguments of `sweep` -> (the Sweep they gave, its models); see `sweep`
+
+
+def _plain(value):
+    """A value made of strings, numbers and None only, as a dictionary key (a list as a tuple, each item with its type:
+    1, 1.0 and True are three keys); else None."""
+    if value is None or type(value) in (str, int, float, bool):
+        return ((type(value), value),)
+    if type(value) in (list, tuple) and all(type(v) in (str, int, float) for v in value):
+        return tuple((type(v), v) for v in value)
+    return None
+
+
+def _names(value) -> list[str]:
+    return [str(v).strip().lower() for v in (value.split(",") if type(value) is str else value)]
+
+
+def _categorical_key(hardware, model, args: tuple):
+    """What a sweep's categorical arguments are known by, or None when their meaning may change between two calls:
+    a file (a profile or a config.json, which may be edited), a folder, a profile or spec object. Bundled profile names
+    and built-in model names mean the same thing for the life of the process."""
+    keys = [_plain(v) for v in (hardware, model) + args]
+    if any(k is None for k in keys) or hardware is None or model is None:
+        return None
+    if any("/" in h or os.sep in h or h.endswith((".yaml", ".yml")) for h in _names(hardware)):
+        return None
+    if not all(name in BUILTIN for name in _names(model)):
+        return None
+    return tuple(keys)
+
+
+def _context_notes(models, seqs, gen_len) -> tuple[str, ...]:
+    longest = max(seqs) + (gen_len or 1) - 1
+    return tuple(f"a context of {longest:,} tokens exceeds {m.name}'s maximum of {m.max_position:,} positions; the "
+                 f"prediction assumes the model could attend that far" for m in models if longest > m.max_position)
+
+
 def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,
           dtype="auto", kv_dtype=None, devices=1, r=None, k=None, local_window=None, page_size=None,
           k_layout="twice", kv_location="auto", weights_location="auto", gen_len=None, mla_decode=None,
           act_dtype=None, weights_on_device=1.0, kv_on_device=1.0, pipeline=1, microbatches=None,
           weights_on_disk=0.0, kv_on_disk=0.0) -> Sweep:
-    """Parse and check the arguments of `predict_columns` (same meaning) into a `Sweep`, evaluating nothing."""
+    """Parse and check the arguments of `predict_columns` (same meaning) into a `Sweep`, evaluating nothing.
+
+    The categorical arguments (everything but seq_len, batch and compression) parse to the same cases whenever they
+    are the same built-in names, numbers and words: those cases are kept (a few hundred sets at most), so a loop of
+    single-configuration calls parses only its numbers (issue 16). A call whose categorical arguments are wrong is
+    never kept, and its numeric ones are checked as before: the same errors, in the same order."""
+    args = (strategies, dtype, kv_dtype, devices, r, k, local_window, page_size, k_layout, kv_location,
+            weights_location, gen_len, mla_decode, act_dtype, weights_on_device, kv_on_device, pipeline, microbatches,
+            weights_on_disk, kv_on_disk)
+    key = _categorical_key(hardware, model, args)
+    known = None if key is None else _PARSED_CASES.get(key)
+    if known is None:
+        sw, models = _sweep(hardware, model, seq_len, batch, compression, *args)
+        if key is not None:
+            if len(_PARSED_CASES) >= 256:
+                _PARSED_CASES.clear()
+            _PARSED_CASES[key] = (sw, models)
+        return sw
+    sw, models = known
+    seqs = parse_axis(seq_len, "--seq", minimum=1)
+    batches = parse_axis(batch, "--batch", minimum=1)
+    comps = parse_compressions(compression)
+    return Sweep(sw.cases, sw.strategies, np.asarray(batches, dtype=np.int64), np.asarray(seqs, dtype=np.int64),
+                 np.asarray(comps, dtype=np.float64), sw.local_window, sw.page_size, sw.gen_len,
+                 _context_notes(models, seqs, sw.gen_len))
+
+
+def _sweep(hardware, model, seq_len, batch, compression, strategies, dtype, kv_dtype, devices, r, k, local_window,
+           page_size, k_layout, kv_location, weights_location, gen_len, mla_decode, act_dtype, weights_on_device,
+           kv_on_device, pipeline, microbatches, weights_on_disk, kv_on_disk) -> tuple[Sweep, list[ModelSpec]]:
+    """`sweep`, every argument parsed and checked; and the models."""
     hws = resolve_hardware(hardware)
     models = resolve_models(model)
     if mla_decode is not None:
@@ -802,11 +915,9 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
         if len(gl) != 1:
             raise UserError("--gen-len takes one value (tokens generated per sequence)")
         gen_len = int(gl[0])
-    longest = max(seqs) + (gen_len or 1) - 1
-    notes = tuple(f"a context of {longest:,} tokens exceeds {m.name}'s maximum of {m.max_position:,} positions; the "
-                  f"prediction assumes the model could attend that far" for m in models if longest > m.max_position)
     return Sweep(tuple(cases), tuple(strats), np.asarray(batches, dtype=np.int64), np.asarray(seqs, dtype=np.int64),
-                 np.asarray(comps, dtype=np.float64), local_window, page_size, gen_len, notes)
+                 np.asarray(comps, dtype=np.float64), local_window, page_size, gen_len,
+                 _context_notes(models, seqs, gen_len)), models
 
 
 def predict_columns(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,

@@ -14,14 +14,13 @@ fixed cost per collective, then a ring's 2 (N-1) steps with 2 (N-1)/N of the mes
 from __future__ import annotations
 
 import itertools
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..hardware_profiles import HardwareProfile
 from .errors import UserError
-from .ledger import Op, Precision
+from .ledger import NUMBERS, Op, Precision
 from .units import COMPUTE_DTYPE
 
 BOUNDS = ("memory", "compute", "link", "overhead")
@@ -202,7 +201,9 @@ def time_op(op: Op, hw: HardwareProfile, pl: Placement, prec: Precision, devices
 
 
 _BYTE_FIELDS = ("weight", "act_read", "act_write", "kv_read", "kv_write", "meta_read", "meta_write", "flops", "comm")
-_op_fields = operator.attrgetter(*_BYTE_FIELDS)
+_NUMBERS = Op._fields[NUMBERS]   # layers, launches, then flops and the byte fields, in an Op's order
+_BYTE_INDEX = [_NUMBERS.index(name) for name in _BYTE_FIELDS]
+_UNITS = {"matrix": 0, "vector": 1, "link": 2}
 
 
 @dataclass
@@ -216,23 +217,26 @@ class StackedTimes:
     bound: np.ndarray
 
 
-def _field_rows(ops: list[Op], rows: int) -> np.ndarray:
-    """The byte and FLOP fields of `ops` as one (fields x ops x rows) float64 array. Each field is a number or an
-    array broadcasting to `rows`; when all are numbers (a single configuration, its ledger on Python numbers), one
-    conversion fills the whole array."""
+def _field_rows(ops: list[Op], rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The byte and FLOP fields of `ops` as one (fields x ops x rows) float64 array (_BYTE_FIELDS' order), and their
+    layers and launches (ops,). Each field is a number or an array broadcasting to `rows`; when all are numbers (a
+    single configuration, its ledger on Python numbers), one pass over the operators' numbers fills it all."""
     k, nf = len(ops), len(_BYTE_FIELDS)
     if rows == 1:
-        try:   # one flat list: numpy converts it faster than a list of tuples
-            a = np.array(list(itertools.chain.from_iterable(map(_op_fields, ops))), dtype=np.float64)  # ops x fields
-        except ValueError:   # numbers mixed with arrays of one row: each on its own, below
+        try:   # every operator's numbers, one after the other
+            a = np.fromiter(itertools.chain.from_iterable(op[NUMBERS] for op in ops), dtype=np.float64,
+                            count=k * len(_NUMBERS))
+        except (TypeError, ValueError):   # numbers mixed with arrays of one row: each field on its own, below
             a = None
-        if a is not None and a.size == k * nf:
-            return np.ascontiguousarray(a.reshape(k, nf).T).reshape(nf, k, 1)
+        if a is not None:
+            a = np.ascontiguousarray(a.reshape(k, len(_NUMBERS)).T)   # numbers x ops
+            return a[_BYTE_INDEX].reshape(nf, k, 1), a[0], a[1]
     out = np.empty((nf, k, rows))
     flat = out.reshape(-1, rows)
     for i, v in enumerate(getattr(op, name) for name in _BYTE_FIELDS for op in ops):
         flat[i] = v
-    return out
+    return out, np.array([op.layers for op in ops], dtype=np.float64), \
+        np.array([op.launches for op in ops], dtype=np.float64)
 
 
 def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision, devices: int,
@@ -242,15 +246,17 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
     the sweep's points (every field broadcasts to `rows`); the placement's KV tier may also be per operator and row
     (ops x rows: several strategies timed together). Same formulas and the same result as `time_op`."""
     k = len(ops)
-    f = dict(zip(_BYTE_FIELDS, _field_rows(ops, rows)))
-    layers = np.array([op.layers for op in ops], dtype=np.float64)
-    units = [op.unit for op in ops]
+    fields, layers, launches = _field_rows(ops, rows)
+    f = dict(zip(_BYTE_FIELDS, fields))
+    unit = np.array([_UNITS[op.unit] for op in ops], dtype=np.int8)[:, None]
     kv_bytes = f["kv_read"] + f["kv_write"] + f["meta_read"] + f["meta_write"]
     kv_rd, kv_wr = (f["kv_read"] + f["meta_read"], f["kv_write"] + f["meta_write"]) if pl.disk_i >= 0 else (0, 0)
     act_bytes = f["act_read"] + f["act_write"]
-    kv_tier = np.asarray(pl.kv)
-    if kv_tier.shape != (k, rows):
-        kv_tier = np.broadcast_to(kv_tier, (k, rows) if kv_tier.ndim == 2 else (rows,))
+    kv_tier = pl.kv   # one tier for every operator and row (a number), or an array of them
+    if type(kv_tier) is not int:
+        kv_tier = np.asarray(kv_tier)
+        if kv_tier.shape != (k, rows):
+            kv_tier = np.broadcast_to(kv_tier, (k, rows) if kv_tier.ndim == 2 else (rows,))
     mem_real = np.zeros((k, rows))
     mem_ideal = np.zeros((k, rows))
     for t in range(len(pl.tiers)):
@@ -259,12 +265,12 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
         real, ideal = _tier_memory(pl, t, f["weight"], kv_bytes, kv_rd, kv_wr, act_bytes, kv_tier, prec.w_eff)
         mem_real = np.maximum(mem_real, real)
         mem_ideal = np.maximum(mem_ideal, ideal)
-    matrix = np.array([u == "matrix" for u in units])[:, None]
+    matrix = unit == _UNITS["matrix"]
     peak = np.where(matrix, matrix_peak(hw, prec.compute or prec.dtype) if matrix.any() else 1.0, vector_peak(hw))
     eff = np.where(matrix, hw.matrix.efficiency, hw.vector.efficiency)
     comp_ideal = f["flops"] / peak
     comp_real = comp_ideal / eff
-    link = np.array([u == "link" for u in units])[:, None] & (devices > 1)
+    link = (unit == _UNITS["link"]) & (devices > 1)
     if link.any():
         link_ideal = np.where(link, 2 * (devices - 1) / devices * f["comm"] / hw.device_link.bandwidth_Bps, 0.0)
         link_real = np.where(link, allreduce_time(f["comm"], devices, hw.device_link), 0.0)
@@ -273,7 +279,7 @@ def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision,
     busy = np.maximum(np.maximum(mem_real, comp_real), link_real)
     bound = np.where(link_real > np.maximum(mem_real, comp_real), 2, np.where(comp_real > mem_real, 1, 0)).astype(
         np.int8)
-    overhead = np.array([op.launches for op in ops], dtype=np.float64) * hw.kernel_launch_s
+    overhead = launches * hw.kernel_launch_s
     return StackedTimes(fields=f, layers=layers, time_s=busy + overhead[:, None],
                         ideal_s=np.maximum(np.maximum(mem_ideal, comp_ideal), link_ideal),
                         overhead_s=overhead, bound=bound)

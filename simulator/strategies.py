@@ -268,6 +268,8 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
         return out
 
     def given(v, what):
+        if type(v) is int and not shape and v >= 1:   # one configuration and a whole number: nothing to convert
+            return v
         a = np.asarray(v)
         if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.all(a == np.floor(a))):
             raise UserError(f"--{what.replace('_', '-')} must be a whole number, got {v!r}")

@@ -7,7 +7,8 @@ keeps nothing from one call to the next that could go stale.
 - The DataFrame of `predict`, built from one block per dtype, is pandas' constructor's frame of the same columns
   (columns, dtypes, values; strings as the options of pandas make them).
 - What is kept between calls is keyed on what it depends on: parsed axis values (by their text, so -0.0 is not 0.0
-  and True is not 1), model specs (a spec's hash uses a few fields: specs equal in those but different elsewhere
+  and True is not 1), a sweep's cases (by the built-in names, numbers and words they were parsed from: never a file, a
+  folder or an object, and never a call that failed), model specs (a spec's hash uses a few fields: specs equal in those but different elsewhere
   give their own results). A user's profile file is read again on every call, so an edit shows at once; a list
   argument changed between calls gives the new values; the columns a call returns are its own (writing into them
   changes no later result).
@@ -151,6 +152,72 @@ def test_a_profile_file_edited_between_calls_is_read_again(tmp_path):
     f.write_text(text)
     back = P.predict_columns(hardware=str(f), seq_len=4096)
     assert np.array_equal(back["time_s"], before["time_s"])
+
+
+def test_the_cases_of_builtin_names_are_parsed_once_and_give_the_fresh_parses_rows():
+    first = P.sweep(hardware="a100", model="llama3-8b", seq_len=4096, strategies="sparq,h2o", devices=2)
+    again = P.sweep(hardware="a100", model="llama3-8b", seq_len="1k,8k", batch=[3, 5], compression=4,
+                    strategies="sparq,h2o", devices=2)
+    assert again.cases == first.cases and all(a is b for a, b in zip(again.cases, first.cases))   # kept
+    assert again.seqs.tolist() == [1024, 8192] and again.batches.tolist() == [3, 5] and again.comps.tolist() == [4.0]
+    kept = again.columns()
+    P._PARSED_CASES.clear()
+    fresh = P.sweep(hardware="a100", model="llama3-8b", seq_len="1k,8k", batch=[3, 5], compression=4,
+                    strategies="sparq,h2o", devices=2)
+    assert fresh.cases[0] is not first.cases[0]
+    for c, v in fresh.columns().items():
+        assert _same(kept[c], v), c
+    # what a context beyond the model's is told is the call's own
+    with pytest.warns(UserWarning, match="exceeds llama3-8b's maximum"):
+        P.predict_columns(hardware="a100", model="llama3-8b", seq_len=100_000, strategies="sparq,h2o", devices=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        P.predict_columns(hardware="a100", model="llama3-8b", seq_len=4096, strategies="sparq,h2o", devices=2)
+
+
+def test_what_a_kept_case_is_known_by():
+    args = lambda **kw: tuple(kw.get(a, d) for a, d in (("strategies", None), ("devices", 1), ("r", None)))  # noqa
+    key = P._categorical_key
+    assert key("a100", "llama2-7b", args()) == key("a100", "llama2-7b", args()) is not None
+    assert key("a100,h100", ["llama2-7b", "llama3-8b"], args()) is not None   # lists of built-in names too
+    one, one_f, true = (key("a100", "llama2-7b", args(devices=v)) for v in (1, 1.0, True))
+    assert len({one, one_f, true}) == 3   # equal as numbers, parsed apart (True is not a number of devices)
+    assert key("a100", "llama2-7b", args(strategies=["sparq", "h2o"])) != key("a100", "llama2-7b", args())
+    # files, folders, objects: their meaning may change between two calls, so they are parsed every time
+    for hw, model in (("/tmp/mine.yaml", "llama2-7b"), ("mine.yml", "llama2-7b"), ("a100", "models/x/config.json"),
+                      ("a100", "my-folder"), ("a100", "meta-llama/Llama-2-7b-hf"),
+                      (sparq_sim.load_hardware("a100"), "llama2-7b"), ("a100", load_model_spec("llama2-7b")),
+                      ("a100,/tmp/x.yaml", "llama2-7b")):
+        assert key(hw, model, args()) is None, (hw, model)
+    assert key("a100", "llama2-7b", args(r=np.int64(8))) is None   # a numpy number: not one of the plain kinds
+
+
+def test_a_call_with_a_wrong_categorical_argument_is_never_kept():
+    for _ in range(2):
+        with pytest.raises(UserError, match="--r 999 exceeds head_dim"):
+            P.sweep(hardware="a100", seq_len=4096, r=999)
+    with pytest.raises(UserError, match="--seq must be at least 1"):   # a wrong number with kept cases: its error
+        P.sweep(hardware="a100", seq_len=0, r=16)
+    P.sweep(hardware="a100", seq_len=4096, r=16)
+    with pytest.raises(UserError, match="--seq must be at least 1"):
+        P.sweep(hardware="a100", seq_len=0, r=16)
+    with pytest.raises(UserError, match="--compression must be at least 1"):
+        P.sweep(hardware="a100", seq_len=4096, r=16, compression=0.5)
+
+
+def test_a_model_folder_edited_between_calls_is_read_again(tmp_path, monkeypatch):
+    import json
+
+    cfg = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "num_hidden_layers": 32, "intermediate_size": 14336, "vocab_size": 128256,
+           "max_position_embeddings": 8192}
+    (tmp_path / "mine").mkdir()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine" / "config.json").write_text(json.dumps(cfg))
+    before = P.predict_columns(model="mine", seq_len=4096, strategies="dense")
+    (tmp_path / "mine" / "config.json").write_text(json.dumps(dict(cfg, num_key_value_heads=32)))
+    after = P.predict_columns(model="mine", seq_len=4096, strategies="dense")
+    assert after["kv_read_bytes"][0] == pytest.approx(4 * before["kv_read_bytes"][0])
 
 
 def test_model_specs_alike_in_their_hash_give_their_own_results():

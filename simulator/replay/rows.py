@@ -71,15 +71,15 @@ def _unit_ops(st: _Setup, hw, strategy, f: _Flat, rows, mem_bytes: dict, kinds: 
     params = {"k": k_u, "r": r_u, "local_window": np.zeros(nu), "sinks": np.zeros(nu),
               "page_size": np.full(nu, float(st.quest_page)), "index_dim": np.full(nu, float(st.index_dim))}
     ops = attention_decode_ops(m, tp, strategy, np.ones(nu), S_u, params, prec, 1)
-    by_op = {op.name: op for op in ops}
+    # the cache and metadata bytes are the trace's, not the formula's: each operator's summed from the components
+    by_op = {op.name: i for i, op in enumerate(ops)}
     fields = ("kv_read", "kv_write", "meta_read", "meta_write")
-    for op in ops:
-        for fld in fields:
-            setattr(op, fld, np.zeros(nu))
+    measured = [{fld: np.zeros(nu) for fld in fields} for _ in ops]
     for name, b in mem_bytes.items():
-        op = by_op[OP_OF[strategy][name]]
+        got = measured[by_op[OP_OF[strategy][name]]]
         fld = FIELD_OF_KIND[kinds[name]]
-        setattr(op, fld, getattr(op, fld) + np.bincount(uinv, weights=b, minlength=nu))
+        got[fld] = got[fld] + np.bincount(uinv, weights=b, minlength=nu)
+    ops = [op._replace(**got) for op, got in zip(ops, measured)]
     # (step, layer) groups
     sl = uniq // NB
     gk, ginv = np.unique(sl, return_inverse=True)

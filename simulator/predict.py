@@ -781,7 +781,18 @@ def placement_shares(hws, weights_on_device, kv_on_device, weights_on_disk, kv_o
     return shares
 
 
-_PARSED_CASES: dict = {}   # the categorical arguments of `sweep` -> (the Sweep they gave, its models); see `sweep`
+_PARSED_CASES: dict = {}   # the categorical arguments of `sweep` -> what they parse to (_Parsed); see `sweep`
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """What a sweep's categorical arguments parse to: everything of a `Sweep` but its numeric axes, and the models."""
+    cases: tuple
+    strategies: tuple
+    local_window: int | None
+    page_size: int | None
+    gen_len: int | None
+    models: tuple
 
 
 def _plain(value):
@@ -839,15 +850,15 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
         if key is not None:
             if len(_PARSED_CASES) >= 256:
                 _PARSED_CASES.clear()
-            _PARSED_CASES[key] = (sw, models)
+            _PARSED_CASES[key] = _Parsed(sw.cases, sw.strategies, sw.local_window, sw.page_size, sw.gen_len,
+                                         tuple(models))
         return sw
-    sw, models = known
     seqs = parse_axis(seq_len, "--seq", minimum=1)
     batches = parse_axis(batch, "--batch", minimum=1)
     comps = parse_compressions(compression)
-    return Sweep(sw.cases, sw.strategies, np.asarray(batches, dtype=np.int64), np.asarray(seqs, dtype=np.int64),
-                 np.asarray(comps, dtype=np.float64), sw.local_window, sw.page_size, sw.gen_len,
-                 _context_notes(models, seqs, sw.gen_len))
+    return Sweep(known.cases, known.strategies, np.asarray(batches, dtype=np.int64),
+                 np.asarray(seqs, dtype=np.int64), np.asarray(comps, dtype=np.float64), known.local_window,
+                 known.page_size, known.gen_len, _context_notes(known.models, seqs, known.gen_len))
 
 
 def _sweep(hardware, model, seq_len, batch, compression, strategies, dtype, kv_dtype, devices, r, k, local_window,

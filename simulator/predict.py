@@ -486,7 +486,7 @@ def evaluate_case(case: Case, strategies: list[str], B, S, C, local_window, page
         if not (type(op_tiers) is int and op_tiers == 0):
             tiers_all = np.zeros((first + len(stacked), 1), dtype=np.int64)
             tiers_all[first:] = op_tiers
-        t_b = time_ops(on_b + pf_block + stacked, hw, placement(tiers_all), prec, tp.devices, 1)
+        t_b = time_ops(on_b + pf_block + stacked, hw, placement(tiers_all), prec, tp.devices, 1, numbers=True)
         all_sums, all_oh = _run_sums(t_b, [0, len(common), len(on_b)] + [first + x for x in starts], tp.devices)
         b_sums, pf_sums, sums = all_sums[:, :, 0:2], all_sums[:, :, 2:3], all_sums[:, :, 3:]   # quantity x 1 x runs
         b_oh, s_oh = all_oh[:2], all_oh[3:]
@@ -796,12 +796,13 @@ class _Parsed:
 
 
 def _plain(value):
-    """A value made of strings, numbers and None only, as a dictionary key (a list as a tuple, each item with its type:
-    1, 1.0 and True are three keys); else None."""
+    """A value made of strings, numbers and None only, as a dictionary key; else None. Each item is known by its type
+    and its repr, and a list apart from a single value: 1, 1.0, True and [1] are four keys, -0.0 and 0.0 two (the
+    parse tells them apart: a list is not split at commas, a share of -0.0 stays -0.0)."""
     if value is None or type(value) in (str, int, float, bool):
-        return ((type(value), value),)
+        return type(value), repr(value)
     if type(value) in (list, tuple) and all(type(v) in (str, int, float) for v in value):
-        return tuple((type(v), v) for v in value)
+        return list, tuple((type(v), repr(v)) for v in value)
     return None
 
 
@@ -838,8 +839,9 @@ def sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategie
 
     The categorical arguments (everything but seq_len, batch and compression) parse to the same cases whenever they
     are the same built-in names, numbers and words: those cases are kept (a few hundred sets at most), so a loop of
-    single-configuration calls parses only its numbers (issue 16). A call whose categorical arguments are wrong is
-    never kept, and its numeric ones are checked as before: the same errors, in the same order."""
+    single-configuration calls parses only its numbers (issue 16). Every error of the categorical arguments is raised
+    while they are parsed (each case's fixed quantities included: `CaseFixed`), so a wrong set is never kept; the
+    numeric arguments of a call with kept cases are checked as before: the same errors, in the same order."""
     args = (strategies, dtype, kv_dtype, devices, r, k, local_window, page_size, k_layout, kv_location,
             weights_location, gen_len, mla_decode, act_dtype, weights_on_device, kv_on_device, pipeline, microbatches,
             weights_on_disk, kv_on_disk)
@@ -926,6 +928,8 @@ def _sweep(hardware, model, seq_len, batch, compression, strategies, dtype, kv_d
         if len(gl) != 1:
             raise UserError("--gen-len takes one value (tokens generated per sequence)")
         gen_len = int(gl[0])
+    for case in cases:   # what no grid point changes, and its errors (devices, locations, formats): now, not later
+        case.fixed
     return Sweep(tuple(cases), tuple(strats), np.asarray(batches, dtype=np.int64), np.asarray(seqs, dtype=np.int64),
                  np.asarray(comps, dtype=np.float64), local_window, page_size, gen_len,
                  _context_notes(models, seqs, gen_len)), models

@@ -217,16 +217,17 @@ class StackedTimes:
     bound: np.ndarray
 
 
-def _field_rows(ops: list[Op], rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _field_rows(ops: list[Op], rows: int, numbers: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The byte and FLOP fields of `ops` as one (fields x ops x rows) float64 array (_BYTE_FIELDS' order), and their
-    layers and launches (ops,). Each field is a number or an array broadcasting to `rows`; when all are numbers (a
-    single configuration, its ledger on Python numbers), one pass over the operators' numbers fills it all."""
+    layers and launches (ops,). Each field is a number or an array broadcasting to `rows`; with `numbers` (every field
+    a number: a single configuration, its ledger on Python numbers), one pass over the operators' numbers fills it
+    all."""
     k, nf = len(ops), len(_BYTE_FIELDS)
-    if rows == 1:
+    if numbers and rows == 1:
         try:   # every operator's numbers, one after the other
             a = np.fromiter(itertools.chain.from_iterable(op[NUMBERS] for op in ops), dtype=np.float64,
                             count=k * len(_NUMBERS))
-        except (TypeError, ValueError):   # numbers mixed with arrays of one row: each field on its own, below
+        except (TypeError, ValueError):   # an array among them after all: each field on its own, below
             a = None
         if a is not None:
             a = np.ascontiguousarray(a.reshape(k, len(_NUMBERS)).T)   # numbers x ops
@@ -240,13 +241,14 @@ def _field_rows(ops: list[Op], rows: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def time_ops(ops: list[Op], hw: HardwareProfile, pl: Placement, prec: Precision, devices: int,
-             rows: int) -> StackedTimes:
+             rows: int, numbers: bool = False) -> StackedTimes:
     """What `time_op` gives for each operator, computed with the operators stacked on one axis (one numpy call per
     term, not one per term and operator: a single-configuration prediction is dominated by that overhead). Rows are
     the sweep's points (every field broadcasts to `rows`); the placement's KV tier may also be per operator and row
-    (ops x rows: several strategies timed together). Same formulas and the same result as `time_op`."""
+    (ops x rows: several strategies timed together). Same formulas and the same result as `time_op`. `numbers`: every
+    operator's fields are numbers, not arrays (one configuration; `_field_rows`)."""
     k = len(ops)
-    fields, layers, launches = _field_rows(ops, rows)
+    fields, layers, launches = _field_rows(ops, rows, numbers)
     f = dict(zip(_BYTE_FIELDS, fields))
     unit = np.array([_UNITS[op.unit] for op in ops], dtype=np.int8)[:, None]
     kv_bytes = f["kv_read"] + f["kv_write"] + f["meta_read"] + f["meta_write"]

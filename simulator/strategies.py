@@ -253,7 +253,7 @@ def resolve_params(strategy: str, seq_len, head_dim, compression, *, r=None, k=N
     DSA: k = S / C positions; its indexer keys of index_dim = d_I elements (default min(128, d_k), DeepSeek-V3.2's)
     come on top, as Quest's page bounds do.
     Returns int64 arrays r, k, local_window, page_size, sinks, index_dim broadcast to seq_len's shape (0 = not
-    used); for a number seq_len (a single configuration), numpy int64 scalars.
+    used); for a number seq_len (a single configuration), Python ints.
     Raises UserError on r > d_h, k > S, a window larger than k, or values below 1.
     """
     s = get_strategy(strategy)

@@ -180,8 +180,8 @@ def test_what_a_kept_case_is_known_by():
     key = P._categorical_key
     assert key("a100", "llama2-7b", args()) == key("a100", "llama2-7b", args()) is not None
     assert key("a100,h100", ["llama2-7b", "llama3-8b"], args()) is not None   # lists of built-in names too
-    one, one_f, true = (key("a100", "llama2-7b", args(devices=v)) for v in (1, 1.0, True))
-    assert len({one, one_f, true}) == 3   # equal as numbers, parsed apart (True is not a number of devices)
+    one, one_f, true, listed = (key("a100", "llama2-7b", args(devices=v)) for v in (1, 1.0, True, [1]))
+    assert len({one, one_f, true, listed}) == 4   # equal as numbers, parsed apart (True is not a number of devices)
     assert key("a100", "llama2-7b", args(strategies=["sparq", "h2o"])) != key("a100", "llama2-7b", args())
     # files, folders, objects: their meaning may change between two calls, so they are parsed every time
     for hw, model in (("/tmp/mine.yaml", "llama2-7b"), ("mine.yml", "llama2-7b"), ("a100", "models/x/config.json"),
@@ -192,7 +192,30 @@ def test_what_a_kept_case_is_known_by():
     assert key("a100", "llama2-7b", args(r=np.int64(8))) is None   # a numpy number: not one of the plain kinds
 
 
+def test_kept_cases_never_change_what_another_call_parses_to():
+    # a list is not split at commas, a string is: the list of one string stays an error after the string's call
+    for arg, value in (("strategies", "sparq,h2o"), ("hardware", "a100,h100"), ("devices", "1,2"),
+                       ("dtype", "bf16,fp16"), ("k_layout", "twice")):
+        P.predict_columns(seq_len=4096, **{arg: value})
+        with pytest.raises(UserError):
+            P.predict_columns(seq_len=4096, **{arg: [value] if arg != "k_layout" else ["twice"]})
+    # a share of -0.0 is -0.0, of 0.0 is 0.0, in either order
+    for first, second in ((-0.0, 0.0), (0.0, -0.0)):
+        P._PARSED_CASES.clear()
+        for share in (first, second):
+            got = P.predict_columns(hardware="t4", seq_len=4096, weights_on_disk=share, kv_on_disk=share)
+            assert math.copysign(1, got["weights_on_disk"][0]) == math.copysign(1, share)
+
+
 def test_a_call_with_a_wrong_categorical_argument_is_never_kept():
+    # errors of a case's fixed quantities too (raised while the arguments are parsed): the next call is its own
+    for bad in (dict(kv_location=["auto"]), dict(weights_location=("auto",)), dict(kv_location="nosuch"),
+                dict(devices=3), dict(hardware="ipu", dtype="bf16")):
+        P._PARSED_CASES.clear()
+        with pytest.raises(UserError):
+            P.sweep(seq_len=2048, **bad)
+        assert not P._PARSED_CASES, bad
+        assert len(P.predict_columns(seq_len=2048)["time_s"]) == len(S_.STRATEGY_NAMES)
     for _ in range(2):
         with pytest.raises(UserError, match="--r 999 exceeds head_dim"):
             P.sweep(hardware="a100", seq_len=4096, r=999)

@@ -9,6 +9,8 @@ from .predict import Labels
 
 _BLOCKS: list = []          # [create_dataframe_from_blocks, using_string_dtype] once looked up; [] where missing
 _COLUMN_INDEX: dict = {}    # (column names, string dtype) -> their Index, copied for each frame
+_TEXT: dict = {}            # (string dtype, categories, codes) of a short text column -> its Arrow-backed array
+_TEXT_ROWS = 256            # ... kept for columns of at most this many rows (a single configuration's: ten)
 
 
 def frame(cols: dict):
@@ -37,11 +39,8 @@ def frame(cols: dict):
     labels = [(j, v) for j, v in enumerate(cols.values()) if isinstance(v, Labels)]
     if not small:
         blocks = [(pd.Categorical.from_codes(v.codes, v.categories), np.array([j])) for j, v in labels]
-    elif text.storage == "pyarrow":   # what _from_sequence does with strings, less its check that they are: every
-        import pyarrow as pa          # text column's strings in one Arrow array, each column a slice of it
-
-        every = pa.array([v.categories[c] for _, v in labels for c in v.codes.tolist()], type=pa.large_string())
-        blocks = [(kind(every.slice(i * n, n), dtype=text), np.array([j])) for i, (j, _) in enumerate(labels)]
+    elif text.storage == "pyarrow":
+        blocks = [(a, np.array([j])) for a, (j, _) in zip(_arrow_texts([v for _, v in labels], n, text, kind), labels)]
     else:
         blocks = [(kind._from_sequence(v.decode(), dtype=text), np.array([j])) for j, v in labels]
     same: dict = {}
@@ -57,3 +56,26 @@ def frame(cols: dict):
     if columns is None:
         columns = _COLUMN_INDEX.setdefault(key, pd.Index(list(cols)))
     return _BLOCKS[0](blocks, pd.RangeIndex(n), columns.copy())
+
+
+def _arrow_texts(labels: list, n: int, text, kind) -> list:
+    """Text columns of n rows as pandas' Arrow-backed string arrays: what _from_sequence makes of their strings, less
+    its check that they are strings (the strings of all the columns converted in one Arrow array, each column a slice
+    of it). A short column is kept by its strings (categories and codes) and handed out as a copy (the array's public
+    `copy`: a new array over the same Arrow data, which is immutable; writing into one frame's column replaces that
+    column's data only), so a loop of single-configuration calls converts each column once."""
+    keys = [(text, v.categories, v.codes.tobytes()) if n <= _TEXT_ROWS else None for v in labels]
+    got = [None if key is None else _TEXT.get(key) for key in keys]
+    missing = [i for i, a in enumerate(got) if a is None]
+    if missing:
+        import pyarrow as pa
+
+        every = pa.array([labels[i].categories[c] for i in missing for c in labels[i].codes.tolist()],
+                         type=pa.large_string())
+        if len(_TEXT) >= 1024:
+            _TEXT.clear()
+        for m, i in enumerate(missing):
+            got[i] = kind(every.slice(m * n, n), dtype=text)
+            if keys[i] is not None:
+                _TEXT[keys[i]] = got[i]
+    return [a if key is None else a.copy() for a, key in zip(got, keys)]

@@ -102,6 +102,21 @@ def test_the_frame_is_the_constructors_frame_of_the_columns(options):
                     assert got.equals(sparq_sim.predict(**kw))
 
 
+def test_a_frame_written_into_changes_no_later_frame():
+    """A short text column is converted once and handed out as a copy over the same (immutable) Arrow data: writing
+    into one frame, in place or through pandas, changes that frame only."""
+    first = sparq_sim.predict(hardware="a100", seq_len=4096, strategies="sparq,h2o")
+    want = sparq_sim.predict(hardware="a100", seq_len=4096, strategies="sparq,h2o")
+    first.loc[0, "hardware"] = "mine"
+    first["strategy"].array[1] = "other"
+    first.iloc[1, first.columns.get_loc("bound")] = "nothing"
+    assert first.loc[0, "hardware"] == "mine"
+    again = sparq_sim.predict(hardware="a100", seq_len=4096, strategies="sparq,h2o")
+    pd.testing.assert_frame_equal(again, want, check_exact=True)
+    assert "mine" not in again["hardware"].tolist() and "other" not in again["strategy"].tolist()
+    assert "nothing" not in again["bound"].tolist()
+
+
 def test_parsed_axes_are_kept_by_their_text():
     assert parse_axis(1, "--seq") == [1]
     with pytest.raises(UserError):

@@ -117,6 +117,17 @@ def test_a_frame_written_into_changes_no_later_frame():
     assert "nothing" not in again["bound"].tolist()
 
 
+def test_text_columns_of_the_same_bytes_but_other_codes_are_kept_apart():
+    """Eight int8 codes and two int32 codes can be the same bytes: each column keeps its own strings."""
+    bounds = ("memory", "compute", "link", "overhead")
+    eight = P.Labels(np.array([0, 0, 0, 0, 1, 0, 0, 0], dtype=np.int8), bounds)
+    two = P.Labels(np.array([0, 1], dtype=np.int32), bounds)
+    assert eight.codes.tobytes() == two.codes.tobytes()
+    for cols in ({"bound": eight, "time_s": np.zeros(8)}, {"bound": two, "time_s": np.zeros(2)}):
+        got = frame(cols)
+        assert got["bound"].tolist() == cols["bound"].tolist()
+
+
 def test_parsed_axes_are_kept_by_their_text():
     assert parse_axis(1, "--seq") == [1]
     with pytest.raises(UserError):

@@ -9,7 +9,7 @@ from .predict import Labels
 
 _BLOCKS: list = []          # [create_dataframe_from_blocks, using_string_dtype] once looked up; [] where missing
 _COLUMN_INDEX: dict = {}    # (column names, string dtype) -> their Index, copied for each frame
-_TEXT: dict = {}            # (string dtype, categories, codes' type and bytes) of a short text column -> its array
+_TEXT: dict = {}            # (string dtype, categories, codes as int64) of a short text column -> its array
 _TEXT_ROWS = 256            # ... kept for columns of at most this many rows (a single configuration's: ten)
 
 
@@ -64,7 +64,8 @@ def _arrow_texts(labels: list, n: int, text, kind) -> list:
     of it). A short column is kept by its strings (categories and codes) and handed out as a copy (the array's public
     `copy`: a new array over the same Arrow data, which is immutable; writing into one frame's column replaces that
     column's data only), so a loop of single-configuration calls converts each column once."""
-    keys = [(text, v.categories, v.codes.dtype.char, v.codes.tobytes()) if n <= _TEXT_ROWS else None for v in labels]
+    keys = [(text, tuple(v.categories), np.ascontiguousarray(v.codes, dtype=np.int64).tobytes())   # the codes' values
+            if n <= _TEXT_ROWS else None for v in labels]
     got = [None if key is None else _TEXT.get(key) for key in keys]
     missing = [i for i, a in enumerate(got) if a is None]
     if missing:

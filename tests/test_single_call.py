@@ -8,7 +8,8 @@ keeps nothing from one call to the next that could go stale.
   (columns, dtypes, values; strings as the options of pandas make them).
 - What is kept between calls is keyed on what it depends on: parsed axis values (by their text, so -0.0 is not 0.0
   and True is not 1), a sweep's cases (by the built-in names, numbers and words they were parsed from: never a file, a
-  folder or an object, and never a call that failed), model specs (a spec's hash uses a few fields: specs equal in those but different elsewhere
+  folder or an object, and never a call that failed), short text columns of the DataFrame (by their strings; each
+  frame gets a copy), model specs (a spec's hash uses a few fields: specs equal in those but different elsewhere
   give their own results). A user's profile file is read again on every call, so an edit shows at once; a list
   argument changed between calls gives the new values; the columns a call returns are its own (writing into them
   changes no later result).
@@ -118,14 +119,18 @@ def test_a_frame_written_into_changes_no_later_frame():
 
 
 def test_text_columns_of_the_same_bytes_but_other_codes_are_kept_apart():
-    """Eight int8 codes and two int32 codes can be the same bytes: each column keeps its own strings."""
+    """Codes of other widths or byte orders can be the same bytes (eight int8 codes and two int32 ones; 1 and 256 in
+    int16 of either byte order): each column keeps its own strings."""
     bounds = ("memory", "compute", "link", "overhead")
     eight = P.Labels(np.array([0, 0, 0, 0, 1, 0, 0, 0], dtype=np.int8), bounds)
     two = P.Labels(np.array([0, 1], dtype=np.int32), bounds)
     assert eight.codes.tobytes() == two.codes.tobytes()
-    for cols in ({"bound": eight, "time_s": np.zeros(8)}, {"bound": two, "time_s": np.zeros(2)}):
-        got = frame(cols)
-        assert got["bound"].tolist() == cols["bound"].tolist()
+    cats = tuple(f"c{i}" for i in range(300))
+    big, little = P.Labels(np.array([0, 1], dtype=">i2"), cats), P.Labels(np.array([0, 256], dtype="<i2"), cats)
+    assert big.codes.tobytes() == little.codes.tobytes()
+    for labels in (eight, two, big, little):
+        got = frame({"s": labels, "time_s": np.zeros(len(labels.codes))})
+        assert got["s"].tolist() == labels.tolist()
 
 
 def test_parsed_axes_are_kept_by_their_text():

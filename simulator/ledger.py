@@ -162,8 +162,7 @@ def _z(B):
 def _f64(x):
     """x in float64: an array as an array; a number (a single configuration) as a Python float, the same IEEE
     arithmetic at a fraction of a numpy scalar's cost per operation (strategies._num)."""
-    t = type(x)
-    return x if t is float else float(x) if t is int else _num(x, np.float64)
+    return _num(x, np.float64)
 
 
 def _norm_op(phase, name, m, T, p: Precision, layers):

@@ -10,7 +10,8 @@ from ..common.errors import UserError
 from ..common.units import parse_dtype
 from ..hardware_profiles import HardwareProfile
 from ..simulator.models import ModelSpec
-from ..simulator.predict import decoded, parse_compressions, predict_columns, resolve_hardware, resolve_models
+from ..simulator.cases import parse_compressions, resolve_hardware, resolve_models
+from ..simulator.predict import decoded, predict_columns
 from ..simulator.ranges import parse_axis, parse_names
 from ..simulator.strategies import parse_strategies
 

@@ -8,9 +8,10 @@ import math
 import numpy as np
 
 from ..hardware_profiles import HardwareProfile
+from ..simulator.cases import Case, auto_dtype
 from ..simulator.ledger import Precision
 from ..simulator.models import ModelSpec
-from ..simulator.predict import Case, auto_dtype, evaluate_case
+from ..simulator.predict import evaluate_case
 from ..simulator.roofline import BOUNDS, tier_table
 from .figure import TIER_COLOURS, Chart, _apply_options, _layout, _num, _si, strategy_colour, tokens
 from .request import Request

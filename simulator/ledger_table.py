@@ -10,8 +10,9 @@ import numpy as np
 from .errors import UserError
 from .ledger import Precision
 from .models import DEFAULT_MODEL
-from .predict import (AUTO, Case, auto_dtype, evaluate_case, parse_compressions, placement_shares,
-                      resolve_hardware, resolve_models)
+from .cases import (AUTO, Case, auto_dtype, parse_compressions, placement_shares, resolve_hardware,
+                    resolve_models)
+from .predict import evaluate_case
 from .ranges import parse_axis
 from .roofline import BOUNDS
 from .strategies import parse_strategies

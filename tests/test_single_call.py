@@ -29,6 +29,7 @@ import pytest
 
 import sparq_sim
 from sparq_sim.hardware_profiles import PROFILE_DIR
+from sparq_sim.simulator import cases as CS
 from sparq_sim.simulator import predict as P
 from sparq_sim.simulator import strategies as S_
 from sparq_sim.simulator.errors import UserError
@@ -65,7 +66,7 @@ def _same(a, b) -> bool:
 def test_one_configuration_is_its_row_of_a_sweep_to_the_last_bit(kw):
     points = [(1, 4096), (7, 4096), (1, 1000), (64, 32768)]
     sweep = P.predict_columns(seq_len="1000,4096,32768", batch="1,7,64", **kw)
-    ns = len(P.parse_strategies(kw.get("strategies")))
+    ns = len(S_.parse_strategies(kw.get("strategies")))
     for batch, seq in points:
         one = P.predict_columns(seq_len=seq, batch=batch, **kw)
         rows = np.flatnonzero((sweep["batch"] == batch) & (sweep["seq_len"] == seq))
@@ -192,7 +193,7 @@ def test_the_cases_of_builtin_names_are_parsed_once_and_give_the_fresh_parses_ro
     assert again.cases == first.cases and all(a is b for a, b in zip(again.cases, first.cases))   # kept
     assert again.seqs.tolist() == [1024, 8192] and again.batches.tolist() == [3, 5] and again.comps.tolist() == [4.0]
     kept = again.columns()
-    P._PARSED_CASES.clear()
+    CS._PARSED_CASES.clear()
     fresh = P.sweep(hardware="a100", model="llama3-8b", seq_len="1k,8k", batch=[3, 5], compression=4,
                     strategies="sparq,h2o", devices=2)
     assert fresh.cases[0] is not first.cases[0]
@@ -208,7 +209,7 @@ def test_the_cases_of_builtin_names_are_parsed_once_and_give_the_fresh_parses_ro
 
 def test_what_a_kept_case_is_known_by():
     args = lambda **kw: tuple(kw.get(a, d) for a, d in (("strategies", None), ("devices", 1), ("r", None)))  # noqa
-    key = P._categorical_key
+    key = CS._categorical_key
     assert key("a100", "llama2-7b", args()) == key("a100", "llama2-7b", args()) is not None
     assert key("a100,h100", ["llama2-7b", "llama3-8b"], args()) is not None   # lists of built-in names too
     one, one_f, true, listed = (key("a100", "llama2-7b", args(devices=v)) for v in (1, 1.0, True, [1]))
@@ -232,7 +233,7 @@ def test_kept_cases_never_change_what_another_call_parses_to():
             P.predict_columns(seq_len=4096, **{arg: [value] if arg != "k_layout" else ["twice"]})
     # a share of -0.0 is -0.0, of 0.0 is 0.0, in either order
     for first, second in ((-0.0, 0.0), (0.0, -0.0)):
-        P._PARSED_CASES.clear()
+        CS._PARSED_CASES.clear()
         for share in (first, second):
             got = P.predict_columns(hardware="t4", seq_len=4096, weights_on_disk=share, kv_on_disk=share)
             assert math.copysign(1, got["weights_on_disk"][0]) == math.copysign(1, share)
@@ -242,10 +243,10 @@ def test_a_call_with_a_wrong_categorical_argument_is_never_kept():
     # errors of a case's fixed quantities too (raised while the arguments are parsed): the next call is its own
     for bad in (dict(kv_location=["auto"]), dict(weights_location=("auto",)), dict(kv_location="nosuch"),
                 dict(devices=3), dict(hardware="ipu", dtype="bf16")):
-        P._PARSED_CASES.clear()
+        CS._PARSED_CASES.clear()
         with pytest.raises(UserError):
             P.sweep(seq_len=2048, **bad)
-        assert not P._PARSED_CASES, bad
+        assert not CS._PARSED_CASES, bad
         assert len(P.predict_columns(seq_len=2048)["time_s"]) == len(S_.STRATEGY_NAMES)
     for _ in range(2):
         with pytest.raises(UserError, match="--r 999 exceeds head_dim"):

@@ -239,7 +239,7 @@ def _context_notes(models, seqs, gen_len) -> tuple[str, ...]:
 
 
 class SweepArgs(NamedTuple):
-    """The arguments of a sweep parsed and checked: the fields of `predict.Sweep`, in its order."""
+    """The arguments of a sweep parsed and checked (what `predict.Sweep` evaluates)."""
     cases: tuple
     strategies: tuple
     batches: np.ndarray
@@ -247,8 +247,8 @@ class SweepArgs(NamedTuple):
     comps: np.ndarray
     local_window: int | None
     page_size: int | None
-    gen_len: int | None
-    warnings: tuple
+    gen_len: int | None      # whole generations of this many tokens (predict.GENERATION_COLUMNS)
+    warnings: tuple          # what the caller should tell the user (a context beyond the model's)
 
 
 def parse_sweep(hardware="a100", model=DEFAULT_MODEL, seq_len=4096, batch=1, strategies=None, compression=8,

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cases import Case, parse_sweep
+from .cases import Case, SweepArgs, parse_sweep
 from .errors import UserError
 from .ledger import (FP32, Op, Parallel, Precision, _f64, attention_ops, block_ops, cache_bytes_per_device,
                      head_ops, kv_geometry, prefill_attention_ops, span, stored_groups, windows)
@@ -496,22 +496,13 @@ DEFAULT_CHUNK_ROWS = 131_072  # rows per chunk when a sweep is streamed (`Sweep.
 #                              ~300 MB peak for the whole command
 
 
-@dataclass(frozen=True)
-class Sweep:
-    """A validated sweep: the categorical cases and the numeric axes, not evaluated yet.
+class Sweep(SweepArgs):
+    """A validated sweep (`cases.SweepArgs`: the categorical cases and the numeric axes), not evaluated yet.
 
     Rows are ordered case by case (hardware, model, dtype, kv_dtype, devices, r, k: outer to inner), then grid point by
     grid point (batch, seq_len, compression: outer to inner), then strategy. `chunks()` evaluates it piece by piece in
     that order; `columns()` all at once (what `predict_columns` returns)."""
-    cases: tuple
-    strategies: tuple
-    batches: np.ndarray
-    seqs: np.ndarray
-    comps: np.ndarray
-    local_window: int | None
-    page_size: int | None
-    gen_len: int | None = None          # whole generations of this many tokens (GENERATION_COLUMNS)
-    warnings: tuple = ()                # what the caller should tell the user (a context beyond the model's)
+    __slots__ = ()
 
     @property
     def points(self) -> int:
